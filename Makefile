@@ -1,0 +1,77 @@
+# The front door. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+CLUSTER ?= local
+PYTHON ?= python3
+VENV := .venv
+VENV_STAMP := $(VENV)/.installed
+PY := $(VENV)/bin/python
+PYTEST := $(VENV)/bin/pytest
+
+.PHONY: help
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(VENV_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+.PHONY: venv
+venv: $(VENV_STAMP) ## Create .venv with the package and its dev tools
+
+.PHONY: cluster-build
+cluster-build: ## Build the pinned cluster binaries from Go modules (cached; a second run builds nothing)
+	bash hack/build-binaries.sh
+
+.PHONY: cluster-up
+cluster-up: ## Bring up the local single-node cluster (CLUSTER=kind for a kind cluster where Docker runs)
+ifeq ($(CLUSTER),kind)
+	bash hack/kind-up.sh
+else
+	bash hack/cluster-up.sh
+endif
+
+.PHONY: cluster-down
+cluster-down: ## Stop the local cluster and remove what it left on the machine
+	bash hack/cluster-down.sh
+
+.PHONY: kubeconfig
+kubeconfig: ## Print the path of the admin kubeconfig (CLUSTER=kind: the kind cluster's)
+ifeq ($(CLUSTER),kind)
+	@bash -c 'source hack/lib.sh && echo "$$CACHE_ROOT/kind-$${KIND_CLUSTER:-sandbox-operator}.kubeconfig"'
+else
+	@bash -c 'source hack/lib.sh && echo "$$ADMIN_KUBECONFIG"'
+endif
+
+.PHONY: bin-dir
+bin-dir: ## Print the directory of the cluster binaries (kubectl, helm, ...)
+	@bash -c 'source hack/lib.sh && echo "$$BIN_DIR"'
+
+.PHONY: image
+image: ## Build the images (docker or buildah) and import them into the local cluster
+	bash hack/build-images.sh
+
+.PHONY: lint
+lint: $(VENV_STAMP) ## ruff and mypy (strict)
+	$(VENV)/bin/ruff check operator tests bench
+	$(VENV)/bin/mypy
+
+.PHONY: test-unit
+test-unit: $(VENV_STAMP) ## Unit tests only: no cluster, seconds
+	$(PYTEST) tests/unit
+
+.PHONY: test-integration
+test-integration: $(VENV_STAMP) ## Operator against the real cluster (brought up if needed)
+	$(PYTEST) tests/integration
+
+.PHONY: test-e2e
+test-e2e: $(VENV_STAMP) ## Images, SDK, CLI and chart against the real cluster
+	$(PYTEST) tests/e2e
+
+.PHONY: test
+test: $(VENV_STAMP) ## The whole suite: lint, unit, then cluster tests (brings the cluster up if needed)
+	$(MAKE) lint
+	$(PYTEST) tests

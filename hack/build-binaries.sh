@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Builds the pinned cluster binaries from Go modules into the machine-wide cache.
+# One Go module per tool lives under hack/tools/<tool>; its go.mod/go.sum pin the whole graph.
+# A second run finds every binary in place and builds nothing.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+KUBE_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
+
+mkdir -p "$BIN_DIR" "$GOMODCACHE" "$GOCACHE"
+
+have_all() {
+  local b
+  for b in "$@"; do [ -x "$BIN_DIR/$b" ] || return 1; done
+}
+
+build_kubernetes() {
+  have_all "${KUBE_CMDS[@]}" && { log "kubernetes $KUBE_VERSION: cached"; return; }
+  log "kubernetes $KUBE_VERSION: building ${KUBE_CMDS[*]} (first time: tens of minutes on 2 cores)"
+  local minor="${KUBE_VERSION#v1.}"; minor="${minor%%.*}"
+  local v="-X k8s.io/component-base/version" c="-X k8s.io/client-go/pkg/version"
+  local build_date; build_date="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  local ldflags="-s -w"
+  local key
+  for key in "$v" "$c"; do
+    ldflags+=" $key.gitVersion=$KUBE_VERSION $key.gitMajor=1 $key.gitMinor=$minor"
+    ldflags+=" $key.gitTreeState=clean $key.buildDate=$build_date"
+  done
+  local pkgs=()
+  for key in "${KUBE_CMDS[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$key"); done
+  # One go build for every main, so the shared packages compile once.
+  (cd "$HACK_DIR/tools/kubernetes" && CGO_ENABLED=0 go build -trimpath -tags selinux,notest \
+    -ldflags "$ldflags" -o "$BIN_DIR/" "${pkgs[@]}")
+}
+
+build_one() { # tool-dir output-name package [ldflags]
+  local dir="$1" name="$2" pkg="$3" ldflags="${4:-}"
+  have_all "$name" && { log "$name: cached"; return; }
+  log "$name: building $pkg"
+  (cd "$HACK_DIR/tools/$dir" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w $ldflags" -o "$BIN_DIR/$name" "$pkg")
+}
+
+build_kubernetes
+build_one etcd etcd go.etcd.io/etcd/server/v3
+build_one helm helm helm.sh/helm/v3/cmd/helm "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+build_one kube-router kube-router github.com/cloudnativelabs/kube-router/v2/cmd/kube-router \
+  "-X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$KUBE_ROUTER_VERSION"
+log "binaries in $BIN_DIR"
+
+# Optional containerd 2.x + runc, into their own cache dir (the cluster keeps using Debian containerd 1.6 unless
+# SANDBOX_CONTAINERD=2). runc needs cgo + libseccomp: apt-get install -y libseccomp-dev pkg-config.
+build_containerd2() {
+  local out="$CONTAINERD2_BIN_DIR" b missing=0
+  for b in containerd containerd-shim-runc-v2 ctr runc; do [ -x "$out/$b" ] || missing=1; done
+  [ "$missing" = 0 ] && { log "containerd $CONTAINERD_VERSION + runc $RUNC_VERSION: cached"; return; }
+  pkg-config --exists libseccomp || die "runc needs libseccomp headers: apt-get install -y libseccomp-dev pkg-config"
+  mkdir -p "$out"
+  log "containerd $CONTAINERD_VERSION + runc $RUNC_VERSION: building into $out"
+  local pkg="github.com/containerd/containerd/v2"
+  local ctd_ldflags="-s -w -X $pkg/version.Version=$CONTAINERD_VERSION -X $pkg/version.Package=$pkg"
+  # Same tags as containerd's Makefile; CGO off drops only the btrfs snapshotter (root fs is ext4, overlayfs is used).
+  (cd "$HACK_DIR/tools/containerd" &&
+    CGO_ENABLED=0 go build -trimpath -tags urfave_cli_no_docs -ldflags "$ctd_ldflags" \
+      -o "$out/" "$pkg/cmd/containerd" "$pkg/cmd/ctr" &&
+    CGO_ENABLED=0 go build -trimpath -tags "urfave_cli_no_docs no_grpc" -ldflags "$ctd_ldflags" \
+      -o "$out/containerd-shim-runc-v2" "$pkg/cmd/containerd-shim-runc-v2")
+  # runc's Makefile "static" target minus libpathrs (a Rust library, not packaged here; runc falls back to its
+  # pure-Go pathrs-lite). The version string comes from runc's embedded VERSION file.
+  (cd "$HACK_DIR/tools/runc" &&
+    CGO_ENABLED=1 go build -trimpath -buildmode=pie -tags "seccomp urfave_cli_no_docs netgo osusergo" \
+      -ldflags "-s -w -X main.gitCommit=$RUNC_VERSION -linkmode external -extldflags -static-pie" \
+      -o "$out/runc" github.com/opencontainers/runc)
+  log "containerd 2 binaries in $out"
+}
+
+if [ "${SANDBOX_CONTAINERD:-}" = "2" ]; then build_containerd2; fi

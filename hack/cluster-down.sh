@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Stops the local cluster and removes what it put on the machine: its processes (by recorded PID), the
+# containers and their shims, pod mounts and network namespaces, the CNI bridge, the iptables chains and
+# ipsets of kube-proxy, kube-router and the bridge plugin, the kubepods cgroups, and restores the sysctls.
+# Safe to run at any time, also after the cluster was killed with SIGKILL. Keeps certificates and images.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$HACK_DIR/cluster-lib.sh"
+
+quiet=false
+[ "${1:-}" = "--quiet" ] && quiet=true
+say() { $quiet || log "$@"; }
+
+[ "$(id -u)" = 0 ] || die "cluster-down needs root"
+mkdir -p "$RUN_DIR" "$LOG_DIR"
+
+ctr_k8s() { ctr --address "$CONTAINERD_SOCK" -n k8s.io "$@"; }
+
+# Containers outlive a killed containerd (their shims keep running), so containerd is started again, if
+# needed, to stop them through its own API rather than by guessing at processes.
+remove_containers() {
+  local task_dir=/run/containerd/io.containerd.runtime.v2.task/k8s.io started=false id
+  if [ -d "$task_dir" ] && [ -n "$(ls -A "$task_dir" 2>/dev/null)" ]; then
+    if ! component_pid containerd > /dev/null; then
+      [ -f "$CLUSTER_DIR/containerd.toml" ] || return 0
+      start_component containerd /usr/bin/containerd --config "$CLUSTER_DIR/containerd.toml"
+      wait_for "containerd" 60 ctr --address "$CONTAINERD_SOCK" version
+      started=true
+    fi
+    say "removing containers"
+    for id in $(ctr_k8s tasks ls -q 2>/dev/null); do ctr_k8s tasks kill -s SIGKILL "$id" > /dev/null 2>&1 || true; done
+    sleep 1
+    for id in $(ctr_k8s tasks ls -q 2>/dev/null); do ctr_k8s tasks delete -f "$id" > /dev/null 2>&1 || true; done
+  fi
+  if component_pid containerd > /dev/null; then
+    for id in $(ctr_k8s containers ls -q 2>/dev/null); do ctr_k8s containers delete "$id" > /dev/null 2>&1 || true; done
+  fi
+  $started && stop_component containerd
+  return 0
+}
+
+unmount_below() { # prefixes...
+  local prefix target
+  for prefix in "$@"; do
+    findmnt -rn -o TARGET | awk -v p="$prefix" 'index($0, p) == 1' | sort -r | while read -r target; do
+      umount "$target" 2>/dev/null || umount -l "$target" 2>/dev/null || true
+    done
+  done
+}
+
+remove_cni_iptables() {
+  # Rules the bridge plugin tagged with our network name, and the per-container CNI- chains they jump to.
+  local table rule chain
+  for table in nat filter; do
+    iptables-save -t "$table" 2>/dev/null | grep -F "name: \\\"$CNI_NETWORK\\\"" | grep '^-A' | while read -r rule; do
+      eval "iptables -w -t $table -D ${rule#-A }" 2>/dev/null || true
+    done
+    for chain in $(iptables-save -t "$table" 2>/dev/null | sed -n 's/^:\(CNI-[^ ]*\) .*/\1/p'); do
+      iptables -w -t "$table" -F "$chain" 2>/dev/null || true
+      iptables -w -t "$table" -X "$chain" 2>/dev/null || true
+    done
+  done
+}
+
+remove_kube_router_state() {
+  local set
+  if [ -x "$BIN_DIR/kube-router" ] && iptables-save 2>/dev/null | grep -q 'KUBE-ROUTER\|KUBE-NWPLCY\|KUBE-POD-FW'; then
+    "$BIN_DIR/kube-router" --cleanup-config >> "$LOG_DIR/kube-router-cleanup.log" 2>&1 || true
+  fi
+  # Anything the cleanup missed: kube-router's chains and sets carry these prefixes.
+  for table in filter nat mangle; do
+    iptables-save -t "$table" 2>/dev/null | grep '^-A' | grep -E 'KUBE-ROUTER|KUBE-NWPLCY|KUBE-POD-FW|KUBE-SRC-|KUBE-DST-' \
+      | while read -r rule; do eval "iptables -w -t $table -D ${rule#-A }" 2>/dev/null || true; done
+    for chain in $(iptables-save -t "$table" 2>/dev/null | sed -n 's/^:\(KUBE-ROUTER[^ ]*\|KUBE-NWPLCY[^ ]*\|KUBE-POD-FW[^ ]*\) .*/\1/p'); do
+      iptables -w -t "$table" -F "$chain" 2>/dev/null || true
+      iptables -w -t "$table" -X "$chain" 2>/dev/null || true
+    done
+  done
+  for set in $(ipset list -n 2>/dev/null | grep -E '^(KUBE-|kube-router)'); do ipset destroy "$set" 2>/dev/null || true; done
+}
+
+remove_kube_proxy_state() {
+  if [ -x "$BIN_DIR/kube-proxy" ] && iptables-save 2>/dev/null | grep -q '^:KUBE-'; then
+    "$BIN_DIR/kube-proxy" --cleanup >> "$LOG_DIR/kube-proxy-cleanup.log" 2>&1 || true
+  fi
+  # kube-proxy also programs nftables tables of its own when it probes for nft mode.
+  local t
+  for t in kube-proxy; do
+    nft list table ip "$t" > /dev/null 2>&1 && nft delete table ip "$t"
+    nft list table ip6 "$t" > /dev/null 2>&1 && nft delete table ip6 "$t"
+  done
+  return 0
+}
+
+remove_kubepods_cgroups() {
+  local hierarchy
+  for hierarchy in /sys/fs/cgroup/*/; do
+    [ -d "${hierarchy}kubepods" ] || continue
+    find "${hierarchy}kubepods" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+  done
+}
+
+say "stopping cluster components"
+for c in kube-router kube-proxy kubelet; do stop_component "$c"; done
+remove_containers
+for c in kube-scheduler kube-controller-manager kube-apiserver etcd containerd; do stop_component "$c"; done
+
+unmount_below /var/lib/kubelet/ /run/containerd/io.containerd. /run/netns/cni- /var/run/netns/cni-
+for ns in $(ip netns list 2>/dev/null | awk '/^cni-/{print $1}'); do ip netns delete "$ns" 2>/dev/null || true; done
+ip link show "$CNI_BRIDGE" > /dev/null 2>&1 && ip link delete "$CNI_BRIDGE"
+rm -rf "$CLUSTER_DIR/cni-ipam" "$CLUSTER_DIR/etcd" /var/lib/kubelet
+
+remove_kube_router_state
+remove_kube_proxy_state
+remove_cni_iptables
+remove_kubepods_cgroups
+restore_sysctls
+say "cluster down"

@@ -1,0 +1,255 @@
+# Functions shared by cluster-up.sh and cluster-down.sh. Source lib.sh first.
+
+kubectl_admin() { "$BIN_DIR/kubectl" --kubeconfig "$ADMIN_KUBECONFIG" --request-timeout=10s "$@"; }
+
+apt_install() {
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 --no-install-recommends "$@"
+}
+
+install_host_packages() {
+  local missing=() p
+  for p in "${HOST_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return
+  log "installing Debian packages: ${missing[*]}"
+  apt-get update -qq -o DPkg::Lock::Timeout=600
+  apt_install "${missing[@]}"
+}
+
+# A PID file holds "PID STARTTIME" so a recycled PID is never mistaken for ours.
+proc_starttime() { awk '{print $22}' "/proc/$1/stat" 2>/dev/null; }
+
+component_pid() { # name -> prints the PID if that process is still the one we started
+  local file="$RUN_DIR/$1.pid" pid start
+  [ -f "$file" ] || return 1
+  read -r pid start < "$file" || return 1
+  [ -n "$pid" ] && [ "$(proc_starttime "$pid")" = "$start" ] || return 1
+  echo "$pid"
+}
+
+start_component() { # name binary args...
+  local name="$1"; shift
+  log "starting $name"
+  setsid "$@" >> "$LOG_DIR/$name.log" 2>&1 < /dev/null &
+  local pid=$!
+  sleep 0.2
+  echo "$pid $(proc_starttime "$pid")" > "$RUN_DIR/$name.pid"
+  component_pid "$name" > /dev/null || die "$name exited at once; see $LOG_DIR/$name.log"
+}
+
+stop_component() { # name: SIGTERM, then SIGKILL after 15 s
+  local name="$1" pid i
+  if pid="$(component_pid "$name")"; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 1 150); do
+      component_pid "$name" > /dev/null || break
+      sleep 0.1
+    done
+    if component_pid "$name" > /dev/null; then kill -KILL "$pid" 2>/dev/null || true; sleep 0.5; fi
+  fi
+  rm -f "$RUN_DIR/$name.pid"
+}
+
+wait_for() { # description timeout-seconds command...
+  local what="$1" timeout="$2" deadline; shift 2
+  deadline=$(( $(date +%s) + timeout ))
+  until "$@" > /dev/null 2>&1; do
+    [ "$(date +%s)" -lt "$deadline" ] || die "timed out after ${timeout}s waiting for $what (logs: $LOG_DIR)"
+    sleep 1
+  done
+}
+
+node_ready() {
+  [ "$(kubectl_admin get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]
+}
+
+CLUSTER_COMPONENTS=(containerd etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kube-router)
+
+cluster_healthy() {
+  local c
+  for c in "${CLUSTER_COMPONENTS[@]}"; do component_pid "$c" > /dev/null || return 1; done
+  [ -x "$BIN_DIR/kubectl" ] && node_ready 2>/dev/null
+}
+
+# The sysctls the kubelet, kube-proxy and the bridge need; saved once, restored by cluster-down.
+MANAGED_SYSCTLS=(net.ipv4.ip_forward net.bridge.bridge-nf-call-iptables net.ipv4.conf.all.route_localnet
+  vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys
+  kernel.keys.root_maxbytes)
+SYSCTL_SAVE="$CLUSTER_DIR/sysctls.saved"
+
+save_sysctls() {
+  [ -f "$SYSCTL_SAVE" ] && return
+  local k
+  for k in "${MANAGED_SYSCTLS[@]}"; do
+    printf '%s=%s\n' "$k" "$(sysctl -n "$k" 2>/dev/null)"
+  done > "$SYSCTL_SAVE.tmp"
+  mv "$SYSCTL_SAVE.tmp" "$SYSCTL_SAVE"
+}
+
+restore_sysctls() {
+  [ -f "$SYSCTL_SAVE" ] || return 0
+  local line
+  while IFS= read -r line; do
+    [ -n "${line#*=}" ] && sysctl -qw "$line" 2>/dev/null || true
+  done < "$SYSCTL_SAVE"
+  rm -f "$SYSCTL_SAVE"
+}
+
+issue_cert() { # name subject extended-key-usage [subjectAltName]
+  local name="$1" subject="$2" eku="$3" san="${4:-}"
+  {
+    echo "basicConstraints=CA:FALSE"
+    echo "keyUsage=critical,digitalSignature,keyEncipherment"
+    echo "extendedKeyUsage=$eku"
+    [ -z "$san" ] || echo "subjectAltName=$san"
+  } > "$PKI_DIR/$name.ext"
+  openssl req -newkey rsa:2048 -nodes -sha256 -subj "$subject" -keyout "$PKI_DIR/$name.key" \
+    -out "$PKI_DIR/$name.csr" 2>/dev/null
+  openssl x509 -req -sha256 -days 825 -in "$PKI_DIR/$name.csr" -CA "$PKI_DIR/ca.crt" -CAkey "$PKI_DIR/ca.key" \
+    -CAcreateserial -extfile "$PKI_DIR/$name.ext" -out "$PKI_DIR/$name.crt" 2>/dev/null
+  rm -f "$PKI_DIR/$name.csr" "$PKI_DIR/$name.ext"
+}
+
+generate_pki() { # node-ip
+  local ip="$1"
+  if [ -f "$PKI_DIR/ca.crt" ] && [ "$(cat "$PKI_DIR/node-ip" 2>/dev/null)" = "$ip" ]; then return; fi
+  log "generating certificates for $ip"
+  rm -rf "$PKI_DIR"; mkdir -p "$PKI_DIR"; chmod 700 "$PKI_DIR"
+  openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 3650 -subj "/CN=sandbox-operator-local-ca" \
+    -keyout "$PKI_DIR/ca.key" -out "$PKI_DIR/ca.crt" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" 2>/dev/null
+  issue_cert apiserver "/CN=kube-apiserver" serverAuth \
+    "DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,DNS:localhost,IP:127.0.0.1,IP:$ip,IP:$KUBERNETES_SERVICE_IP"
+  issue_cert admin "/O=system:masters/CN=kubernetes-admin" clientAuth
+  issue_cert controller-manager "/CN=system:kube-controller-manager" clientAuth
+  issue_cert scheduler "/CN=system:kube-scheduler" clientAuth
+  issue_cert kubelet "/O=system:nodes/CN=system:node:$NODE_NAME" clientAuth
+  issue_cert kube-proxy "/CN=system:kube-proxy" clientAuth
+  issue_cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" clientAuth
+  openssl genrsa -out "$PKI_DIR/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$PKI_DIR/sa.key" -pubout -out "$PKI_DIR/sa.pub" 2>/dev/null
+  echo "$ip" > "$PKI_DIR/node-ip"
+}
+
+write_kubeconfig() { # file user-cert-name server
+  cat > "$1" <<KUBECONFIG
+apiVersion: v1
+kind: Config
+clusters:
+- name: sandbox-operator-local
+  cluster:
+    server: $3
+    certificate-authority: $PKI_DIR/ca.crt
+users:
+- name: $2
+  user:
+    client-certificate: $PKI_DIR/$2.crt
+    client-key: $PKI_DIR/$2.key
+contexts:
+- name: sandbox-operator-local
+  context: {cluster: sandbox-operator-local, user: $2}
+current-context: sandbox-operator-local
+KUBECONFIG
+  chmod 600 "$1"
+}
+
+write_configs() { # node-ip
+  local ip="$1" server="https://$1:6443" c
+  write_kubeconfig "$ADMIN_KUBECONFIG" admin "$server"
+  for c in controller-manager scheduler kubelet kube-proxy; do
+    write_kubeconfig "$CLUSTER_DIR/$c.kubeconfig" "$c" "$server"
+  done
+  mkdir -p "$CLUSTER_DIR/cni"
+  cat > "$CLUSTER_DIR/cni/10-$CNI_NETWORK.conflist" <<CNI
+{
+  "cniVersion": "1.0.0",
+  "name": "$CNI_NETWORK",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "$CNI_BRIDGE",
+      "isGateway": true,
+      "ipMasq": false,
+      "hairpinMode": true,
+      "ipam": {
+        "type": "host-local",
+        "dataDir": "$CLUSTER_DIR/cni-ipam",
+        "ranges": [[{"subnet": "$NODE_POD_CIDR"}]],
+        "routes": [{"dst": "0.0.0.0/0"}]
+      }
+    }
+  ]
+}
+CNI
+  cat > "$CLUSTER_DIR/containerd.toml" <<TOML
+version = 2
+root = "/var/lib/containerd"
+state = "/run/containerd"
+[grpc]
+  address = "$CONTAINERD_SOCK"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "$PAUSE_IMAGE"
+  stream_server_address = "127.0.0.1"
+  disable_apparmor = true
+  enable_unprivileged_ports = false
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "$CLUSTER_DIR/cni"
+    max_conf_num = 1
+TOML
+  # Pods never resolve names outside the machine: their resolver is the pod's own loopback, where nothing answers.
+  echo "nameserver 127.0.0.1" > "$CLUSTER_DIR/resolv.conf"
+  cat > "$CLUSTER_DIR/kubelet.yaml" <<YAML
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+failCgroupV1: false
+cgroupDriver: cgroupfs
+containerRuntimeEndpoint: unix://$CONTAINERD_SOCK
+address: $ip
+port: 10250
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+failSwapOn: false
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: true}
+  x509: {clientCAFile: $PKI_DIR/ca.crt}
+authorization: {mode: Webhook}
+clusterDomain: cluster.local
+resolvConf: $CLUSTER_DIR/resolv.conf
+# A node-wide cap on processes per pod: a fork bomb in one sandbox cannot starve the others.
+podPidsLimit: $POD_PIDS_LIMIT
+evictionHard: {memory.available: "100Mi", nodefs.available: "1%", nodefs.inodesFree: "1%", imagefs.available: "1%"}
+# Preloaded images cannot be pulled again, so image garbage collection stays off.
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+serializeImagePulls: false
+maxPods: 110
+YAML
+  cat > "$CLUSTER_DIR/kube-proxy.yaml" <<YAML
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection: {kubeconfig: $CLUSTER_DIR/kube-proxy.kubeconfig}
+mode: iptables
+clusterCIDR: $POD_CIDR
+hostnameOverride: $NODE_NAME
+metricsBindAddress: 127.0.0.1:10249
+healthzBindAddress: 127.0.0.1:10256
+nodePortAddresses: ["$ip/32"]
+conntrack: {maxPerCore: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
+YAML
+  cat > "$CLUSTER_DIR/scheduler.yaml" <<YAML
+apiVersion: kubescheduler.config.k8s.io/v1
+kind: KubeSchedulerConfiguration
+clientConnection: {kubeconfig: $CLUSTER_DIR/scheduler.kubeconfig}
+leaderElection: {leaderElect: false}
+YAML
+}

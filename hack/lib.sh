@@ -1,0 +1,60 @@
+# Shared settings for the hack/ scripts. Source it; do not run it.
+# Versions are pinned here and nowhere else.
+set -euo pipefail
+
+HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$HACK_DIR/.." && pwd)"
+
+KUBE_VERSION="v1.35.4"
+ETCD_VERSION="v3.6.16"
+HELM_VERSION="v3.22.0"
+KUBE_ROUTER_VERSION="v2.1.0"   # the only kube-router v2 the Go module proxy serves here
+PAUSE_VERSION="3.10.1"
+BASE_IMAGE_VERSION="bookworm-py3-1"
+PAUSE_IMAGE="localhost/sandbox-operator/pause:$PAUSE_VERSION"
+BASE_IMAGE="localhost/sandbox-operator/base:$BASE_IMAGE_VERSION"
+
+# Heavy builds live outside the repo, keyed by version, so a fresh clone on this machine reuses them.
+CACHE_ROOT="${SANDBOX_OPERATOR_CACHE:-$HOME/.cache/sandbox-operator}"
+BIN_DIR="$CACHE_ROOT/bin/kube-$KUBE_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION-kr-$KUBE_ROUTER_VERSION"
+IMAGE_CACHE="$CACHE_ROOT/images"
+export GOMODCACHE="$CACHE_ROOT/go/mod"
+export GOCACHE="$CACHE_ROOT/go/build"
+export GOFLAGS="-mod=mod -buildvcs=false"
+export GOTOOLCHAIN=local
+
+# Runtime state of the local cluster (outside the repo: one cluster per machine).
+CLUSTER_DIR="${SANDBOX_OPERATOR_CLUSTER_DIR:-/var/lib/sandbox-operator-cluster}"
+PKI_DIR="$CLUSTER_DIR/pki"
+RUN_DIR="$CLUSTER_DIR/run"
+LOG_DIR="$CLUSTER_DIR/logs"
+ADMIN_KUBECONFIG="$CLUSTER_DIR/admin.kubeconfig"
+
+NODE_NAME="sandbox-node"
+POD_CIDR="10.244.0.0/16"
+NODE_POD_CIDR="10.244.0.0/24"
+SERVICE_CIDR="10.96.0.0/16"
+KUBERNETES_SERVICE_IP="10.96.0.1"
+CNI_BRIDGE="sbxcni0"
+CNI_NETWORK="sandbox-operator-pods"
+POD_PIDS_LIMIT=256
+CONTAINERD_SOCK="/run/containerd/containerd.sock"
+# Debian packages the cluster needs on the host.
+HOST_PACKAGES=(containerd runc containernetworking-plugins iptables ipset conntrack iproute2 openssl curl util-linux)
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# The machine's own address: the first global IPv4 address of the default route's interface.
+node_ip() {
+  local dev
+  dev="$(ip -4 route show default | awk '{for (i = 1; i < NF; i++) if ($i == "dev") print $(i + 1)}' | head -1)"
+  [ -n "$dev" ] || dev="$(ip -4 -o addr show scope global | awk '{print $2}' | head -1)"
+  ip -4 -o addr show dev "$dev" scope global | awk '{split($4, a, "/"); print a[1]}' | head -1
+}
+
+# Optional containerd 2.x + runc (user-namespaced pods, hostUsers: false); built only with SANDBOX_CONTAINERD=2.
+# See docs/containerd2.md. containerd v2.3 is the LTS line; runc v1.5.2 is what containerd v2.3.7 tests with.
+CONTAINERD_VERSION="v2.3.7"
+RUNC_VERSION="v1.5.3"
+CONTAINERD2_BIN_DIR="$CACHE_ROOT/bin/containerd-$CONTAINERD_VERSION-runc-$RUNC_VERSION"

@@ -1,0 +1,60 @@
+"""Names shared by the operator, the SDK, the CLI, the image and the chart.
+
+Everything that two parts of the project must agree on lives here, once.
+"""
+
+from typing import Final
+
+GROUP: Final = "sandbox-operator.io"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+KIND: Final = "Sandbox"
+PLURAL: Final = "sandboxes"
+SINGULAR: Final = "sandbox"
+SHORT_NAMES: Final = ("sbx",)
+CRD_NAME: Final = f"{PLURAL}.{GROUP}"
+
+# Labels every child object carries.
+LABEL_APP_NAME: Final = "app.kubernetes.io/name"
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+LABEL_SANDBOX: Final = f"{GROUP}/sandbox"
+APP_NAME: Final = "sandbox"
+MANAGER_NAME: Final = "sandbox-operator"
+
+# Label and annotation keys a user may not set on the pod: the operator owns them.
+RESERVED_KEY_PREFIXES: Final = (f"{GROUP}/", "app.kubernetes.io/", "kubernetes.io/", "k8s.io/")
+
+# The activity record. The SDK and CLI write an RFC 3339 UTC timestamp here (throttled); the collector reads it.
+# An annotation rather than a status field, so clients need only `patch` on sandboxes, not on sandboxes/status.
+ANNOTATION_LAST_ACTIVITY: Final = f"{GROUP}/last-activity"
+
+# The sandbox container and the paths inside the sandbox image.
+CONTAINER_NAME: Final = "sandbox"
+WORKSPACE_DIR: Final = "/workspace"
+TMP_DIR: Final = "/tmp"
+WRITABLE_ROOTS: Final = (WORKSPACE_DIR, TMP_DIR)
+SANDBOX_UID: Final = 1000
+SANDBOX_GID: Final = 1000
+EXEC_WRAPPER: Final = "/usr/local/bin/sandbox-exec"
+FILES_TOOL: Final = "/usr/local/bin/sandbox-files"
+INIT_PROGRAM: Final = "/usr/local/bin/sandbox-init"
+READY_PROGRAM: Final = "/usr/local/bin/sandbox-ready"
+
+# Environment the operator sets in the sandbox container; the exec wrapper reads its defaults from it.
+ENV_PIDS_LIMIT: Final = "SANDBOX_PIDS_LIMIT"
+ENV_COMMAND_TIMEOUT: Final = "SANDBOX_COMMAND_TIMEOUT"
+ENV_FILE_SIZE_LIMIT: Final = "SANDBOX_FILE_SIZE_LIMIT"
+
+# Images, always with pinned tags (never `latest`); preloaded into the node's containerd.
+PROJECT_VERSION: Final = "0.1.0"
+SANDBOX_IMAGE: Final = f"localhost/sandbox-operator/sandbox:{PROJECT_VERSION}"
+OPERATOR_IMAGE: Final = f"localhost/sandbox-operator/operator:{PROJECT_VERSION}"
+
+
+def pod_name(sandbox_name: str) -> str:
+    """The one pod of a Sandbox has the Sandbox's name: deterministic, so a re-run never makes a second pod."""
+    return sandbox_name
+
+
+def network_policy_name(sandbox_name: str) -> str:
+    return f"{sandbox_name}-deny-all"

@@ -1,0 +1,90 @@
+"""cluster-down leaves nothing behind, and cluster-up recovers from a cluster killed with SIGKILL.
+
+Disruptive: these tests take the cluster down, so they run after every other test (see conftest) and
+bring it back up before they end.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT, Cluster
+
+pytestmark = pytest.mark.disruptive
+
+COMPONENTS = ("containerd", "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
+              "kubelet", "kube-proxy", "kube-router")
+
+
+def lib(var: str) -> str:
+    return subprocess.run(["bash", "-c", f"source hack/lib.sh && echo ${var}"], cwd=REPO_ROOT, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def make(target: str) -> None:
+    subprocess.run(["make", "-s", "--no-print-directory", target], cwd=REPO_ROOT, check=True, timeout=900)
+
+
+def recorded_pids() -> dict[str, int]:
+    run_dir = Path(lib("RUN_DIR"))
+    return {f.stem: int(f.read_text().split()[0]) for f in run_dir.glob("*.pid")}
+
+
+def leftovers() -> list[str]:
+    """Everything of the cluster that could remain on the machine, described; empty when clean."""
+    found: list[str] = []
+    for comm_file in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            comm = comm_file.read_text().strip()
+        except OSError:
+            continue
+        if comm in COMPONENTS or comm.startswith("containerd-shim"):
+            found.append(f"process {comm} (pid {comm_file.parent.name})")
+    mounts = Path("/proc/self/mounts").read_text().splitlines()
+    found += [f"mount {m.split()[1]}" for m in mounts
+              if m.split()[1].startswith(("/var/lib/kubelet", "/run/containerd/io.containerd", "/run/netns/cni-"))]
+    if subprocess.run(["ip", "link", "show", lib("CNI_BRIDGE")], capture_output=True).returncode == 0:
+        found.append("bridge " + lib("CNI_BRIDGE"))
+    for table in ("filter", "nat", "mangle"):
+        rules = subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True, check=True).stdout
+        found += [f"iptables {table} {line.split()[0]}" for line in rules.splitlines()
+                  if line.startswith(":") and line[1:].startswith(("KUBE-", "CNI-"))]
+    sets = subprocess.run(["ipset", "list", "-n"], capture_output=True, text=True, check=True).stdout.split()
+    found += [f"ipset {s}" for s in sets if s.startswith(("KUBE-", "kube-router"))]
+    found += [f"cgroup {p}" for p in Path("/sys/fs/cgroup").glob("*/kubepods")]
+    if Path(lib("CLUSTER_DIR"), "sysctls.saved").exists():
+        found.append("sysctls not restored")
+    return found
+
+
+def test_cluster_down_leaves_nothing_and_restores_sysctls(cluster: Cluster) -> None:
+    saved = dict(line.split("=", 1) for line in
+                 (Path(lib("CLUSTER_DIR")) / "sysctls.saved").read_text().splitlines() if line.strip())
+    assert "kernel.panic" in saved
+    make("cluster-down")
+    assert leftovers() == []
+    now = {key: subprocess.run(["sysctl", "-n", key], capture_output=True, text=True).stdout.strip()
+           for key, value in saved.items() if value}
+    assert now == {key: value for key, value in saved.items() if value}
+    make("cluster-up")
+    out = cluster.kubectl("get", "nodes", "-o", "jsonpath={.items[0].status.conditions[?(@.type=='Ready')].status}")
+    assert out.stdout == "True"
+
+
+def test_cluster_up_recovers_after_sigkill(cluster: Cluster) -> None:
+    pids = recorded_pids()
+    assert set(pids) == set(COMPONENTS)
+    for pid in pids.values():
+        os.kill(pid, signal.SIGKILL)
+    make("cluster-up")
+    out = cluster.kubectl("get", "nodes", "-o", "jsonpath={.items[0].status.conditions[?(@.type=='Ready')].status}")
+    assert out.stdout == "True"
+    # Running it again leaves the one healthy cluster alone.
+    after_recovery = recorded_pids()
+    make("cluster-up")
+    assert recorded_pids() == after_recovery
