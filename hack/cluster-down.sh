@@ -41,54 +41,50 @@ remove_containers() {
 unmount_below() { # prefixes...
   local prefix target
   for prefix in "$@"; do
-    findmnt -rn -o TARGET | awk -v p="$prefix" 'index($0, p) == 1' | sort -r | while read -r target; do
+    { findmnt -rn -o TARGET | awk -v p="$prefix" 'index($0, p) == 1' | sort -r || true; } | while read -r target; do
       umount "$target" 2>/dev/null || umount -l "$target" 2>/dev/null || true
+    done
+  done
+}
+
+# Deletes, in IPv4 and IPv6, the rules whose text matches rule-regex and then the chains matching chain-regex.
+delete_rules_and_chains() { # rule-regex chain-regex
+  local tool table rule chain
+  for tool in iptables ip6tables; do
+    for table in filter nat mangle; do
+      { "$tool-save" -t "$table" 2>/dev/null | grep '^-A' | grep -E -- "$1" | sed 's/^-A //' || true; } |
+        while read -r rule; do eval "$tool -w -t $table -D $rule" 2>/dev/null || true; done
+      for chain in $({ "$tool-save" -t "$table" 2>/dev/null | sed -n 's/^:\([^ ]*\) .*/\1/p' | grep -E -- "$2" || true; }); do
+        "$tool" -w -t "$table" -F "$chain" 2>/dev/null || true
+        "$tool" -w -t "$table" -X "$chain" 2>/dev/null || true
+      done
     done
   done
 }
 
 remove_cni_iptables() {
   # Rules the bridge plugin tagged with our network name, and the per-container CNI- chains they jump to.
-  local table rule chain
-  for table in nat filter; do
-    iptables-save -t "$table" 2>/dev/null | grep -F "name: \\\"$CNI_NETWORK\\\"" | grep '^-A' | while read -r rule; do
-      eval "iptables -w -t $table -D ${rule#-A }" 2>/dev/null || true
-    done
-    for chain in $(iptables-save -t "$table" 2>/dev/null | sed -n 's/^:\(CNI-[^ ]*\) .*/\1/p'); do
-      iptables -w -t "$table" -F "$chain" 2>/dev/null || true
-      iptables -w -t "$table" -X "$chain" 2>/dev/null || true
-    done
-  done
+  delete_rules_and_chains "$CNI_NETWORK| CNI-" '^CNI-'
 }
 
 remove_kube_router_state() {
-  local set
   if [ -x "$BIN_DIR/kube-router" ] && iptables-save 2>/dev/null | grep -q 'KUBE-ROUTER\|KUBE-NWPLCY\|KUBE-POD-FW'; then
     "$BIN_DIR/kube-router" --cleanup-config >> "$LOG_DIR/kube-router-cleanup.log" 2>&1 || true
   fi
-  # Anything the cleanup missed: kube-router's chains and sets carry these prefixes.
-  for table in filter nat mangle; do
-    iptables-save -t "$table" 2>/dev/null | grep '^-A' | grep -E 'KUBE-ROUTER|KUBE-NWPLCY|KUBE-POD-FW|KUBE-SRC-|KUBE-DST-' \
-      | while read -r rule; do eval "iptables -w -t $table -D ${rule#-A }" 2>/dev/null || true; done
-    for chain in $(iptables-save -t "$table" 2>/dev/null | sed -n 's/^:\(KUBE-ROUTER[^ ]*\|KUBE-NWPLCY[^ ]*\|KUBE-POD-FW[^ ]*\) .*/\1/p'); do
-      iptables -w -t "$table" -F "$chain" 2>/dev/null || true
-      iptables -w -t "$table" -X "$chain" 2>/dev/null || true
-    done
-  done
-  for set in $(ipset list -n 2>/dev/null | grep -E '^(KUBE-|kube-router)'); do ipset destroy "$set" 2>/dev/null || true; done
+}
+
+remove_ipsets() { # what kube-router's cleanup missed; only after no iptables rule refers to them any more
+  local set
+  for set in $(ipset list -n 2>/dev/null | grep -E '^(KUBE-|kube-router)' || true); do ipset destroy "$set" 2>/dev/null || true; done
 }
 
 remove_kube_proxy_state() {
   if [ -x "$BIN_DIR/kube-proxy" ] && iptables-save 2>/dev/null | grep -q '^:KUBE-'; then
     "$BIN_DIR/kube-proxy" --cleanup >> "$LOG_DIR/kube-proxy-cleanup.log" 2>&1 || true
   fi
-  # kube-proxy also programs nftables tables of its own when it probes for nft mode.
-  local t
-  for t in kube-proxy; do
-    nft list table ip "$t" > /dev/null 2>&1 && nft delete table ip "$t"
-    nft list table ip6 "$t" > /dev/null 2>&1 && nft delete table ip6 "$t"
-  done
-  return 0
+  # What kube-proxy's cleanup leaves: the kubelet's own chains (KUBE-FIREWALL, KUBE-KUBELET-CANARY,
+  # KUBE-IPTABLES-HINT) and anything else in Kubernetes' KUBE- namespace, the only Kubernetes on this machine.
+  delete_rules_and_chains '-j KUBE-|--jump KUBE-' '^KUBE-'
 }
 
 remove_kubepods_cgroups() {
@@ -104,14 +100,16 @@ for c in kube-router kube-proxy kubelet; do stop_component "$c"; done
 remove_containers
 for c in kube-scheduler kube-controller-manager kube-apiserver etcd containerd; do stop_component "$c"; done
 
-unmount_below /var/lib/kubelet/ /run/containerd/io.containerd. /run/netns/cni- /var/run/netns/cni-
-for ns in $(ip netns list 2>/dev/null | awk '/^cni-/{print $1}'); do ip netns delete "$ns" 2>/dev/null || true; done
+# The kubelet and containerd bind-mount their own roots (/var/lib/kubelet, /run/netns) to share propagation.
+unmount_below /var/lib/kubelet /run/containerd/io.containerd. /run/netns/cni- /run/netns
+for ns in $(ip netns list 2>/dev/null | awk '/^cni-/{print $1}' || true); do ip netns delete "$ns" 2>/dev/null || true; done
 ip link show "$CNI_BRIDGE" > /dev/null 2>&1 && ip link delete "$CNI_BRIDGE"
 rm -rf "$CLUSTER_DIR/cni-ipam" "$CLUSTER_DIR/etcd" /var/lib/kubelet
 
 remove_kube_router_state
 remove_kube_proxy_state
 remove_cni_iptables
+remove_ipsets
 remove_kubepods_cgroups
 restore_sysctls
 say "cluster down"

@@ -64,12 +64,20 @@ node_ready() {
   [ "$(kubectl_admin get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]
 }
 
+kube_proxy_synced() { # the rules for the `kubernetes` Service are in place
+  iptables -w -t nat -S KUBE-SERVICES 2>/dev/null | grep -q "default/kubernetes:https cluster IP"
+}
+
 CLUSTER_COMPONENTS=(containerd etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kube-router)
 
-cluster_healthy() {
-  local c
+cluster_healthy() { # every component is the process we started, and the node is (or soon becomes) Ready
+  local c deadline=$(( $(date +%s) + 90 ))
   for c in "${CLUSTER_COMPONENTS[@]}"; do component_pid "$c" > /dev/null || return 1; done
-  [ -x "$BIN_DIR/kubectl" ] && node_ready 2>/dev/null
+  [ -x "$BIN_DIR/kubectl" ] || return 1
+  until node_ready 2>/dev/null; do
+    [ "$(date +%s)" -lt "$deadline" ] || return 1
+    sleep 2
+  done
 }
 
 # The sysctls the kubelet, kube-proxy and the bridge need; saved once, restored by cluster-down.
@@ -191,8 +199,12 @@ state = "/run/containerd"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "$PAUSE_IMAGE"
   stream_server_address = "127.0.0.1"
+  # This kernel has no AppArmor.
   disable_apparmor = true
   enable_unprivileged_ports = false
+  # The VM withholds CAP_SYS_RESOURCE even from root, so nothing may lower an OOM score below ours: without this,
+  # runc fails to apply the kubelet's -998 (pause) and -997 (Guaranteed pods) with "can't get final child's PID".
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"

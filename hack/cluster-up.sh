@@ -75,6 +75,9 @@ start_component kubelet "$BIN_DIR/kubelet" --config="$CLUSTER_DIR/kubelet.yaml" 
 wait_for "node registration" 120 kubectl_admin get node "$NODE_NAME"
 
 start_component kube-proxy "$BIN_DIR/kube-proxy" --config="$CLUSTER_DIR/kube-proxy.yaml" --v=1
+# kube-router rewrites the filter table with iptables-restore; started while kube-proxy makes its first chains,
+# it can drop one of them, and kube-proxy then waits for the next change to try again. So one after the other.
+wait_for "kube-proxy's service rules" 60 kube_proxy_synced
 # Firewall only: kube-router enforces NetworkPolicy; routing and service proxy stay off.
 start_component kube-router "$BIN_DIR/kube-router" --kubeconfig="$ADMIN_KUBECONFIG" \
   --hostname-override="$NODE_NAME" --run-firewall=true --run-router=false --run-service-proxy=false \
