@@ -38,13 +38,14 @@ def recorded_pids() -> dict[str, int]:
 def leftovers() -> list[str]:
     """Everything of the cluster that could remain on the machine, described; empty when clean."""
     found: list[str] = []
-    for comm_file in Path("/proc").glob("[0-9]*/comm"):
+    ours = (lib("BIN_DIR"), lib("CLUSTER_DIR"), f"-address {lib('CONTAINERD_SOCK')}")
+    for cmdline_file in Path("/proc").glob("[0-9]*/cmdline"):
         try:
-            comm = comm_file.read_text().strip()
+            cmdline = cmdline_file.read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if comm in COMPONENTS or comm.startswith("containerd-shim"):
-            found.append(f"process {comm} (pid {comm_file.parent.name})")
+        if any(mark in cmdline for mark in ours) and cmdline_file.parent.name != str(os.getpid()):
+            found.append(f"process {cmdline[:120]} (pid {cmdline_file.parent.name})")
     mounts = Path("/proc/self/mounts").read_text().splitlines()
     found += [f"mount {m.split()[1]}" for m in mounts
               if m.split()[1].startswith(("/var/lib/kubelet", "/run/containerd/io.containerd", "/run/netns/cni-"))]
