@@ -3,6 +3,7 @@
 # One Go module per tool lives under hack/tools/<tool>; its go.mod/go.sum pin the whole graph.
 # A second run finds every binary in place and builds nothing.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$HACK_DIR/image-lib.sh"   # apt_install
 
 KUBE_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
 
@@ -46,13 +47,14 @@ build_one kube-router kube-router github.com/cloudnativelabs/kube-router/v2/cmd/
   "-X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$KUBE_ROUTER_VERSION"
 log "binaries in $BIN_DIR"
 
-# Optional containerd 2.x + runc, into their own cache dir (the cluster keeps using Debian containerd 1.6 unless
-# SANDBOX_CONTAINERD=2). runc needs cgo + libseccomp: apt-get install -y libseccomp-dev pkg-config.
+# containerd 2.x + runc, into their own cache dir; the cluster's default runtime (SANDBOX_CONTAINERD=1 skips them
+# and uses Debian's containerd 1.6). runc needs cgo + libseccomp.
 build_containerd2() {
   local out="$CONTAINERD2_BIN_DIR" b missing=0
   for b in containerd containerd-shim-runc-v2 ctr runc; do [ -x "$out/$b" ] || missing=1; done
   [ "$missing" = 0 ] && { log "containerd $CONTAINERD_VERSION + runc $RUNC_VERSION: cached"; return; }
-  pkg-config --exists libseccomp || die "runc needs libseccomp headers: apt-get install -y libseccomp-dev pkg-config"
+  # runc links libseccomp statically: the headers and pkg-config are needed at build time only.
+  pkg-config --exists libseccomp 2>/dev/null || apt_install libseccomp-dev pkg-config
   mkdir -p "$out"
   log "containerd $CONTAINERD_VERSION + runc $RUNC_VERSION: building into $out"
   local pkg="github.com/containerd/containerd/v2"

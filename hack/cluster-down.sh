@@ -13,17 +13,16 @@ say() { $quiet || log "$@"; }
 [ "$(id -u)" = 0 ] || die "cluster-down needs root"
 mkdir -p "$RUN_DIR" "$LOG_DIR"
 
-ctr_k8s() { ctr --address "$CONTAINERD_SOCK" -n k8s.io "$@"; }
+ctr_k8s() { "$(ctr_bin)" --address "$CONTAINERD_SOCK" -n k8s.io "$@"; }
 
 # Containers outlive a killed containerd (their shims keep running), so containerd is started again, if
 # needed, to stop them through its own API rather than by guessing at processes.
 remove_containers() {
-  local task_dir=/run/containerd/io.containerd.runtime.v2.task/k8s.io started=false id
+  local task_dir="$CONTAINERD_STATE/io.containerd.runtime.v2.task/k8s.io" started=false id
   if [ -d "$task_dir" ] && [ -n "$(ls -A "$task_dir" 2>/dev/null)" ]; then
     if ! component_pid containerd > /dev/null; then
       [ -f "$CLUSTER_DIR/containerd.toml" ] || return 0
-      start_component containerd /usr/bin/containerd --config "$CLUSTER_DIR/containerd.toml"
-      wait_for "containerd" 60 ctr --address "$CONTAINERD_SOCK" version
+      start_containerd
       started=true
     fi
     say "removing containers"
@@ -101,7 +100,7 @@ remove_containers
 for c in kube-scheduler kube-controller-manager kube-apiserver etcd containerd; do stop_component "$c"; done
 
 # The kubelet and containerd bind-mount their own roots (/var/lib/kubelet, /run/netns) to share propagation.
-unmount_below /var/lib/kubelet /run/containerd/io.containerd. /run/netns/cni- /run/netns
+unmount_below /var/lib/kubelet "$CONTAINERD_STATE/" /run/netns/cni- /run/netns
 for ns in $(ip netns list 2>/dev/null | awk '/^cni-/{print $1}' || true); do ip netns delete "$ns" 2>/dev/null || true; done
 ip link show "$CNI_BRIDGE" > /dev/null 2>&1 && ip link delete "$CNI_BRIDGE"
 rm -rf "$CLUSTER_DIR/cni-ipam" "$CLUSTER_DIR/etcd" /var/lib/kubelet

@@ -1,10 +1,8 @@
 # Functions shared by cluster-up.sh and cluster-down.sh. Source lib.sh first.
+# shellcheck source=hack/image-lib.sh
+source "$HACK_DIR/image-lib.sh"   # apt_install, ctr_bin
 
 kubectl_admin() { "$BIN_DIR/kubectl" --kubeconfig "$ADMIN_KUBECONFIG" --request-timeout=10s "$@"; }
-
-apt_install() {
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 --no-install-recommends "$@"
-}
 
 install_host_packages() {
   local missing=() p
@@ -12,8 +10,6 @@ install_host_packages() {
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   [ ${#missing[@]} -eq 0 ] && return
-  log "installing Debian packages: ${missing[*]}"
-  apt-get update -qq -o DPkg::Lock::Timeout=600
   apt_install "${missing[@]}"
 }
 
@@ -66,6 +62,18 @@ node_ready() {
 
 kube_proxy_synced() { # the rules for the `kubernetes` Service are in place
   iptables -w -t nat -S KUBE-SERVICES 2>/dev/null | grep -q "default/kubernetes:https cluster IP"
+}
+
+# The containerd of the chosen flavour; its PATH finds the matching shim (and runc) first.
+start_containerd() {
+  mkdir -p "$CONTAINERD_ROOT" "$CONTAINERD_STATE"
+  if [ "$SANDBOX_CONTAINERD" = 2 ]; then
+    start_component containerd env PATH="$CONTAINERD2_BIN_DIR:$PATH" "$CONTAINERD2_BIN_DIR/containerd" \
+      --config "$CLUSTER_DIR/containerd.toml"
+  else
+    start_component containerd /usr/bin/containerd --config "$CLUSTER_DIR/containerd.toml"
+  fi
+  wait_for "containerd" 60 "$(ctr_bin)" --address "$CONTAINERD_SOCK" version
 }
 
 CLUSTER_COMPONENTS=(containerd etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kube-router)
@@ -190,33 +198,7 @@ write_configs() { # node-ip
   ]
 }
 CNI
-  cat > "$CLUSTER_DIR/containerd.toml" <<TOML
-version = 2
-root = "/var/lib/containerd"
-state = "/run/containerd"
-[grpc]
-  address = "$CONTAINERD_SOCK"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "$PAUSE_IMAGE"
-  stream_server_address = "127.0.0.1"
-  # This kernel has no AppArmor.
-  disable_apparmor = true
-  enable_unprivileged_ports = false
-  # The VM withholds CAP_SYS_RESOURCE even from root, so nothing may lower an OOM score below ours: without this,
-  # runc fails to apply the kubelet's -998 (pause) and -997 (Guaranteed pods) with "can't get final child's PID".
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "$CLUSTER_DIR/cni"
-    max_conf_num = 1
-TOML
+  write_containerd_config
   # Pods never resolve names outside the machine: their resolver is the pod's own loopback, where nothing answers.
   echo "nameserver 127.0.0.1" > "$CLUSTER_DIR/resolv.conf"
   cat > "$CLUSTER_DIR/kubelet.yaml" <<YAML
@@ -264,4 +246,72 @@ kind: KubeSchedulerConfiguration
 clientConnection: {kubeconfig: $CLUSTER_DIR/scheduler.kubeconfig}
 leaderElection: {leaderElect: false}
 YAML
+}
+
+# Both flavours: cgroupfs (the kubelet's driver), Debian's CNI plugins, our pause image, streaming on loopback.
+# disable_apparmor: this kernel has none. restrict_oom_score_adj: the VM withholds CAP_SYS_RESOURCE even from root,
+# so nothing may go below OOM score 0; without it runc fails to apply the kubelet's -998 (pause) and -997
+# (Guaranteed pods) with "can't get final child's PID from pipe".
+write_containerd_config() {
+  if [ "$SANDBOX_CONTAINERD" = 2 ]; then
+    cat > "$CLUSTER_DIR/containerd.toml" <<TOML
+version = 3
+root = "$CONTAINERD_ROOT"
+state = "$CONTAINERD_STATE"
+[grpc]
+  address = "$CONTAINERD_SOCK"
+[ttrpc]
+  address = "$CONTAINERD_SOCK.ttrpc"
+[plugins]
+  [plugins.'io.containerd.nri.v1.nri']
+    disable = true
+  [plugins.'io.containerd.cri.v1.images']
+    snapshotter = "overlayfs"
+    [plugins.'io.containerd.cri.v1.images'.pinned_images]
+      sandbox = "$PAUSE_IMAGE"
+  [plugins.'io.containerd.cri.v1.runtime']
+    disable_apparmor = true
+    restrict_oom_score_adj = true
+    enable_unprivileged_ports = false
+    enable_unprivileged_icmp = false
+    [plugins.'io.containerd.cri.v1.runtime'.containerd]
+      default_runtime_name = "runc"
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+        runtime_type = "io.containerd.runc.v2"
+        [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+          BinaryName = "$CONTAINERD2_BIN_DIR/runc"
+          SystemdCgroup = false
+    [plugins.'io.containerd.cri.v1.runtime'.cni]
+      bin_dirs = ["/usr/lib/cni"]
+      conf_dir = "$CLUSTER_DIR/cni"
+      max_conf_num = 1
+  [plugins.'io.containerd.grpc.v1.cri']
+    stream_server_address = "127.0.0.1"
+TOML
+  else
+    cat > "$CLUSTER_DIR/containerd.toml" <<TOML
+version = 2
+root = "$CONTAINERD_ROOT"
+state = "$CONTAINERD_STATE"
+[grpc]
+  address = "$CONTAINERD_SOCK"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "$PAUSE_IMAGE"
+  stream_server_address = "127.0.0.1"
+  disable_apparmor = true
+  enable_unprivileged_ports = false
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "$CLUSTER_DIR/cni"
+    max_conf_num = 1
+TOML
+  fi
 }

@@ -30,8 +30,7 @@ generate_pki "$NODE_IP"
 write_configs "$NODE_IP"
 
 # containerd first, so images can be imported while the control plane starts.
-start_component containerd /usr/bin/containerd --config "$CLUSTER_DIR/containerd.toml"
-wait_for "containerd" 60 ctr --address "$CONTAINERD_SOCK" version
+start_containerd
 bash "$HACK_DIR/build-images.sh" import
 
 start_component etcd "$BIN_DIR/etcd" --name "$NODE_NAME" --data-dir "$CLUSTER_DIR/etcd" \

@@ -38,9 +38,9 @@ KUBERNETES_SERVICE_IP="10.96.0.1"
 CNI_BRIDGE="sbxcni0"
 CNI_NETWORK="sandbox-operator-pods"
 POD_PIDS_LIMIT=256
-CONTAINERD_SOCK="/run/containerd/containerd.sock"
 # Debian packages the cluster needs on the host.
-HOST_PACKAGES=(containerd runc containernetworking-plugins iptables ipset conntrack iproute2 openssl curl util-linux)
+HOST_PACKAGES=(containerd runc containernetworking-plugins iptables ipset conntrack iproute2 openssl curl util-linux
+  libseccomp-dev pkg-config)
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -53,8 +53,21 @@ node_ip() {
   ip -4 -o addr show dev "$dev" scope global | awk '{split($4, a, "/"); print a[1]}' | head -1
 }
 
-# Optional containerd 2.x + runc (user-namespaced pods, hostUsers: false); built only with SANDBOX_CONTAINERD=2.
-# See docs/containerd2.md. containerd v2.3 is the LTS line; runc v1.5.2 is what containerd v2.3.7 tests with.
-CONTAINERD_VERSION="v2.3.7"
+# The container runtime. Default: containerd 2.x + runc built from Go modules, which run user-namespaced pods
+# (hostUsers: false), so UID 1000 in each sandbox is a distinct host UID and RLIMIT_NPROC holds per sandbox.
+# SANDBOX_CONTAINERD=1 uses Debian's containerd 1.6 and runc 1.1 instead (no user namespaces). docs/containerd2.md.
+SANDBOX_CONTAINERD="${SANDBOX_CONTAINERD:-2}"
+CONTAINERD_VERSION="v2.3.7"          # the 2.3 LTS line
 RUNC_VERSION="v1.5.3"
 CONTAINERD2_BIN_DIR="$CACHE_ROOT/bin/containerd-$CONTAINERD_VERSION-runc-$RUNC_VERSION"
+# The cluster's containerd has a root, state and socket of its own, apart from any containerd of the machine's.
+CONTAINERD_ROOT="$CLUSTER_DIR/containerd-$SANDBOX_CONTAINERD"
+CONTAINERD_STATE="/run/sandbox-operator/containerd"
+CONTAINERD_SOCK="/run/sandbox-operator/containerd.sock"
+
+# Images built offline by hack/build-images.sh (pinned tags, never `latest`); archives are cached in IMAGE_CACHE.
+# (PAUSE_IMAGE, containerd's sandbox_image, and BASE_IMAGE, the FROM of our Dockerfiles, are defined above.)
+IMAGE_PREFIX="localhost/sandbox-operator"
+SANDBOX_IMAGE_VERSION="0.1.0"        # = PROJECT_VERSION in operator/sandbox_operator/constants.py (a unit test checks)
+SANDBOX_IMAGE="$IMAGE_PREFIX/sandbox:$SANDBOX_IMAGE_VERSION"
+DEBIAN_SUITE="bookworm"

@@ -48,7 +48,7 @@ def leftovers() -> list[str]:
             found.append(f"process {cmdline[:120]} (pid {cmdline_file.parent.name})")
     mounts = Path("/proc/self/mounts").read_text().splitlines()
     found += [f"mount {m.split()[1]}" for m in mounts
-              if m.split()[1].startswith(("/var/lib/kubelet", "/run/containerd/io.containerd", "/run/netns/cni-"))]
+              if m.split()[1].startswith(("/var/lib/kubelet", lib("CONTAINERD_STATE"), "/run/netns"))]
     if subprocess.run(["ip", "link", "show", lib("CNI_BRIDGE")], capture_output=True).returncode == 0:
         found.append("bridge " + lib("CNI_BRIDGE"))
     for table in ("filter", "nat", "mangle"):

@@ -232,3 +232,29 @@ def test_no_image_was_pulled_and_pods_resolve_nothing_outside(cluster: Cluster, 
     assert servers and all(ipaddress.ip_address(s).is_loopback for s in servers), resolv
     lookup = exec_python(cluster, namespace, "dns", "import socket; socket.getaddrinfo('example.org', 80)")
     assert lookup.returncode != 0
+
+
+def test_user_namespaced_pods_get_distinct_host_uids(cluster: Cluster, namespace: str) -> None:
+    """hostUsers: false works, so UID 1000 in each sandbox is its own host UID (and RLIMIT_NPROC is per sandbox)."""
+    core = client.CoreV1Api(cluster.api)
+    host_uids = []
+    for name in ("userns-a", "userns-b"):
+        pod = client.V1Pod(
+            metadata=client.V1ObjectMeta(name=name),
+            spec=client.V1PodSpec(
+                host_users=False, restart_policy="Never", termination_grace_period_seconds=0,
+                automount_service_account_token=False,
+                security_context=client.V1PodSecurityContext(run_as_user=1000, run_as_group=1000),
+                containers=[client.V1Container(name="main", image=BASE_IMAGE, image_pull_policy="Never",
+                                               command=["python3", "-c", "import time; time.sleep(3600)"])],
+            ),
+        )
+        core.create_namespaced_pod(namespace, pod)
+        wait_until(lambda n=name: core.read_namespaced_pod(n, namespace).status.phase == "Running", 120, name)
+        script = "import json, os; print(json.dumps([os.getuid(), open('/proc/self/uid_map').read().split()]))"
+        uid, (container_start, host_start, _length) = json.loads(
+            cluster.kubectl("-n", namespace, "exec", name, "--", "python3", "-c", script).stdout)
+        assert uid == 1000
+        assert container_start == "0" and int(host_start) >= 65536, "not in a user namespace"
+        host_uids.append(int(host_start) + uid)
+    assert host_uids[0] != host_uids[1]
