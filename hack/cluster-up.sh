@@ -31,6 +31,7 @@ write_configs "$NODE_IP"
 
 # containerd first, so images can be imported while the control plane starts.
 start_containerd
+bash "$HACK_DIR/build-images.sh" build
 bash "$HACK_DIR/build-images.sh" import
 
 start_component etcd "$BIN_DIR/etcd" --name "$NODE_NAME" --data-dir "$CLUSTER_DIR/etcd" \

@@ -1,0 +1,78 @@
+{{/*
+THE operator's RBAC table: every permission it has, and why. Rendered into a Role in each sandbox namespace
+(clusterWide: false) or into one ClusterRole (clusterWide: true); the cluster-scoped reads below always go into a
+ClusterRole. Deliberately absent: pods/exec, pods/attach, pods/portforward, pods/ephemeralcontainers, secrets,
+serviceaccounts/token, configmaps, nodes, wildcards, and the escalate/bind/impersonate verbs. kopf runs
+standalone, so it needs no peering objects (kopf.dev).
+*/}}
+
+{{/* Namespaced rules: the objects the operator reconciles. */}}
+{{- define "sandbox-operator.rules.namespaced" -}}
+# Application: the Sandboxes. kopf lists and watches them and patches its finalizer and progress annotations;
+# the operator reads one fresh before each status write, and the collector deletes idle and expired ones.
+- apiGroups: ["sandbox-operator.io"]
+  resources: ["sandboxes"]
+  verbs: ["get", "list", "watch", "patch", "delete"]
+# Application: the status, written only through the status subresource (merge patches).
+- apiGroups: ["sandbox-operator.io"]
+  resources: ["sandboxes/status"]
+  verbs: ["get", "patch"]
+# Application: children carry a controller reference with blockOwnerDeletion, which the
+# OwnerReferencesPermissionEnforcement admission plugin (where enabled) allows only with update on finalizers.
+- apiGroups: ["sandbox-operator.io"]
+  resources: ["sandboxes/finalizers"]
+  verbs: ["update"]
+# Application: the one pod of each Sandbox. Watched for status; created, relabelled on spec changes, deleted.
+# No pods/exec or pods/attach: commands reach sandboxes through the clients' own credentials.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# Application: each Sandbox's deny-all NetworkPolicy. Watched so that one deleted out of band is recreated.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# Framework and application: Events about Sandboxes (one per status transition; kopf posts handler errors).
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- end }}
+
+{{/* Cluster-scoped reads kopf makes (ClusterRole in every mode). */}}
+{{- define "sandbox-operator.rules.cluster" -}}
+# Framework: kopf watches CustomResourceDefinitions to notice the Sandbox CRD being (re)installed.
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["list", "watch"]
+{{- if or (not .Values.clusterWide) .Values.watchPatterns }}
+# Framework: with a list of namespaces (or globs) kopf lists and watches namespaces to match them, and notices
+# one created after the operator started. Read-only, names and labels only.
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["list", "watch"]
+{{- end }}
+{{- end }}
+
+{{/*
+The clients' rules (SDK, sandboxctl, an agent platform). Bound per namespace, they allow exec there only.
+*/}}
+{{- define "sandbox-operator.rules.client" -}}
+# Sandboxes: create, read, watch, delete, and patch (the SDK records activity in an annotation).
+- apiGroups: ["sandbox-operator.io"]
+  resources: ["sandboxes"]
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+- apiGroups: ["sandbox-operator.io"]
+  resources: ["sandboxes/status"]
+  verbs: ["get"]
+# The sandbox pod, read to resolve where commands run.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list"]
+# Commands and file transfer. Kubernetes 1.35 checks create for WebSocket exec; older ones get.
+- apiGroups: [""]
+  resources: ["pods/exec"]
+  verbs: ["create", "get"]
+# The Sandboxes' Events (sandboxctl events, the SDK's wait errors).
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["get", "list", "watch"]
+{{- end }}

@@ -1,0 +1,223 @@
+#!/usr/bin/env bash
+# Builds the project's images offline and loads them into the local cluster's containerd.
+#
+#   hack/build-images.sh [COMMAND] [--force] [IMAGE...]
+#
+# IMAGE is pause, base or sandbox (default: all three; building sandbox also builds pause and base, which it
+# uses). COMMAND:
+#   all      (default) build, import into containerd when it is running, print the sandbox image size
+#   build    build only (no containerd needed): docker-archive tarballs in $IMAGE_CACHE
+#   import   build if needed, then import; fails when containerd is not running
+#   size     print the uncompressed size of each (built) image
+#   archive  print the path of each image's cached archive (building it if needed)
+# --force rebuilds even when a cached archive with the same inputs exists.
+#
+# With buildah (preferred; installed from Debian when neither engine is present): base = debootstrap minbase of
+# this machine's Debian mirror + python3, stripped; pause = images/pause/pause.c built static; sandbox =
+# images/sandbox/Dockerfile FROM those two. With docker (for users who have it): only pause and sandbox, the
+# sandbox from the official slim Python image and the upstream pause image (the Dockerfile defaults).
+# Every image is cached by version and by a hash of its inputs: a second run builds nothing.
+# shellcheck disable=SC2317  # the build_* functions are called indirectly
+set -euo pipefail
+# shellcheck source=hack/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=hack/image-lib.sh
+source "$HACK_DIR/image-lib.sh"
+
+usage() { sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit "${1:-2}"; }
+
+cmd="all"
+force=""
+images=()
+for arg in "$@"; do
+  case "$arg" in
+    all|build|import|size|archive) cmd="$arg" ;;
+    --force) force=1 ;;
+    pause|base|sandbox) images+=("$arg") ;;
+    -h|--help) usage 0 ;;
+    *) log "unknown argument: $arg"; usage ;;
+  esac
+done
+[ "${#images[@]}" -gt 0 ] || images=(pause base sandbox)
+
+mkdir -p "$IMAGE_CACHE"
+exec 9>"$IMAGE_CACHE/.build.lock"
+flock 9   # one build at a time (cluster-up and `make image` may overlap)
+
+ENGINE="$(image_engine)"
+
+image_ref() {
+  case "$1" in
+    pause) echo "$PAUSE_IMAGE" ;;
+    base) echo "$BASE_IMAGE" ;;
+    sandbox) echo "$SANDBOX_IMAGE" ;;
+  esac
+}
+
+# --- input keys: what each image is built from --------------------------------------------------------------
+PAUSE_CFLAGS=(-Os -Wall -Wextra -Werror -static "-DVERSION=\"$PAUSE_VERSION\"")
+# The base image's buildah config; part of its key.
+BASE_CONFIG=(--env "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" --env LANG=C.UTF-8
+             --cmd /bin/bash --label "org.opencontainers.image.title=sandbox-operator base"
+             --label "org.opencontainers.image.version=$BASE_IMAGE_VERSION")
+
+declare -A KEY=()
+key_of() {
+  local name="$1"
+  if [ -z "${KEY[$name]:-}" ]; then
+    case "$name" in
+      pause)
+        KEY[pause]="$(EXTRA_KEY_INPUT="$ENGINE ${PAUSE_CFLAGS[*]}" \
+          inputs_key "$REPO_ROOT/images/pause/pause.c" "$REPO_ROOT/images/pause/Dockerfile")" ;;
+      base)
+        KEY[base]="$(EXTRA_KEY_INPUT="$ENGINE $DEBIAN_SUITE $BASE_IMAGE_VERSION ${BASE_CONFIG[*]}" \
+          inputs_key "$REPO_ROOT/images/base/mkrootfs.sh")" ;;
+      sandbox)
+        local deps="defaults" tools
+        [ "$ENGINE" = buildah ] && deps="$(key_of base) $(key_of pause)"
+        mapfile -t tools < <(find "$REPO_ROOT/images/sandbox/bin" -type f | LC_ALL=C sort)
+        KEY[sandbox]="$(EXTRA_KEY_INPUT="$ENGINE $deps" \
+          inputs_key "$REPO_ROOT/images/sandbox/Dockerfile" "${tools[@]}")" ;;
+    esac
+  fi
+  echo "${KEY[$name]}"
+}
+
+version_of() {
+  case "$1" in
+    pause) echo "$PAUSE_VERSION" ;;
+    base) echo "$BASE_IMAGE_VERSION" ;;
+    sandbox) echo "$SANDBOX_IMAGE_VERSION" ;;
+  esac
+}
+
+archive_of() { echo "$IMAGE_CACHE/$1-$(version_of "$1")-$(key_of "$1").docker.tar"; }
+
+# Older archives of the same image (other inputs) only take space. ($IMAGE_CACHE/*.tar are image archives only:
+# the base image's root filesystem tar lives in $IMAGE_CACHE/rootfs.)
+prune_old() {
+  local name="$1" key f
+  key="$(key_of "$name")"
+  for f in "$IMAGE_CACHE/$name"-*.docker.tar "$IMAGE_CACHE/rootfs/$name"-*.tar; do
+    [ -e "$f" ] || continue
+    case "$f" in *"-$key."*) ;; *) rm -f "$f" ;; esac
+  done
+}
+
+# --- builds (called as "build_$name") -------------------------------------------------------------------------
+build_pause() {
+  local ctx rc=0
+  need_command gcc gcc
+  ctx="$(mktemp -d)"
+  if ! gcc "${PAUSE_CFLAGS[@]}" -o "$ctx/pause" "$REPO_ROOT/images/pause/pause.c" 2>"$ctx/gcc.log"; then
+    cat "$ctx/gcc.log" >&2
+    apt_install libc6-dev   # the static C library
+    gcc "${PAUSE_CFLAGS[@]}" -o "$ctx/pause" "$REPO_ROOT/images/pause/pause.c"
+  fi
+  strip "$ctx/pause"
+  image_bud "$ENGINE" "$PAUSE_IMAGE" "$(key_of pause)" "$ctx" -f "$REPO_ROOT/images/pause/Dockerfile" || rc=$?
+  rm -rf "$ctx"
+  return "$rc"
+}
+
+build_base() {
+  [ "$ENGINE" = buildah ] || die "the base image is built with buildah (debootstrap); docker users build FROM the official slim image"
+  [ "$(id -u)" = 0 ] || die "building the base image needs root (debootstrap)"
+  need_command debootstrap debootstrap
+  local rootfs mirror ctr start
+  mkdir -p "$IMAGE_CACHE/rootfs"
+  rootfs="$IMAGE_CACHE/rootfs/base-$BASE_IMAGE_VERSION-$(key_of base).tar"
+  if [ ! -s "$rootfs" ] || [ -n "$force" ]; then
+    mirror="$(debian_mirror "$DEBIAN_SUITE")"
+    log "base: debootstrap $DEBIAN_SUITE from $mirror"
+    start=$(date +%s)
+    bash "$REPO_ROOT/images/base/mkrootfs.sh" "$rootfs" "$DEBIAN_SUITE" "$mirror" \
+      "$IMAGE_CACHE/debootstrap-debs-$DEBIAN_SUITE"
+    log "base: root filesystem built in $(( $(date +%s) - start ))s"
+  fi
+  ctr="$(buildah from scratch)"
+  buildah add --quiet "$ctr" "$rootfs" / >/dev/null
+  buildah config "${BASE_CONFIG[@]}" --label "$INPUTS_LABEL=$(key_of base)" "$ctr"
+  buildah commit --quiet --rm --format docker "$ctr" "$BASE_IMAGE" >/dev/null
+}
+
+build_sandbox() {
+  local args=()
+  if [ "$ENGINE" = buildah ]; then
+    ensure pause
+    ensure base
+    image_load_storage "$ENGINE" "$PAUSE_IMAGE" "$(key_of pause)" "$(archive_of pause)"
+    image_load_storage "$ENGINE" "$BASE_IMAGE" "$(key_of base)" "$(archive_of base)"
+    args=(--build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "PAUSE_IMAGE=$PAUSE_IMAGE")
+  fi
+  image_bud "$ENGINE" "$SANDBOX_IMAGE" "$(key_of sandbox)" "$REPO_ROOT/images/sandbox" "${args[@]}" \
+    --label "org.opencontainers.image.title=sandbox-operator sandbox" \
+    --label "org.opencontainers.image.version=$SANDBOX_IMAGE_VERSION"
+}
+
+declare -A ENSURED=()
+# ensure NAME: the image's archive exists in the cache for its current inputs (built if not).
+ensure() {
+  local name="$1" archive start
+  [ -n "${ENSURED[$name]:-}" ] && return 0
+  archive="$(archive_of "$name")"
+  if [ -s "$archive" ] && [ -z "$force" ]; then
+    log "$name: up to date ($(basename "$archive"))"
+  else
+    if [ "$ENGINE" = docker ] && [ "$name" = base ]; then
+      log "base: skipped with docker (Dockerfiles default to the official python slim image)"
+      ENSURED[$name]=skipped
+      return 0
+    fi
+    start=$(date +%s)
+    log "$name: building $(image_ref "$name") with $ENGINE (inputs $(key_of "$name"))"
+    "build_$name"
+    image_save "$ENGINE" "$(image_ref "$name")" "$archive"
+    prune_old "$name"
+    log "$name: built in $(( $(date +%s) - start ))s -> $archive"
+  fi
+  ENSURED[$name]=1
+}
+
+print_size() {
+  local name="$1" archive bytes
+  archive="$(archive_of "$name")"
+  [ -s "$archive" ] || { log "$name: not built"; return 0; }
+  bytes="$(image_size "$archive")"
+  awk -v ref="$(image_ref "$name")" -v b="$bytes" \
+    'BEGIN { printf "%s: %.1f MB uncompressed (%d bytes)\n", ref, b / 1e6, b }'
+}
+
+import_all() {
+  local name
+  if ! containerd_running; then
+    [ "$cmd" = import ] && die "containerd is not running on $CONTAINERD_SOCK"
+    log "containerd is not running: images not imported (run 'hack/build-images.sh import' once it is)"
+    return 0
+  fi
+  for name in "${images[@]}"; do
+    [ "${ENSURED[$name]:-}" = skipped ] && continue
+    image_import "$(image_ref "$name")" "$(key_of "$name")" "$(archive_of "$name")"
+  done
+}
+
+for name in "${images[@]}"; do
+  case "$cmd" in
+    size) ;;
+    *) ensure "$name" ;;
+  esac
+done
+
+case "$cmd" in
+  build) ;;
+  all) import_all ;;
+  import) import_all ;;
+  archive) for name in "${images[@]}"; do archive_of "$name"; done ;;
+  size) for name in "${images[@]}"; do print_size "$name"; done ;;
+esac
+if [ "$cmd" = all ] || [ "$cmd" = build ] || [ "$cmd" = import ]; then
+  for name in "${images[@]}"; do
+    [ "$name" = sandbox ] && print_size sandbox
+  done
+fi
+exit 0

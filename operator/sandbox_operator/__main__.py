@@ -1,0 +1,47 @@
+"""``python -m sandbox_operator``: validate the settings, then run the kopf operator.
+
+A thin shim: it exits with status 2 and a message naming the bad environment variable before touching the
+cluster, configures logging, and runs the handlers in :mod:`sandbox_operator.handlers` in standalone mode with
+kopf's liveness endpoint.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import kopf
+
+from sandbox_operator.settings import SettingsError, get_settings
+
+EXIT_BAD_SETTINGS = 2
+
+
+def main() -> int:
+    try:
+        settings = get_settings()
+    except SettingsError as error:
+        print(f"sandbox-operator: {error}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
+
+    kopf.configure(verbose=settings.verbose, log_format=kopf.LogFormat[settings.log_format.upper()])
+
+    from sandbox_operator import handlers
+    from sandbox_operator.handlers.runtime import Runtime, runtime
+
+    memo = kopf.Memo()
+    rt: Runtime = runtime(memo)
+    del handlers, rt
+    liveness = (f"http://{settings.bind_address}:{settings.health_port}/healthz"
+                if settings.health_port else None)
+    kopf.run(
+        standalone=True,
+        clusterwide=settings.clusterwide,
+        namespaces=settings.namespaces,
+        liveness_endpoint=liveness,
+        memo=memo,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""From observed pod state to Sandbox status: phase, the Ready condition, reason and message.
+
+Phases and reasons (the contract the SDK and CLI read):
+
+==========  ======================================================================================
+Pending     Creating (no pod yet), PodPending, ContainerCreating, Unschedulable, NotReady, or the
+            kubelet's waiting reason (CreateContainerConfigError, ...)
+Ready       PodReady
+Terminating Deleting
+Expired     LifetimeExpired (the collector), DeadlineExceeded (the kubelet's activeDeadlineSeconds)
+Failed      InvalidSpec, AdmissionRejected, NameConflict, ImageMissing, OOMKilled, Evicted, PodDeleted,
+            ProcessExited, StartError
+==========  ======================================================================================
+
+Expired and Failed are terminal: once there, a sandbox never becomes Ready again.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sandbox_operator import constants
+from sandbox_operator.models.sandbox import (
+    TERMINAL_PHASES,
+    Condition,
+    Phase,
+    Sandbox,
+    SandboxStatus,
+    format_time,
+)
+
+CONDITION_READY = "Ready"
+
+IMAGE_MISSING_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName"})
+# How far in the future an activity timestamp may be (clock skew) before it is ignored as bogus.
+ACTIVITY_FUTURE_SKEW = datetime.timedelta(seconds=60)
+
+
+def parse_time(value: object) -> datetime.datetime | None:
+    if isinstance(value, datetime.datetime):
+        return value if value.tzinfo else None
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else None
+
+
+@dataclass(frozen=True)
+class PodObservation:
+    """What the status needs to know about the pod, read from its JSON body."""
+
+    uid: str
+    phase: str
+    reason: str | None = None
+    message: str | None = None
+    node_name: str | None = None
+    pod_ip: str | None = None
+    start_time: datetime.datetime | None = None
+    active_deadline_seconds: int | None = None
+    ready: bool = False
+    deleting: bool = False
+    unschedulable: str | None = None
+    waiting_reason: str | None = None
+    waiting_message: str | None = None
+    terminated_reason: str | None = None
+    terminated_message: str | None = None
+    exit_code: int | None = None
+    controller_uid: str | None = None
+
+    @classmethod
+    def from_pod(cls, pod: Mapping[str, Any]) -> PodObservation:
+        meta = pod.get("metadata") or {}
+        spec = pod.get("spec") or {}
+        status = pod.get("status") or {}
+        conditions = {c.get("type"): c for c in status.get("conditions") or []}
+        ready = (conditions.get("Ready") or {}).get("status") == "True"
+        scheduled = conditions.get("PodScheduled") or {}
+        unschedulable = None
+        if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
+            unschedulable = scheduled.get("message") or "the pod cannot be scheduled"
+        container: Mapping[str, Any] = next(
+            (c for c in status.get("containerStatuses") or [] if c.get("name") == constants.CONTAINER_NAME), {})
+        state = container.get("state") or {}
+        waiting = state.get("waiting") or {}
+        terminated = state.get("terminated") or {}
+        controller: Mapping[str, Any] = next(
+            (ref for ref in meta.get("ownerReferences") or [] if ref.get("controller")), {})
+        return cls(
+            uid=str(meta.get("uid") or ""),
+            phase=str(status.get("phase") or "Pending"),
+            reason=status.get("reason"),
+            message=status.get("message"),
+            node_name=spec.get("nodeName"),
+            pod_ip=status.get("podIP"),
+            start_time=parse_time(status.get("startTime")),
+            active_deadline_seconds=spec.get("activeDeadlineSeconds"),
+            ready=ready,
+            deleting=bool(meta.get("deletionTimestamp")),
+            unschedulable=unschedulable,
+            waiting_reason=waiting.get("reason"),
+            waiting_message=waiting.get("message"),
+            terminated_reason=terminated.get("reason"),
+            terminated_message=terminated.get("message"),
+            exit_code=terminated.get("exitCode"),
+            controller_uid=controller.get("uid"),
+        )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The summary the status is built from."""
+
+    phase: Phase
+    reason: str
+    message: str = ""
+
+    @property
+    def ready(self) -> bool:
+        return self.phase == "Ready"
+
+
+def judge_pod(pod: PodObservation | None, *, recorded_pod_uid: str | None) -> Verdict:
+    """The verdict for a live (not deleting, not terminal) Sandbox from its pod.
+
+    A pod that was created and then disappeared, or is being deleted while the Sandbox is not, makes the
+    Sandbox Failed with PodDeleted: its workspace is gone, and silently handing the agent an empty new pod under
+    the same name would be worse than an honest failure (see docs/operator.md)."""
+    if pod is None or (recorded_pod_uid and pod.uid != recorded_pod_uid):
+        if recorded_pod_uid:
+            return Verdict("Failed", "PodDeleted",
+                           "the sandbox pod was deleted outside the operator; its workspace is gone")
+        return Verdict("Pending", "Creating", "creating the sandbox pod")
+    if pod.deleting:
+        return Verdict("Failed", "PodDeleted",
+                       "the sandbox pod is being deleted outside the operator; its workspace is gone")
+    if pod.phase == "Failed":
+        if pod.reason == "DeadlineExceeded":
+            return Verdict("Expired", "DeadlineExceeded",
+                           pod.message or "the pod reached its activeDeadlineSeconds (the sandbox's lifetime)")
+        if pod.reason == "Evicted":
+            return Verdict("Failed", "Evicted", pod.message or "the pod was evicted")
+        if pod.terminated_reason == "OOMKilled":
+            return Verdict("Failed", "OOMKilled", "the sandbox's main process exceeded its memory limit")
+        if pod.terminated_reason in ("StartError", "ContainerCannotRun"):
+            return Verdict("Failed", "StartError", pod.terminated_message or "the container could not start")
+        return Verdict("Failed", "ProcessExited", _exit_message(pod))
+    if pod.phase == "Succeeded":
+        return Verdict("Failed", "ProcessExited", _exit_message(pod))
+    if pod.waiting_reason in IMAGE_MISSING_REASONS:
+        return Verdict("Failed", "ImageMissing",
+                       f"{pod.waiting_reason}: {pod.waiting_message or 'the image is not available on the node'}")
+    if pod.phase == "Running":
+        if pod.ready:
+            return Verdict("Ready", "PodReady", "")
+        return Verdict("Pending", "NotReady", "the sandbox's readiness check has not passed")
+    if pod.unschedulable:
+        return Verdict("Pending", "Unschedulable", pod.unschedulable)
+    if pod.waiting_reason:
+        return Verdict("Pending", pod.waiting_reason, pod.waiting_message or "")
+    if pod.phase == "Unknown":
+        return Verdict("Pending", "PodUnknown", pod.message or "the node stopped reporting the pod's state")
+    return Verdict("Pending", "PodPending", "waiting for the pod to start")
+
+
+def _exit_message(pod: PodObservation) -> str:
+    detail = f" ({pod.terminated_reason})" if pod.terminated_reason else ""
+    return f"the sandbox's main process exited with code {pod.exit_code}{detail}"
+
+
+def activity_time(sandbox: Sandbox, now: datetime.datetime) -> datetime.datetime | None:
+    """The client's activity record, or None when absent, unparsable or implausibly in the future."""
+    value = parse_time(sandbox.metadata.annotations.get(constants.ANNOTATION_LAST_ACTIVITY))
+    if value is None or value > now + ACTIVITY_FUTURE_SKEW:
+        return None
+    return min(value, now).astimezone(datetime.UTC).replace(microsecond=0)
+
+
+def idle_clock_start(sandbox: Sandbox, ready_time: datetime.datetime | None,
+                     now: datetime.datetime) -> datetime.datetime | None:
+    """max(activity, readyTime); None if neither exists (then the collector counts from creation)."""
+    candidates = [t for t in (activity_time(sandbox, now), ready_time) if t is not None]
+    return max(candidates) if candidates else None
+
+
+def expires_at(sandbox: Sandbox, lifetime_seconds: int,
+               pod: PodObservation | None = None) -> datetime.datetime | None:
+    """Creation plus lifetime, or the pod's own deadline if that comes first (a lifetime set after creation
+    cannot extend activeDeadlineSeconds)."""
+    created = sandbox.metadata.creation_timestamp
+    if created is None:
+        return None
+    end = created + datetime.timedelta(seconds=lifetime_seconds)
+    if pod is not None and pod.start_time and pod.active_deadline_seconds:
+        end = min(end, pod.start_time + datetime.timedelta(seconds=pod.active_deadline_seconds))
+    return end.astimezone(datetime.UTC).replace(microsecond=0)
+
+
+def build_status(sandbox: Sandbox, verdict: Verdict, pod: PodObservation | None, *, lifetime_seconds: int,
+                 now: datetime.datetime) -> SandboxStatus:
+    """The full status for a verdict; unchanged facts (times, pod identity) are carried over."""
+    old = sandbox.status
+    now = now.astimezone(datetime.UTC).replace(microsecond=0)
+    ready_time = old.ready_time or (now if verdict.ready else None)
+    status = "True" if verdict.ready else "False"
+    previous = old.condition(CONDITION_READY)
+    transition = previous.last_transition_time if previous and previous.status == status else now
+    ready = Condition(type=CONDITION_READY, status=status, observed_generation=sandbox.metadata.generation,
+                      last_transition_time=transition, reason=verdict.reason, message=verdict.message)
+    other_conditions = [c for c in old.conditions if c.type != CONDITION_READY]
+    live_pod = pod if pod is not None and (not old.pod_uid or pod.uid == old.pod_uid) else None
+    return SandboxStatus(
+        phase=verdict.phase,
+        conditions=[ready, *other_conditions],
+        observed_generation=sandbox.metadata.generation,
+        pod_name=old.pod_name or (constants.pod_name(sandbox.name) if live_pod else None),
+        pod_uid=old.pod_uid or (live_pod.uid if live_pod else None),
+        node_name=(live_pod.node_name if live_pod else None) or old.node_name,
+        pod_ip=(live_pod.pod_ip if live_pod else None) or old.pod_ip,
+        start_time=(live_pod.start_time if live_pod else None) or old.start_time,
+        ready_time=ready_time,
+        last_activity_time=idle_clock_start(sandbox, ready_time, now),
+        expires_at=_earliest(expires_at(sandbox, lifetime_seconds, live_pod), old.expires_at),
+        reason=None if verdict.ready else verdict.reason,
+        message=None if verdict.ready or not verdict.message else verdict.message,
+    )
+
+
+def _earliest(*times: datetime.datetime | None) -> datetime.datetime | None:
+    """Expiry only ever moves earlier: a lowered lifetime, or a pod deadline seen once, is not forgotten."""
+    known = [t for t in times if t is not None]
+    return min(known) if known else None
+
+
+def current_verdict(status: SandboxStatus) -> Verdict | None:
+    if status.phase is None:
+        return None
+    ready = status.condition(CONDITION_READY)
+    reason = status.reason or (ready.reason if ready else status.phase)
+    return Verdict(status.phase, reason, status.message or "")
+
+
+def decide(sandbox: Sandbox, pod: PodObservation | None, override: Verdict | None = None) -> Verdict:
+    """Deleting wins; then terminal phases stick; then an explicit verdict from the handler; then the pod."""
+    if sandbox.metadata.deletion_timestamp is not None:
+        previous = current_verdict(sandbox.status)
+        if previous and (previous.phase in TERMINAL_PHASES or previous.phase == "Terminating"):
+            return Verdict("Terminating", previous.reason, previous.message)
+        return Verdict("Terminating", "Deleting", "the sandbox is being deleted")
+    previous = current_verdict(sandbox.status)
+    if previous is not None and previous.phase in TERMINAL_PHASES:
+        return previous
+    if override is not None:
+        return override
+    return judge_pod(pod, recorded_pod_uid=sandbox.status.pod_uid)
+
+
+def status_body(status: SandboxStatus) -> dict[str, Any]:
+    """The status as JSON, without unset fields."""
+    return status.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch from ``old`` to ``new`` status; empty when nothing changed (then nothing is written)."""
+    patch: dict[str, Any] = {key: value for key, value in new.items() if old.get(key) != value}
+    patch.update({key: None for key in old if key not in new})
+    return patch
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A change worth an Event."""
+
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+def transitions(old: SandboxStatus, new: SandboxStatus) -> list[Transition]:
+    """One Event per phase change or Ready-condition change (status or reason)."""
+    before, after = old.condition(CONDITION_READY), new.condition(CONDITION_READY)
+    phase_changed = old.phase != new.phase
+    condition_changed = after is not None and (
+        before is None or (before.status, before.reason) != (after.status, after.reason))
+    if not (phase_changed or condition_changed):
+        return []
+    assert after is not None
+    reason = new.reason or after.reason
+    warning = new.phase in TERMINAL_PHASES or reason in ("Unschedulable", *IMAGE_MISSING_REASONS)
+    summary = f"phase {old.phase or '-'} -> {new.phase}, Ready={after.status} ({after.reason})"
+    message = f"{summary}: {after.message}" if after.message else summary
+    return [Transition("Warning" if warning else "Normal", reason, message[:1024])]
+
+
+def format_time_or_none(value: datetime.datetime | None) -> str | None:
+    return format_time(value) if value is not None else None

@@ -1,0 +1,226 @@
+"""Sandbox lifecycle: create (and resume after a restart), update of mutable fields, delete.
+
+Creation order: the deny-all NetworkPolicy, then the pod, then the status. Every step is idempotent: children
+have deterministic names, a 409 means "already there" (adopted when its controller is this Sandbox), so a
+handler re-run after a crash at any point converges to exactly one pod and one policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import kopf
+from kubernetes.client import ApiException
+from pydantic import ValidationError
+
+from sandbox_operator import constants
+from sandbox_operator.builders.meta import child_labels
+from sandbox_operator.builders.network_policy import build_network_policy
+from sandbox_operator.builders.pod import build_pod
+from sandbox_operator.builders.status import Verdict
+from sandbox_operator.handlers.errors import counted
+from sandbox_operator.handlers.reconcile import post_event, sync_status
+from sandbox_operator.handlers.runtime import Runtime, failpoint, runtime, utcnow
+from sandbox_operator.k8s.api import JSON, Adoption, ChildResult, api_message
+from sandbox_operator.models.effective import EffectiveSpec, effective_timeouts, resolve
+from sandbox_operator.models.sandbox import (
+    TERMINAL_PHASES,
+    InvalidSpecError,
+    Sandbox,
+    SandboxSpec,
+    immutable_violations,
+)
+
+RESOURCE = (constants.GROUP, constants.VERSION, constants.PLURAL)
+STALE_CHILD_RETRY = 2.0
+POD_TERMINATION_PATIENCE = 30.0  # seconds past the pod's grace period before deletion stops waiting for it
+POD_WAIT_SLACK = 10.0
+
+
+def _owned_by(pod: JSON | None, owner_uid: str | None) -> bool:
+    refs = (pod or {}).get("metadata", {}).get("ownerReferences") or []
+    return any(ref.get("uid") == owner_uid for ref in refs)
+
+
+class _Refused(Exception):  # noqa: N818 - a verdict, not an error
+    """A terminal outcome found while creating children (reported after the Sandbox's lock is released)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason, self.message = reason, message
+
+
+async def _fail(rt: Runtime, sandbox: Sandbox, reason: str, message: str, logger: kopf.Logger) -> None:
+    """Records a terminal failure, then stops kopf from retrying (no hot loop)."""
+    await sync_status(rt, sandbox.namespace, sandbox.name, override=Verdict("Failed", reason, message), log=logger)
+    raise kopf.PermanentError(f"{reason}: {message}")
+
+
+async def _create_child(what: str, create: Callable[[], Awaitable[ChildResult]], logger: kopf.Logger) -> JSON:
+    result = await create()
+    if result.outcome is Adoption.FOREIGN:
+        raise _Refused("NameConflict", f"a {what} named {result.body['metadata']['name']} already exists and is "
+                       "not this Sandbox's; delete it or choose another name")
+    if result.outcome is Adoption.STALE:
+        raise kopf.TemporaryError(f"the {what} of an earlier Sandbox of this name is still being deleted",
+                                  delay=STALE_CHILD_RETRY)
+    if result.outcome is Adoption.EXISTING:
+        logger.info("adopted the existing %s (a re-run after an interruption)", what)
+    return result.body
+
+
+async def ensure_sandbox(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger) -> None:
+    """Creates whatever is missing; safe to run any number of times."""
+    rt = runtime(memo)
+    raw: JSON = dict(body)
+    try:
+        sandbox = Sandbox.from_body(raw)
+        spec = resolve(sandbox.spec, rt.settings)
+    except InvalidSpecError as error:
+        await _fail(rt, Sandbox.shell_from_body(raw), "InvalidSpec", str(error), logger)
+        return
+    if sandbox.status.phase in TERMINAL_PHASES or sandbox.metadata.deletion_timestamp is not None:
+        return
+    try:
+        # Children under the Sandbox's lock: a pod event cannot sync the status halfway through.
+        async with rt.lock((sandbox.namespace, sandbox.name)):
+            await _ensure_policy(rt, sandbox, logger)
+            if not sandbox.status.pod_uid:
+                # Once a pod was recorded it is never created again (a resume after it vanished reports
+                # PodDeleted through the status sync below).
+                await _ensure_pod(rt, sandbox, spec, logger)
+    except _Refused as refused:
+        await _fail(rt, sandbox, refused.reason, refused.message, logger)
+    await sync_status(rt, sandbox.namespace, sandbox.name, log=logger)
+
+
+async def _ensure_policy(rt: Runtime, sandbox: Sandbox, logger: kopf.Logger) -> None:
+    policy = build_network_policy(sandbox)
+    await _create_child("NetworkPolicy", lambda: asyncio.to_thread(
+        rt.api.create_network_policy, policy, sandbox.metadata.uid), logger)
+
+
+async def _ensure_pod(rt: Runtime, sandbox: Sandbox, spec: EffectiveSpec, logger: kopf.Logger) -> None:
+    pod = build_pod(sandbox, spec, rt.settings, now=utcnow())
+
+    def create() -> ChildResult:
+        result = rt.api.create_pod(pod, sandbox.metadata.uid)
+        failpoint(rt.settings, "after-pod-create")
+        return result
+
+    try:
+        await _create_child("Pod", lambda: asyncio.to_thread(create), logger)
+    except ApiException as error:
+        if error.status == 403:
+            # Admission (Pod Security, a ValidatingAdmissionPolicy, quota) said no: retrying will not help.
+            raise _Refused("AdmissionRejected", api_message(error)) from error
+        if error.status in (400, 422):
+            raise _Refused("InvalidSpec", f"the API server rejected the pod: {api_message(error)}") from error
+        raise
+
+
+@kopf.on.create(*RESOURCE, id="create")
+@counted("create")
+async def create_fn(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    await ensure_sandbox(body, memo, logger)
+
+
+@kopf.on.resume(*RESOURCE, id="resume")
+@counted("resume")
+async def resume_fn(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    await ensure_sandbox(body, memo, logger)
+
+
+@kopf.on.update(*RESOURCE, field="spec", id="update")
+@counted("update")
+async def update_fn(body: kopf.Body, old: Any, new: Any, memo: kopf.Memo, logger: kopf.Logger,
+                    **_: Any) -> None:
+    """Applies the mutable fields (pod labels and annotations, a lower lifetime); immutable changes that got
+    past admission are reported, not applied."""
+    rt = runtime(memo)
+    raw: JSON = dict(body)
+    try:
+        sandbox = Sandbox.from_body(raw)
+        old_spec = SandboxSpec.model_validate(old or {})
+    except (InvalidSpecError, ValidationError) as error:
+        post_event(raw, "Warning", "InvalidSpec", f"the spec change is not applied: {error}")
+        await sync_status(rt, raw["metadata"]["namespace"], raw["metadata"]["name"], log=logger)
+        return
+    violations = immutable_violations(old_spec, sandbox.spec)
+    if violations:
+        post_event(raw, "Warning", "ImmutableFieldChanged",
+                   "not applied to the running sandbox: " + "; ".join(violations))
+    if sandbox.status.phase not in TERMINAL_PHASES and sandbox.status.pod_uid:
+        await _apply_mutable(rt, sandbox, old_spec, logger)
+    await sync_status(rt, sandbox.namespace, sandbox.name, log=logger)
+
+
+async def _apply_mutable(rt: Runtime, sandbox: Sandbox, old_spec: SandboxSpec, logger: kopf.Logger) -> None:
+    spec, name = sandbox.spec, constants.pod_name(sandbox.name)
+    labels: dict[str, str | None] = {key: None for key in (old_spec.pod_labels or {})}
+    labels.update(spec.pod_labels or {})
+    labels.update(child_labels(sandbox.name))
+    annotations: dict[str, str | None] = {key: None for key in (old_spec.pod_annotations or {})}
+    annotations.update(spec.pod_annotations or {})
+    patch: dict[str, Any] = {"metadata": {"labels": labels, "annotations": annotations}}
+    pod = await asyncio.to_thread(rt.api.get_pod, sandbox.namespace, name)
+    if pod is None:
+        return
+    _, _, lifetime = effective_timeouts(spec, rt.settings)
+    start = (pod.get("status") or {}).get("startTime")
+    current = (pod.get("spec") or {}).get("activeDeadlineSeconds")
+    created = sandbox.metadata.creation_timestamp
+    if start and current and created:
+        started = datetime.datetime.fromisoformat(start)
+        wanted = max(1, math.ceil((created + datetime.timedelta(seconds=lifetime) - started).total_seconds()))
+        if wanted < current:  # the API server allows lowering activeDeadlineSeconds, never raising it
+            patch["spec"] = {"activeDeadlineSeconds": wanted}
+    await asyncio.to_thread(rt.api.patch_pod, sandbox.namespace, name, patch)
+    logger.info("applied the mutable spec fields to the pod")
+
+
+@kopf.on.delete(*RESOURCE, id="delete")
+@counted("delete")
+async def delete_fn(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """Orderly teardown: the pod first (short grace period), the NetworkPolicy only once the pod is gone, so
+    the pod is never without its policy. Owner references would remove both anyway; this makes it prompt."""
+    rt = runtime(memo)
+    meta = body.get("metadata") or {}
+    namespace, name, uid = meta["namespace"], meta["name"], meta.get("uid")
+    await sync_status(rt, namespace, name, log=logger)
+    pod_name = constants.pod_name(name)
+    pod = await asyncio.to_thread(rt.api.get_pod, namespace, pod_name)
+    if pod is not None and _owned_by(pod, uid):
+        gone = rt.pod_gone((namespace, name))  # set by the pod watch on the pod's DELETED event
+        if not pod["metadata"].get("deletionTimestamp"):
+            await asyncio.to_thread(rt.api.delete_pod, namespace, pod_name, pod["metadata"]["uid"],
+                                    rt.settings.termination_grace_seconds)
+        # A bounded wait for the watch to report the pod gone (the grace period is a few seconds).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(gone.wait(), rt.settings.termination_grace_seconds + POD_WAIT_SLACK)
+        pod = await asyncio.to_thread(rt.api.get_pod, namespace, pod_name)
+        if pod is not None and _owned_by(pod, uid):
+            since = datetime.datetime.fromisoformat(pod["metadata"]["deletionTimestamp"])
+            if (utcnow() - since).total_seconds() < POD_TERMINATION_PATIENCE:
+                raise kopf.TemporaryError("the sandbox pod is still terminating", delay=5)
+            logger.warning("the pod is still terminating long after its grace period; leaving it to garbage "
+                           "collection")
+    await asyncio.to_thread(rt.api.delete_network_policy, namespace, constants.network_policy_name(name))
+    rt.forget((namespace, name))
+
+
+@kopf.on.event(*RESOURCE, id="phase-metrics")
+async def track_phase(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Keeps the sandboxes-by-phase gauge current (cheap, no API calls)."""
+    rt = runtime(memo)
+    meta = body.get("metadata") or {}
+    key = (str(meta.get("namespace")), str(meta.get("name")))
+    if type == "DELETED":
+        rt.forget(key)
+    else:
+        rt.phases.set(key, (body.get("status") or {}).get("phase") or "Pending")

@@ -1,0 +1,1 @@
+"""Thin wrappers over the blocking official Kubernetes client."""

@@ -1,0 +1,214 @@
+"""Blocking Kubernetes calls the operator makes, returning plain JSON dicts (the shape kopf hands to handlers).
+
+The official client is blocking: handlers call these through ``asyncio.to_thread``. Reads return ``None`` for
+404; writes raise :class:`kubernetes.client.ApiException`, which :func:`create_or_adopt` turns into outcomes.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client import ApiException
+
+from sandbox_operator import constants
+
+logger = logging.getLogger(__name__)
+
+MERGE_PATCH = "application/merge-patch+json"
+REQUEST_TIMEOUT = 30.0
+JSON = dict[str, Any]
+
+
+def make_api_client(workers: int) -> client.ApiClient:
+    """In-cluster credentials when running in a pod, else the kubeconfig (``KUBECONFIG`` or ~/.kube/config)."""
+    configuration = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    configuration.connection_pool_maxsize = max(4, workers)
+    api = client.ApiClient(configuration)
+    api.user_agent = f"{constants.MANAGER_NAME}/{constants.PROJECT_VERSION}"
+    return api
+
+
+def _json(response: Any) -> JSON:
+    data: JSON = json.loads(response.data)
+    return data
+
+
+def api_message(error: ApiException) -> str:
+    """The API server's own message for an error (the Status object's ``message``)."""
+    try:
+        body = json.loads(error.body or "{}")
+    except ValueError:
+        body = {}
+    return str(body.get("message") or error.reason or f"HTTP {error.status}")
+
+
+class Adoption(enum.Enum):
+    CREATED = "created"
+    EXISTING = "existing"  # already there and ours: a re-run after a crash
+    STALE = "stale"  # left by an earlier Sandbox of the same name, waiting for garbage collection
+    FOREIGN = "foreign"  # someone else's object has the name
+
+
+@dataclass(frozen=True)
+class ChildResult:
+    outcome: Adoption
+    body: JSON
+
+
+def controller_uid(body: Mapping[str, Any]) -> str | None:
+    refs = (body.get("metadata") or {}).get("ownerReferences") or []
+    return next((ref.get("uid") for ref in refs if ref.get("controller")), None)
+
+
+def controller_kind(body: Mapping[str, Any]) -> str | None:
+    refs = (body.get("metadata") or {}).get("ownerReferences") or []
+    return next((f"{ref.get('apiVersion')}/{ref.get('kind')}" for ref in refs if ref.get("controller")), None)
+
+
+class KubeApi:
+    """The operator's calls, one method each."""
+
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self.api_client = api_client
+        self.core = client.CoreV1Api(api_client)
+        self.networking = client.NetworkingV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+
+    # Sandboxes ---------------------------------------------------------------------------------------------
+
+    def get_sandbox(self, namespace: str, name: str) -> JSON | None:
+        try:
+            return _json(self.custom.get_namespaced_custom_object(
+                constants.GROUP, constants.VERSION, namespace, constants.PLURAL, name,
+                _preload_content=False, _request_timeout=REQUEST_TIMEOUT))
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def patch_sandbox_status(self, namespace: str, name: str, status_patch: Mapping[str, Any]) -> JSON | None:
+        """Merge-patches ``status`` through the status subresource; None if the Sandbox is gone."""
+        try:
+            return _json(self.custom.patch_namespaced_custom_object_status(
+                constants.GROUP, constants.VERSION, namespace, constants.PLURAL, name,
+                {"status": dict(status_patch)}, field_manager=constants.MANAGER_NAME,
+                _preload_content=False, _request_timeout=REQUEST_TIMEOUT))
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def delete_sandbox(self, namespace: str, name: str, uid: str, resource_version: str | None = None) -> bool:
+        """Deletes this very Sandbox: preconditions on the UID (not a new namesake) and, if given, the
+        resourceVersion (nothing changed since the caller looked). False if gone, changed or already deleting."""
+        try:
+            self.custom.delete_namespaced_custom_object(
+                constants.GROUP, constants.VERSION, namespace, constants.PLURAL, name,
+                body=client.V1DeleteOptions(preconditions=client.V1Preconditions(
+                    uid=uid, resource_version=resource_version)),
+                _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
+        except ApiException as error:
+            if error.status in (404, 409):
+                return False
+            raise
+        return True
+
+    # Pods --------------------------------------------------------------------------------------------------
+
+    def get_pod(self, namespace: str, name: str) -> JSON | None:
+        try:
+            return _json(self.core.read_namespaced_pod(name, namespace, _preload_content=False,
+                                                       _request_timeout=REQUEST_TIMEOUT))
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def patch_pod(self, namespace: str, name: str, patch: Mapping[str, Any]) -> JSON | None:
+        try:
+            return _json(self.core.patch_namespaced_pod(
+                name, namespace, dict(patch), field_manager=constants.MANAGER_NAME, _content_type=MERGE_PATCH,
+                _preload_content=False, _request_timeout=REQUEST_TIMEOUT))
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def delete_pod(self, namespace: str, name: str, uid: str | None, grace_seconds: int) -> None:
+        options = client.V1DeleteOptions(grace_period_seconds=grace_seconds,
+                                         preconditions=client.V1Preconditions(uid=uid) if uid else None)
+        try:
+            self.core.delete_namespaced_pod(name, namespace, body=options, _preload_content=False,
+                                            _request_timeout=REQUEST_TIMEOUT)
+        except ApiException as error:
+            if error.status not in (404, 409):
+                raise
+
+    def create_pod(self, pod: client.V1Pod, owner_uid: str) -> ChildResult:
+        namespace = pod.metadata.namespace if pod.metadata else None
+        name = pod.metadata.name if pod.metadata else None
+        assert namespace and name
+        try:
+            return ChildResult(Adoption.CREATED, _json(self.core.create_namespaced_pod(
+                namespace, pod, field_manager=constants.MANAGER_NAME, _preload_content=False,
+                _request_timeout=REQUEST_TIMEOUT)))
+        except ApiException as error:
+            if error.status != 409:
+                raise
+        return self._judge_existing(self.get_pod(namespace, name), owner_uid)
+
+    # NetworkPolicies ---------------------------------------------------------------------------------------
+
+    def get_network_policy(self, namespace: str, name: str) -> JSON | None:
+        try:
+            return _json(self.networking.read_namespaced_network_policy(
+                name, namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT))
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def create_network_policy(self, policy: client.V1NetworkPolicy, owner_uid: str) -> ChildResult:
+        namespace = policy.metadata.namespace if policy.metadata else None
+        name = policy.metadata.name if policy.metadata else None
+        assert namespace and name
+        try:
+            return ChildResult(Adoption.CREATED, _json(self.networking.create_namespaced_network_policy(
+                namespace, policy, field_manager=constants.MANAGER_NAME, _preload_content=False,
+                _request_timeout=REQUEST_TIMEOUT)))
+        except ApiException as error:
+            if error.status != 409:
+                raise
+        return self._judge_existing(self.get_network_policy(namespace, name), owner_uid)
+
+    def delete_network_policy(self, namespace: str, name: str) -> None:
+        try:
+            self.networking.delete_namespaced_network_policy(name, namespace, _preload_content=False,
+                                                             _request_timeout=REQUEST_TIMEOUT)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+    # -------------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _judge_existing(existing: JSON | None, owner_uid: str) -> ChildResult:
+        """After a 409: ours (adopt it), an earlier namesake Sandbox's (wait), or someone else's (conflict)."""
+        if existing is None:  # deleted between our create and our read: the caller retries
+            return ChildResult(Adoption.STALE, {})
+        uid = controller_uid(existing)
+        if uid == owner_uid:
+            return ChildResult(Adoption.EXISTING, existing)
+        if controller_kind(existing) == f"{constants.API_VERSION}/{constants.KIND}":
+            return ChildResult(Adoption.STALE, existing)
+        return ChildResult(Adoption.FOREIGN, existing)

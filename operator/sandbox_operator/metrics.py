@@ -1,0 +1,57 @@
+"""Prometheus metrics of the operator, served on ``SANDBOX_OPERATOR_METRICS_PORT`` at ``/metrics``."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter as _Tally
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+PHASES = ("Pending", "Ready", "Terminating", "Expired", "Failed")
+
+SANDBOXES = Gauge("sandbox_operator_sandboxes", "Sandboxes known to the operator, by status phase", ["phase"])
+CREATE_TO_READY = Histogram(
+    "sandbox_operator_create_to_ready_seconds",
+    "Time from a Sandbox's creation to its first Ready status",
+    buckets=(0.5, 1, 1.5, 2, 3, 5, 7.5, 10, 15, 30, 60, 120, 300),
+)
+COLLECTIONS = Counter("sandbox_operator_collections_total", "Sandboxes deleted by the collector, by reason",
+                      ["reason"])
+RECONCILE_ERRORS = Counter("sandbox_operator_reconcile_errors_total",
+                           "Handler runs that ended in an error, by handler and error kind",
+                           ["handler", "kind"])
+
+for _phase in PHASES:
+    SANDBOXES.labels(_phase).set(0)
+
+
+class PhaseTracker:
+    """Keeps the phase gauge equal to the phases of the Sandboxes currently seen (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._phases: dict[tuple[str, str], str] = {}
+        self._lock = threading.Lock()
+
+    def set(self, key: tuple[str, str], phase: str | None) -> None:
+        with self._lock:
+            if phase is None:
+                self._phases.pop(key, None)
+            else:
+                self._phases[key] = phase
+            tally = _Tally(self._phases.values())
+        for name in {*PHASES, *tally}:
+            SANDBOXES.labels(name).set(tally.get(name, 0))
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self._phases)
+
+
+_started: set[int] = set()
+
+
+def serve(port: int, address: str, registry: CollectorRegistry = REGISTRY) -> None:
+    """Starts the HTTP endpoint once per port (0 disables it)."""
+    if port and port not in _started:
+        start_http_server(port, addr=address, registry=registry)
+        _started.add(port)

@@ -1,0 +1,48 @@
+"""The Python SDK of sandbox-operator: sandboxes on Kubernetes for AI agents.
+
+>>> from sandbox_operator import SandboxManager
+>>> manager = SandboxManager()
+>>> with manager.create(idle_timeout=600) as sandbox:
+...     print(sandbox.run("python3 -c 'print(1 + 1)'").stdout)
+2
+
+Importing this package talks to nothing; it needs neither the operator nor kopf.
+"""
+
+from sandbox_operator.sdk.activity import ActivityRecorder
+from sandbox_operator.sdk.commands import CommandHandle, CommandResult, CommandStream, OutputChunk
+from sandbox_operator.sdk.errors import (
+    ApiError,
+    CommandError,
+    CommandTimeout,
+    ConfigError,
+    CrdNotInstalled,
+    ExecError,
+    FileError,
+    FileTooLarge,
+    InvalidSandboxSpec,
+    PathOutsideSandbox,
+    SandboxAlreadyExists,
+    SandboxError,
+    SandboxFailed,
+    SandboxFileNotFound,
+    SandboxForbidden,
+    SandboxNotFound,
+    SandboxNotReady,
+    WaitTimeout,
+)
+from sandbox_operator.sdk.events import EventStream, SandboxEvent, Subscription
+from sandbox_operator.sdk.exec import StdinPipe
+from sandbox_operator.sdk.files import FileInfo, Files
+from sandbox_operator.sdk.health import Condition, Health
+from sandbox_operator.sdk.manager import Progress, SandboxManager, build_sandbox, build_spec
+from sandbox_operator.sdk.sandbox import Sandbox
+
+__all__ = [
+    "ActivityRecorder", "ApiError", "CommandError", "CommandHandle", "CommandResult", "CommandStream",
+    "CommandTimeout", "Condition", "ConfigError", "CrdNotInstalled", "EventStream", "ExecError", "FileError",
+    "FileInfo", "FileTooLarge", "Files", "Health", "InvalidSandboxSpec", "OutputChunk", "PathOutsideSandbox",
+    "Progress", "Sandbox", "SandboxAlreadyExists", "SandboxError", "SandboxEvent", "SandboxFailed",
+    "SandboxFileNotFound", "SandboxForbidden", "SandboxManager", "SandboxNotFound", "SandboxNotReady",
+    "StdinPipe", "Subscription", "WaitTimeout", "build_sandbox", "build_spec",
+]

@@ -1,0 +1,156 @@
+# ruff: noqa: N818  (the public names are the issue's: SandboxNotFound, CommandTimeout, ...)
+"""Typed errors of the SDK.
+
+Every error is a :class:`SandboxError`. Each one carries the Kubernetes ``reason`` when there is one (the
+``reason`` of an API ``Status``, of a Sandbox condition, or of an exec failure), the HTTP ``status`` code when
+the API server answered, and the sandbox's ``name``/``namespace`` when it concerns one sandbox.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sandbox_operator.sdk.commands import CommandResult
+
+
+class SandboxError(Exception):
+    """Base class of every error the SDK raises."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        status: int | None = None,
+        name: str | None = None,
+        namespace: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason
+        self.status = status
+        self.name = name
+        self.namespace = namespace
+        self.details = details or {}
+
+    def __str__(self) -> str:
+        if self.reason and self.reason not in self.message:
+            return f"{self.message} (reason: {self.reason})"
+        return self.message
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly form (the CLI prints this with ``--output json``)."""
+        out: dict[str, Any] = {"error": type(self).__name__, "message": self.message}
+        for key in ("reason", "status", "name", "namespace"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        if self.details:
+            out["details"] = self.details
+        return out
+
+
+class ConfigError(SandboxError):
+    """No usable Kubernetes configuration (kubeconfig or in-cluster)."""
+
+
+class ApiError(SandboxError):
+    """The Kubernetes API refused or failed a request in a way no more specific error describes."""
+
+
+class SandboxForbidden(ApiError):
+    """RBAC, admission or quota refused the request (HTTP 403)."""
+
+
+class InvalidSandboxSpec(ApiError):
+    """The API server rejected the Sandbox as invalid (HTTP 422, CRD validation or admission)."""
+
+
+class CrdNotInstalled(ApiError):
+    """The Sandbox custom resource definition is not installed in the cluster."""
+
+
+class SandboxNotFound(SandboxError):
+    """The Sandbox (or its pod) does not exist."""
+
+
+class SandboxAlreadyExists(SandboxError):
+    """A Sandbox with that name already exists."""
+
+
+class SandboxNotReady(SandboxError):
+    """The Sandbox is not (or not yet) Ready: waiting timed out, or an operation needs a Ready sandbox.
+
+    ``phase`` is the last phase seen; ``reason``/``message`` come from its Ready condition or status.
+    """
+
+    def __init__(self, message: str, *, phase: str | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.phase = phase
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        if self.phase is not None:
+            out["phase"] = self.phase
+        return out
+
+
+class SandboxFailed(SandboxNotReady):
+    """The Sandbox reached a terminal state (Failed, Expired) or a reason that cannot resolve by waiting
+    (image missing, invalid spec, admission denied...)."""
+
+
+class WaitTimeout(SandboxError):
+    """Waiting for a condition other than readiness (e.g. deletion) timed out."""
+
+
+class ExecError(SandboxError):
+    """The command could not be run at all: the exec connection failed, the container is not running, the
+    image has no exec wrapper, or the stream broke. A command that ran and failed is *not* an ExecError; see
+    :class:`CommandError`."""
+
+
+class CommandError(SandboxError):
+    """A command exited non-zero and the caller asked for ``check=True``; ``result`` holds its output."""
+
+    def __init__(self, message: str, *, result: CommandResult, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.result = result
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out["exitCode"] = self.result.exit_code
+        return out
+
+
+class CommandTimeout(CommandError):
+    """The command ran past its timeout; the exec wrapper killed its whole process group."""
+
+
+class FileError(SandboxError):
+    """A file operation failed. ``path`` is the sandbox path; ``reason`` is the in-image tool's error class
+    (e.g. ``FileNotFoundError``, ``IsADirectoryError``) when it reported one."""
+
+    def __init__(self, message: str, *, path: str | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.path = path
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        if self.path is not None:
+            out["path"] = self.path
+        return out
+
+
+class SandboxFileNotFound(FileError):
+    """The path does not exist in the sandbox."""
+
+
+class PathOutsideSandbox(FileError):
+    """The path is not under the sandbox's writable roots, or escapes them by ``..`` or a symlink."""
+
+
+class FileTooLarge(FileError):
+    """The file or transfer is larger than the configured cap."""

@@ -1,0 +1,415 @@
+"""SandboxManager: sessions (Sandboxes) on a Kubernetes cluster, and the seed's session API on top."""
+
+from __future__ import annotations
+
+import builtins
+import copy
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from kubernetes import client
+
+from sandbox_operator import constants
+from sandbox_operator.sdk import errors
+from sandbox_operator.sdk._kube import KubeApi, load_config
+from sandbox_operator.sdk.activity import DEFAULT_INTERVAL, ActivityRecorder
+from sandbox_operator.sdk.commands import CommandResult
+from sandbox_operator.sdk.events import EventStream, SandboxEvent, Subscription
+from sandbox_operator.sdk.files import (
+    DEFAULT_FILE_TIMEOUT,
+    DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_MAX_TRANSFER_BYTES,
+    FileInfo,
+)
+from sandbox_operator.sdk.health import Health, pod_problem, readiness
+from sandbox_operator.sdk.sandbox import Sandbox
+
+DEFAULT_READY_TIMEOUT = 180.0
+DEFAULT_COMMAND_TIMEOUT = 300.0  # the project's default per-command timeout (design README)
+DEFAULT_GENERATE_NAME = "sbx-"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What :meth:`SandboxManager.wait_ready` reports while waiting."""
+
+    name: str
+    phase: str | None
+    reason: str | None
+    message: str | None
+    elapsed: float
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+def _labels_selector(labels: Mapping[str, str] | str | None) -> str | None:
+    if labels is None or isinstance(labels, str):
+        return labels or None
+    return ",".join(f"{k}={v}" for k, v in labels.items()) or None
+
+
+def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def build_spec(
+    *,
+    image: str | None = None,
+    command: Sequence[str] | None = None,
+    args: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    cpu: str | None = None,
+    memory: str | None = None,
+    ephemeral_storage: str | None = None,
+    pids: int | None = None,
+    command_timeout: int | None = None,
+    idle_timeout: int | None = None,
+    lifetime: int | None = None,
+    working_dir: str | None = None,
+    pod_labels: Mapping[str, str] | None = None,
+    pod_annotations: Mapping[str, str] | None = None,
+    runtime_class_name: str | None = None,
+    node_selector: Mapping[str, str] | None = None,
+    tolerations: Sequence[Mapping[str, Any]] | None = None,
+    spec: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A Sandbox ``spec`` as a plain dict; only what is given is set (the operator defaults the rest).
+
+    ``spec`` is merged last, so any field the keywords do not cover can still be set.
+    """
+    out: dict[str, Any] = {}
+    if image:
+        out["image"] = image
+    if command:
+        out["command"] = list(command)
+    if args:
+        out["args"] = list(args)
+    if env:
+        out["env"] = [{"name": k, "value": str(v)} for k, v in env.items()]
+    resources = {k: v for k, v in (("cpu", cpu), ("memory", memory), ("ephemeralStorage", ephemeral_storage),
+                                   ("pids", pids)) if v is not None}
+    if resources:
+        out["resources"] = resources
+    timeouts = {k: v for k, v in (("commandSeconds", command_timeout), ("idleSeconds", idle_timeout),
+                                  ("lifetimeSeconds", lifetime)) if v is not None}
+    if timeouts:
+        out["timeouts"] = timeouts
+    if working_dir:
+        out["workingDir"] = working_dir
+    if pod_labels:
+        out["podLabels"] = dict(pod_labels)
+    if pod_annotations:
+        out["podAnnotations"] = dict(pod_annotations)
+    if runtime_class_name:
+        out["runtimeClassName"] = runtime_class_name
+    if node_selector:
+        out["nodeSelector"] = dict(node_selector)
+    if tolerations:
+        out["tolerations"] = [dict(t) for t in tolerations]
+    return _deep_merge(out, spec or {})
+
+
+def build_sandbox(name: str | None, namespace: str, spec: Mapping[str, Any], *,
+                  labels: Mapping[str, str] | None = None,
+                  annotations: Mapping[str, str] | None = None,
+                  generate_name: str = DEFAULT_GENERATE_NAME) -> dict[str, Any]:
+    """The Sandbox object to create: an exact ``name``, or a generated one (``sbx-xxxxx``)."""
+    meta: dict[str, Any] = {"namespace": namespace}
+    if name:
+        meta["name"] = name
+    else:
+        meta["generateName"] = generate_name
+    if labels:
+        meta["labels"] = dict(labels)
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    return {"apiVersion": constants.API_VERSION, "kind": constants.KIND, "metadata": meta, "spec": dict(spec)}
+
+
+class SandboxManager:
+    """Creates, finds and deletes sandboxes, and is the seed's ``SandboxManager``.
+
+    ``SandboxManager()`` reads the kubeconfig (``$KUBECONFIG`` or ``~/.kube/config``) or, inside a pod, the
+    service account; the namespace is the kubeconfig context's unless given. Nothing talks to the cluster
+    until a method is called. Create sandboxes with :meth:`create` (a :class:`Sandbox` handle) or, as in the
+    seed, :meth:`create_session` (its name, the session id).
+    """
+
+    def __init__(
+        self,
+        namespace: str | None = None,
+        *,
+        kubeconfig: str | os.PathLike[str] | None = None,
+        context: str | None = None,
+        in_cluster: bool | None = None,
+        api_client: client.ApiClient | None = None,
+        ready_timeout: float = DEFAULT_READY_TIMEOUT,
+        default_command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
+        activity_interval: float = DEFAULT_INTERVAL,
+        record_activity: bool = True,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+        max_transfer_bytes: int = DEFAULT_MAX_TRANSFER_BYTES,
+        file_timeout: float = DEFAULT_FILE_TIMEOUT,
+        shell: str = "/bin/bash",
+        default_spec: Mapping[str, Any] | None = None,
+        default_labels: Mapping[str, str] | None = None,
+    ) -> None:
+        if api_client is None:
+            cfg = load_config(kubeconfig, context, namespace, in_cluster=in_cluster)
+            api_client, default_ns = cfg.api_client, cfg.namespace
+            self._owns_client = True
+        else:
+            default_ns = namespace or os.environ.get("SANDBOX_NAMESPACE") or "default"
+            self._owns_client = False
+        self.namespace: str = namespace or default_ns
+        self.api = KubeApi(api_client)
+        self.ready_timeout = ready_timeout
+        self.default_command_timeout = default_command_timeout
+        self.max_file_bytes = max_file_bytes
+        self.max_transfer_bytes = max_transfer_bytes
+        self.file_timeout = file_timeout
+        self.shell = shell
+        self.default_spec = dict(default_spec or {})
+        self.default_labels = dict(default_labels or {})
+        self.activity = ActivityRecorder(self.api, activity_interval, enabled=record_activity)
+
+    def __enter__(self) -> SandboxManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.activity.close()
+        if self._owns_client:
+            cast(Any, self.api.api_client).close()
+
+    def _ns(self, namespace: str | None) -> str:
+        return namespace or self.namespace
+
+    # Sandboxes -------------------------------------------------------------------------------------
+
+    def create(
+        self,
+        name: str | None = None,
+        *,
+        namespace: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        annotations: Mapping[str, str] | None = None,
+        wait: bool = True,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+        delete_on_failure: bool = True,
+        **spec_fields: Any,
+    ) -> Sandbox:
+        """Creates a Sandbox and (unless ``wait=False``) returns once it is Ready.
+
+        ``spec_fields`` are :func:`build_spec` keywords (``image``, ``cpu``, ``memory``, ``idle_timeout``,
+        ``lifetime``, ``env``, ..., or a raw ``spec`` dict). When it never gets Ready the error says why:
+        :class:`SandboxFailed` at once for a failure waiting cannot fix (image missing, invalid spec,
+        admission), :class:`SandboxNotReady` after ``timeout`` with the last reason (e.g. Unschedulable).
+        Refusals at creation are :class:`InvalidSandboxSpec` (422) or :class:`SandboxForbidden` (403, e.g.
+        RBAC, quota or an admission webhook). With ``delete_on_failure`` a sandbox that never got Ready is
+        deleted, so nothing leaks.
+        """
+        ns = self._ns(namespace)
+        spec = _deep_merge(self.default_spec, build_spec(**spec_fields))
+        body = build_sandbox(name, ns, spec, labels={**self.default_labels, **(labels or {})},
+                             annotations=annotations)
+        obj = self.api.create_sandbox(body, ns)
+        sandbox = Sandbox(self, obj["metadata"]["name"], ns, obj)
+        if not wait:
+            return sandbox
+        try:
+            sandbox.wait_ready(timeout=timeout, on_progress=on_progress)
+        except BaseException as failure:
+            if delete_on_failure:
+                try:
+                    self.api.delete_sandbox(sandbox.name, ns)
+                except errors.SandboxNotFound:
+                    pass
+                except errors.SandboxError as cleanup:
+                    # Keep the original error; say that the sandbox may be left behind.
+                    failure.add_note(f"deleting sandbox {ns}/{sandbox.name} after the failure also failed: "
+                                     f"{cleanup}")
+            raise
+        return sandbox
+
+    def get(self, name: str, *, namespace: str | None = None) -> Sandbox:
+        """A handle on an existing sandbox (:class:`SandboxNotFound` if there is none)."""
+        ns = self._ns(namespace)
+        return Sandbox(self, name, ns, self.api.get_sandbox(name, ns))
+
+    connect = get
+
+    def list(self, labels: Mapping[str, str] | str | None = None, *, namespace: str | None = None,
+             all_namespaces: bool = False) -> list[Sandbox]:
+        """Sandboxes in the namespace (or all), filtered by labels (a dict or a selector string)."""
+        ns = None if all_namespaces else self._ns(namespace)
+        listed = self.api.list_sandboxes(ns, _labels_selector(labels))
+        out = []
+        for obj in listed.get("items", []):
+            meta = obj.get("metadata") or {}
+            out.append(Sandbox(self, meta["name"], meta.get("namespace", ns or self.namespace), obj))
+        return sorted(out, key=lambda s: (s.namespace, s.name))
+
+    def delete(self, name: str, *, namespace: str | None = None, wait: bool = False, timeout: float = 120,
+               missing_ok: bool = False) -> None:
+        """Deletes a sandbox (its pod and policy go with it); ``wait`` blocks until the object is gone."""
+        ns = self._ns(namespace)
+        try:
+            self.api.delete_sandbox(name, ns)
+        except errors.SandboxNotFound:
+            if not missing_ok:
+                raise
+            return
+        finally:
+            self.activity.forget(ns, name)
+        if wait:
+            self.wait_deleted(name, namespace=ns, timeout=timeout)
+
+    def wait_ready(self, name: str, *, namespace: str | None = None, timeout: float | None = None,
+                   on_progress: ProgressCallback | None = None) -> dict[str, Any]:
+        """Watches the Sandbox until it is Ready; returns the object. See :meth:`create` for the errors."""
+        ns = self._ns(namespace)
+        limit = self.ready_timeout if timeout is None else timeout
+        started = time.monotonic()
+        deadline = started + limit
+        obj = self.api.get_sandbox(name, ns)
+
+        def judge(current: dict[str, Any]) -> bool:
+            state = readiness(current)
+            if on_progress is not None:
+                on_progress(Progress(name, state.phase, state.reason, state.message,
+                                     time.monotonic() - started))
+            if state.state == "ready":
+                return True
+            if state.state == "failed":
+                why = ": ".join(x for x in (state.reason, state.message) if x)
+                raise errors.SandboxFailed(
+                    f"sandbox {name} will not become Ready (phase {state.phase or 'unknown'})"
+                    + (f": {why}" if why else ""), phase=state.phase, reason=state.reason, name=name,
+                    namespace=ns)
+            return False
+
+        if judge(obj):
+            return obj
+        rv = (obj.get("metadata") or {}).get("resourceVersion")
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            for event in self.api.watch_sandboxes(ns, name=name, resource_version=rv,
+                                                  timeout_seconds=max(1, int(remaining + 0.999))):
+                current = event.get("object") or {}
+                if event.get("type") == "DELETED":
+                    raise errors.SandboxNotFound(f"sandbox {name} was deleted while waiting for it to be Ready",
+                                                 reason="Deleted", name=name, namespace=ns)
+                obj = current
+                if judge(obj):
+                    return obj
+                if time.monotonic() >= deadline:
+                    break
+            rv = (obj.get("metadata") or {}).get("resourceVersion")
+        raise self._not_ready_error(name, ns, obj, limit)
+
+    def _not_ready_error(self, name: str, ns: str, obj: dict[str, Any], limit: float) -> errors.SandboxNotReady:
+        state = readiness(obj)
+        reason, message = state.reason, state.message
+        try:
+            problem = pod_problem(self.api.get_pod(constants.pod_name(name), ns))
+        except errors.SandboxError:
+            problem = None
+        if problem is not None and (not reason or reason in ("Pending", "PodPending", "Creating")):
+            reason, message = problem
+        why = ": ".join(x for x in (reason, message) if x)
+        return errors.SandboxNotReady(
+            f"sandbox {name} was not Ready within {limit:.0f}s (phase {state.phase or 'unknown'})"
+            + (f": {why}" if why else ""), phase=state.phase, reason=reason or "Timeout", name=name,
+            namespace=ns)
+
+    def wait_deleted(self, name: str, *, namespace: str | None = None, timeout: float = 120) -> None:
+        """Returns once the Sandbox object no longer exists (finalizers done)."""
+        ns = self._ns(namespace)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                obj = self.api.get_sandbox(name, ns)
+            except errors.SandboxNotFound:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise errors.WaitTimeout(f"sandbox {name} still exists after {timeout:.0f}s",
+                                         reason="DeletionTimeout", name=name, namespace=ns)
+            rv = (obj.get("metadata") or {}).get("resourceVersion")
+            for event in self.api.watch_sandboxes(ns, name=name, resource_version=rv,
+                                                  timeout_seconds=max(1, int(remaining + 0.999))):
+                if event.get("type") == "DELETED":
+                    return
+
+    # Events ----------------------------------------------------------------------------------------
+
+    def events(self, name: str | None = None, *, namespace: str | None = None, all_namespaces: bool = False,
+               labels: Mapping[str, str] | str | None = None, follow: bool = True, history: bool = True,
+               timeout: float | None = None, include_kubernetes_events: bool = True) -> EventStream:
+        """State changes and Kubernetes Events of one sandbox (``name``) or of all of them.
+
+        ``history`` first yields the current state and the Events Kubernetes still keeps; ``follow`` then
+        keeps watching until the stream is closed or ``timeout`` passes.
+        """
+        ns = None if all_namespaces and not name else self._ns(namespace)
+        return EventStream(self.api, ns, name=name, label_selector=_labels_selector(labels),
+                           include_kubernetes_events=include_kubernetes_events, follow=follow,
+                           history=history, timeout=timeout)
+
+    def subscribe(self, callback: Callable[[SandboxEvent], None], name: str | None = None, *,
+                  namespace: str | None = None, history: bool = False,
+                  on_error: Callable[[BaseException], None] | None = None) -> Subscription:
+        """Calls ``callback`` from a background thread for every event until ``.stop()``."""
+        return Subscription(self.events(name, namespace=namespace, history=history), callback, on_error)
+
+    # The seed's session API ---------------------------------------------------------------------------
+
+    def create_session(self, **kwargs: Any) -> str:
+        """Creates a sandbox, waits until it is Ready and returns its session id (the Sandbox name)."""
+        return self.create(**kwargs).name
+
+    def destroy_session(self, session_id: str, *, wait: bool = False) -> None:
+        self.delete(session_id, wait=wait, missing_ok=True)
+
+    def list_sessions(self, labels: Mapping[str, str] | str | None = None) -> builtins.list[str]:
+        return [s.name for s in self.list(labels)]
+
+    def session(self, session_id: str) -> Sandbox:
+        return self.get(session_id)
+
+    def execute_command(self, session_id: str, command: str | Sequence[str], *, timeout: float | None = None,
+                        env: Mapping[str, str] | None = None, cwd: str | None = None,
+                        stdin: bytes | str | None = None) -> CommandResult:
+        return Sandbox(self, session_id, self.namespace).run(command, timeout=timeout, env=env, cwd=cwd,
+                                                              stdin=stdin)
+
+    def read_file(self, session_id: str, path: str) -> str:
+        return Sandbox(self, session_id, self.namespace).files.read_text(path)
+
+    def write_file(self, session_id: str, path: str, content: bytes | str) -> str:
+        return Sandbox(self, session_id, self.namespace).files.write(path, content)
+
+    def delete_file(self, session_id: str, path: str, *, recursive: bool = False) -> None:
+        Sandbox(self, session_id, self.namespace).files.remove(path, recursive=recursive)
+
+    def list_files(self, session_id: str, path: str = constants.WORKSPACE_DIR) -> builtins.list[FileInfo]:
+        return Sandbox(self, session_id, self.namespace).files.list(path)
+
+    def get_health(self, session_id: str) -> Health:
+        return Sandbox(self, session_id, self.namespace).health()

@@ -1,0 +1,298 @@
+"""The Sandbox handle: one sandbox's commands, files, health, events and lifecycle."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import IO, TYPE_CHECKING, Any
+
+from sandbox_operator import constants
+from sandbox_operator.sdk import errors
+from sandbox_operator.sdk.commands import CommandHandle, CommandResult, CommandStream
+from sandbox_operator.sdk.events import EventStream, SandboxEvent, Subscription
+from sandbox_operator.sdk.exec import ExecConnection, StdinPipe, StdinSource, shell_argv, wrapper_argv
+from sandbox_operator.sdk.files import Files
+from sandbox_operator.sdk.health import Health, health_from, readiness
+
+if TYPE_CHECKING:
+    from sandbox_operator.sdk.manager import ProgressCallback, SandboxManager
+
+# The environment variable that marks every process of one command, so it can be killed as a group.
+COMMAND_ID_ENV = "SANDBOX_COMMAND_ID"
+CLIENT_GRACE_SECONDS = 30.0
+_SIGNAL = re.compile(r"^(SIG)?[A-Z0-9]+$")
+
+# Signals every process of a command (found by its marker in /proc/PID/environ); prints how many.
+_KILL_SCRIPT = r"""id="$1"; sig="$2"; n=0
+for d in /proc/[0-9]*; do
+  p="${d#/proc/}"
+  [ "$p" = "$$" ] && continue
+  if tr '\0' '\n' < "$d/environ" 2>/dev/null | grep -qx "SANDBOX_COMMAND_ID=$id"; then
+    kill -s "$sig" "$p" 2>/dev/null && n=$((n+1))
+  fi
+done
+echo "$n"
+"""
+
+
+class Sandbox:
+    """A handle on one Sandbox. Get one from :meth:`SandboxManager.create`, ``get`` or ``list``.
+
+    Used as a context manager it deletes the sandbox on exit.
+    """
+
+    def __init__(self, manager: SandboxManager, name: str, namespace: str,
+                 obj: dict[str, Any] | None = None) -> None:
+        self.manager = manager
+        self.name = name
+        self.namespace = namespace
+        self._obj = obj
+        self.files = Files(self, max_file_bytes=manager.max_file_bytes,
+                           max_transfer_bytes=manager.max_transfer_bytes, timeout=manager.file_timeout)
+        if obj is not None:
+            self._learn(obj)
+
+    def __repr__(self) -> str:
+        return f"Sandbox(name={self.name!r}, namespace={self.namespace!r}, phase={self.phase!r})"
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy(missing_ok=True)
+
+    # The object --------------------------------------------------------------------------------------
+
+    @property
+    def obj(self) -> dict[str, Any]:
+        """The Sandbox object as last fetched (fetched now if it never was)."""
+        if self._obj is None:
+            self.refresh()
+        assert self._obj is not None
+        return self._obj
+
+    def refresh(self) -> Sandbox:
+        self._obj = self.manager.api.get_sandbox(self.name, self.namespace)
+        self._learn(self._obj)
+        return self
+
+    def _learn(self, obj: dict[str, Any]) -> None:
+        idle = ((obj.get("spec") or {}).get("timeouts") or {}).get("idleSeconds")
+        if isinstance(idle, int | float):
+            self.manager.activity.configure(self.namespace, self.name, idle)
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return dict(self.obj.get("spec") or {})
+
+    @property
+    def status(self) -> dict[str, Any]:
+        return dict(self.obj.get("status") or {})
+
+    @property
+    def phase(self) -> str | None:
+        return None if self._obj is None else (self._obj.get("status") or {}).get("phase")
+
+    @property
+    def pod_name(self) -> str:
+        """The sandbox's pod (from the status when known; it is always named after the sandbox)."""
+        status = (self._obj or {}).get("status") or {}
+        return str(status.get("podName") or constants.pod_name(self.name))
+
+    @property
+    def id(self) -> str:
+        """The session id of the seed's API: the sandbox name."""
+        return self.name
+
+    def health(self) -> Health:
+        """Phase, conditions, pod state, restarts, last activity and expiry, read now."""
+        self.refresh()
+        pod = self.manager.api.get_pod(constants.pod_name(self.name), self.namespace)
+        return health_from(self.obj, pod)
+
+    def is_ready(self) -> bool:
+        return readiness(self.refresh().obj).state == "ready"
+
+    def wait_ready(self, timeout: float | None = None,
+                   on_progress: ProgressCallback | None = None) -> Sandbox:
+        """Returns once Ready; :class:`SandboxFailed`/:class:`SandboxNotReady` say why not."""
+        self._obj = self.manager.wait_ready(self.name, timeout=timeout, namespace=self.namespace,
+                                            on_progress=on_progress)
+        self._learn(self._obj)
+        return self
+
+    def touch(self, *, force: bool = True) -> bool:
+        """Records activity now (by default even if one was recorded within the throttle interval)."""
+        return self.manager.activity.touch(self.namespace, self.name, force=force)
+
+    def destroy(self, *, wait: bool = False, timeout: float = 120, missing_ok: bool = False) -> None:
+        """Deletes the sandbox; with ``wait`` returns only once the object is gone."""
+        self.manager.delete(self.name, namespace=self.namespace, wait=wait, timeout=timeout,
+                            missing_ok=missing_ok)
+
+    delete = destroy
+
+    # Events ----------------------------------------------------------------------------------------
+
+    def events(self, *, follow: bool = True, history: bool = True, timeout: float | None = None,
+               include_kubernetes_events: bool = True) -> EventStream:
+        """This sandbox's state changes and Kubernetes Events (its own and its pod's)."""
+        return self.manager.events(self.name, namespace=self.namespace, follow=follow, history=history,
+                                   timeout=timeout, include_kubernetes_events=include_kubernetes_events)
+
+    def subscribe(self, callback: Callable[[SandboxEvent], None], *, history: bool = False,
+                  on_error: Callable[[BaseException], None] | None = None) -> Subscription:
+        return Subscription(self.events(history=history), callback, on_error)
+
+    # Commands ----------------------------------------------------------------------------------------
+
+    def _command_argv(self, command: str | Sequence[str], shell: str | None) -> list[str]:
+        if isinstance(command, str):
+            return shell_argv(command, shell or self.manager.shell)
+        argv = list(command)
+        if not argv:
+            raise ValueError("empty command")
+        return argv
+
+    def _client_deadline(self, timeout: float | None) -> float:
+        if timeout is None:
+            timeouts = ((self._obj or {}).get("spec") or {}).get("timeouts") or {}
+            spec_timeout = timeouts.get("commandSeconds")
+            timeout = float(spec_timeout or self.manager.default_command_timeout)
+        return timeout + CLIENT_GRACE_SECONDS
+
+    def _open(self, argv: list[str], stdin: StdinSource | None) -> ExecConnection:
+        self.manager.activity.touch(self.namespace, self.name)
+        try:
+            return ExecConnection(self.manager.api.api_client, self.namespace, self.pod_name, argv,
+                                  stdin=stdin, sandbox=self.name)
+        except (errors.ExecError, errors.SandboxNotFound) as exc:
+            raise self._diagnose(exc) from exc
+
+    def _diagnose(self, exc: errors.SandboxError) -> errors.SandboxError:
+        """A clearer error when exec failed because the sandbox is gone or not Ready."""
+        try:
+            obj = self.manager.api.get_sandbox(self.name, self.namespace)
+        except errors.SandboxNotFound as gone:
+            return gone
+        except errors.SandboxError:
+            return exc
+        self._obj = obj
+        state = readiness(obj)
+        if state.state != "ready":
+            why = ": ".join(x for x in (state.reason, state.message) if x)
+            cls = errors.SandboxFailed if state.state == "failed" else errors.SandboxNotReady
+            return cls(f"sandbox {self.name} is not Ready (phase {state.phase or 'unknown'})"
+                       + (f": {why}" if why else "") + f"; exec said: {exc.message}",
+                       phase=state.phase, reason=state.reason, name=self.name, namespace=self.namespace)
+        return exc
+
+    def stream(self, command: str | Sequence[str], *, timeout: float | None = None,
+               env: Mapping[str, str] | None = None, cwd: str | None = None,
+               stdin: StdinSource | None = None, shell: str | None = None,
+               _extra_env: Mapping[str, str] | None = None) -> CommandStream:
+        """Starts a command and returns its output as an iterator of chunks, each delivered as it arrives.
+
+        A string runs under ``shell -c`` (bash by default); a list is an argv. ``timeout`` (seconds) is
+        enforced by the exec wrapper in the sandbox, which kills the command's whole process group.
+        """
+        user_argv = self._command_argv(command, shell)
+        full_env = {**(env or {}), **(_extra_env or {})}
+        argv = wrapper_argv(user_argv, timeout=timeout, cwd=cwd, env=full_env or None)
+        return CommandStream(
+            lambda: self._open(argv, stdin), user_argv, client_deadline=self._client_deadline(timeout),
+            hold=lambda: self.manager.activity.hold(self.namespace, self.name), sandbox=self.name,
+            namespace=self.namespace, timeout_for_message=timeout)
+
+    def run(self, command: str | Sequence[str], *, timeout: float | None = None,
+            env: Mapping[str, str] | None = None, cwd: str | None = None, stdin: StdinSource | None = None,
+            check: bool = False, shell: str | None = None,
+            on_stdout: Callable[[str], None] | None = None,
+            on_stderr: Callable[[str], None] | None = None) -> CommandResult:
+        """Runs a command to completion: stdout, stderr, exit code, duration, timed-out flag.
+
+        A non-zero exit or a timeout is a result, not an error, unless ``check=True`` (then
+        :class:`CommandError`/:class:`CommandTimeout`). Failing to run the command at all raises
+        (:class:`ExecError`, :class:`SandboxNotReady`, :class:`SandboxNotFound`...).
+        """
+        with self.stream(command, timeout=timeout, env=env, cwd=cwd, stdin=stdin, shell=shell) as stream:
+            for chunk in stream:
+                if chunk.stream == "stdout" and on_stdout is not None:
+                    on_stdout(chunk.text)
+                elif chunk.stream == "stderr" and on_stderr is not None:
+                    on_stderr(chunk.text)
+            result = stream.wait()
+        return result.check() if check else result
+
+    exec = run
+
+    def start(self, command: str | Sequence[str], *, timeout: float | None = None,
+              env: Mapping[str, str] | None = None, cwd: str | None = None,
+              stdin: bool | StdinSource = False, shell: str | None = None,
+              on_stdout: Callable[[str], None] | None = None,
+              on_stderr: Callable[[str], None] | None = None) -> CommandHandle:
+        """Starts a command in the background; the handle can be waited on, followed or killed.
+
+        ``stdin=True`` opens a pipe fed by :meth:`CommandHandle.send_stdin`; other values are sent as
+        the command's whole input.
+        """
+        pipe: StdinPipe | None = None
+        source: StdinSource | None
+        if stdin is True:
+            pipe = StdinPipe()
+            source = pipe
+        elif stdin is False:
+            source = None
+        else:
+            source = stdin
+        command_id = uuid.uuid4().hex
+        stream = self.stream(command, timeout=timeout, env=env, cwd=cwd, stdin=source, shell=shell,
+                             _extra_env={COMMAND_ID_ENV: command_id})
+        return CommandHandle(stream, kill=lambda sig: self._kill(command_id, sig), stdin=pipe,
+                             on_stdout=on_stdout, on_stderr=on_stderr)
+
+    def _kill(self, command_id: str, signal: str) -> int:
+        signal = signal.upper()
+        if not _SIGNAL.match(signal):
+            raise ValueError(f"invalid signal {signal!r}")
+        signal = signal.removeprefix("SIG")
+        result = self.run(["/bin/sh", "-c", _KILL_SCRIPT, "sandbox-kill", command_id, signal], timeout=30)
+        if result.exit_code != 0:
+            raise errors.ExecError(f"killing the command failed: {result.stderr.strip()}",
+                                   reason="KillFailed", name=self.name, namespace=self.namespace)
+        try:
+            return int(result.stdout.strip() or 0)
+        except ValueError:
+            return 0
+
+    def _run_tool(self, args: Sequence[str], *, stdin: bytes | IO[bytes] | None = None,
+                  timeout: float | None = None, max_output: int | None = None) -> CommandResult:
+        """Runs the in-image file tool through the exec wrapper; stops reading past ``max_output`` bytes."""
+        with self.stream([constants.FILES_TOOL, *args], timeout=timeout, stdin=stdin) as stream:
+            size = 0
+            for chunk in stream:
+                if chunk.stream == "stdout":
+                    size += len(chunk.data)
+                    if max_output is not None and size > max_output:
+                        stream.close()
+                        raise errors.FileTooLarge(
+                            f"output is over the cap of {max_output} bytes",
+                            path=args[1] if len(args) > 1 else None, reason="FileTooLarge", name=self.name,
+                            namespace=self.namespace)
+            return stream.wait()
+
+    # Seed-style conveniences -----------------------------------------------------------------------
+
+    def read_file(self, path: str) -> str:
+        return self.files.read_text(path)
+
+    def write_file(self, path: str, content: bytes | str, *, mode: int = 0o644) -> str:
+        return self.files.write(path, content, mode=mode)
+
+    def iter_output(self, command: str | Sequence[str], **kwargs: Any) -> Iterator[str]:
+        """Text chunks of a command's stdout and stderr as they arrive (raises CommandError on failure)."""
+        with self.stream(command, **kwargs) as stream:
+            for chunk in stream:
+                yield chunk.text
+            stream.wait().check()

@@ -1,0 +1,186 @@
+"""Operator settings, read once at start from environment variables prefixed ``SANDBOX_OPERATOR_``.
+
+Every setting has a default that works on the project's local cluster. Lists are comma-separated
+(``SANDBOX_OPERATOR_NAMESPACES=team-a,team-b``). Bad settings stop the operator before it touches the
+cluster: :func:`load_settings` raises :class:`SettingsError` whose message names the environment variable.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from sandbox_operator import constants
+from sandbox_operator.models import limits
+from sandbox_operator.models.quantity import Quantity, parse_quantity
+
+ENV_PREFIX = "SANDBOX_OPERATOR_"
+
+_SANDBOX_REPOSITORY = constants.SANDBOX_IMAGE.rpartition(":")[0]
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class SettingsError(Exception):
+    """The environment holds settings the operator cannot start with."""
+
+
+class OperatorSettings(BaseSettings):
+    """What an administrator tunes. Per-Sandbox values are defaulted from here and capped by the maximums."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore",
+                                      case_sensitive=False, use_attribute_docstrings=True)
+
+    # Scope and admission of sandboxes.
+    namespaces: CommaList = Field(default_factory=list)
+    """Namespaces (or kopf globs such as ``sbx-*``) to watch; empty means the whole cluster."""
+    allowed_images: CommaList = Field(
+        default_factory=lambda: [f"{_SANDBOX_REPOSITORY}:*", f"{_SANDBOX_REPOSITORY}@sha256:*"])
+    """Shell-style globs (``*`` also matches ``/``); a Sandbox whose image matches none is InvalidSpec."""
+    default_image: str = constants.SANDBOX_IMAGE
+    """Image of a Sandbox that names none; must itself be allowed."""
+    allowed_runtime_classes: CommaList = Field(default_factory=list)
+    """RuntimeClass names a Sandbox may ask for; empty allows any."""
+    default_runtime_class: str | None = None
+    """RuntimeClass of a Sandbox that names none (for example ``gvisor``); unset uses the node's default."""
+    allow_secret_env: bool = False
+    """Whether ``spec.env[].valueFrom.secretKeyRef`` is allowed."""
+
+    # Per-sandbox defaults and maximums.
+    default_cpu: Quantity = "1"
+    max_cpu: Quantity = "4"
+    default_memory: Quantity = "512Mi"
+    max_memory: Quantity = "8Gi"
+    default_ephemeral_storage: Quantity = "1Gi"
+    max_ephemeral_storage: Quantity = "10Gi"
+    tmp_size_limit: Quantity = "256Mi"
+    """Size limit of the /tmp emptyDir (capped at the sandbox's ephemeral storage)."""
+    default_pids: int = Field(20, ge=limits.PIDS_MIN, le=limits.PIDS_MAX)
+    max_pids: int = Field(1024, ge=limits.PIDS_MIN, le=limits.PIDS_MAX)
+    default_command_seconds: int = Field(300, ge=limits.COMMAND_SECONDS_MIN, le=limits.COMMAND_SECONDS_MAX)
+    max_command_seconds: int = Field(3600, ge=limits.COMMAND_SECONDS_MIN, le=limits.COMMAND_SECONDS_MAX)
+    default_idle_seconds: int = Field(1800, ge=limits.IDLE_SECONDS_MIN, le=limits.IDLE_SECONDS_MAX)
+    max_idle_seconds: int = Field(86400, ge=limits.IDLE_SECONDS_MIN, le=limits.IDLE_SECONDS_MAX)
+    default_lifetime_seconds: int = Field(3600, ge=limits.LIFETIME_SECONDS_MIN, le=limits.LIFETIME_SECONDS_MAX)
+    max_lifetime_seconds: int = Field(86400, ge=limits.LIFETIME_SECONDS_MIN, le=limits.LIFETIME_SECONDS_MAX)
+    file_size_limit_bytes: int = Field(100 * 1024 * 1024, ge=1024, le=1 << 40)
+    """Largest file the in-image file tool reads or writes; passed to the sandbox as SANDBOX_FILE_SIZE_LIMIT."""
+
+    # Pod shape.
+    user_namespaces: bool = False
+    """Run sandbox pods with ``hostUsers: false`` (needs a runtime with idmap mounts; containerd 1.6 has none)."""
+    termination_grace_seconds: int = Field(5, ge=0, le=30)
+    readiness_period_seconds: int = Field(10, ge=1, le=60)
+    """Period of the exec readiness probe. It does not delay Ready: the kubelet probes as soon as the container
+    starts. Every probe is a process exec in the sandbox, so short periods cost node CPU."""
+    priority_class_name: str | None = None
+    service_account_name: str | None = None
+    """Service account of sandbox pods; its token is never mounted. Unset uses the namespace's default."""
+
+    # Collection.
+    gc_interval_seconds: float = Field(60.0, ge=0.5, le=3600)
+    """How often each Sandbox is checked for idleness and expiry."""
+
+    # The operator process.
+    health_port: int = Field(8080, ge=0, le=65535)
+    """Port of kopf's liveness endpoint ``/healthz``; 0 turns it off."""
+    metrics_port: int = Field(9090, ge=0, le=65535)
+    """Port of the Prometheus endpoint ``/metrics``; 0 turns it off."""
+    bind_address: str = "0.0.0.0"  # noqa: S104 - in a pod the probes come from the node
+    log_format: Literal["plain", "full", "json"] = "full"
+    verbose: bool = False
+    api_workers: int = Field(16, ge=1, le=256)
+    """Threads (and HTTP connections) for the blocking Kubernetes client."""
+    failpoint: Literal["", "after-pod-create"] = ""
+    """Test-only: hang (so that a test can kill the process) at the named point."""
+
+    @field_validator("namespaces", "allowed_images", "allowed_runtime_classes", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OperatorSettings:
+        problems: list[str] = []
+        for name, (low, high) in {
+            "cpu": (limits.CPU_MIN, limits.CPU_MAX),
+            "memory": (limits.MEMORY_MIN, limits.MEMORY_MAX),
+            "ephemeral_storage": (limits.EPHEMERAL_STORAGE_MIN, limits.EPHEMERAL_STORAGE_MAX),
+        }.items():
+            default, maximum = getattr(self, f"default_{name}"), getattr(self, f"max_{name}")
+            for which, value in (("default", default), ("max", maximum)):
+                if not parse_quantity(low) <= parse_quantity(value) <= parse_quantity(high):
+                    problems.append(f"{ENV_PREFIX}{which.upper()}_{name.upper()}={value} is outside "
+                                    f"the CRD's bounds [{low}, {high}]")
+            if parse_quantity(default) > parse_quantity(maximum):
+                problems.append(f"{ENV_PREFIX}DEFAULT_{name.upper()}={default} exceeds "
+                                f"{ENV_PREFIX}MAX_{name.upper()}={maximum}")
+        for name in ("pids", "command_seconds", "idle_seconds", "lifetime_seconds"):
+            default_int, maximum_int = getattr(self, f"default_{name}"), getattr(self, f"max_{name}")
+            if default_int > maximum_int:
+                problems.append(f"{ENV_PREFIX}DEFAULT_{name.upper()}={default_int} exceeds "
+                                f"{ENV_PREFIX}MAX_{name.upper()}={maximum_int}")
+        if self.default_idle_seconds > self.default_lifetime_seconds:
+            problems.append(f"{ENV_PREFIX}DEFAULT_IDLE_SECONDS must not exceed {ENV_PREFIX}DEFAULT_LIFETIME_SECONDS")
+        if self.default_command_seconds > self.default_lifetime_seconds:
+            problems.append(
+                f"{ENV_PREFIX}DEFAULT_COMMAND_SECONDS must not exceed {ENV_PREFIX}DEFAULT_LIFETIME_SECONDS")
+        if parse_quantity(self.tmp_size_limit) < parse_quantity(limits.EPHEMERAL_STORAGE_MIN):
+            problems.append(f"{ENV_PREFIX}TMP_SIZE_LIMIT must be at least {limits.EPHEMERAL_STORAGE_MIN}")
+        if not self.allowed_images:
+            problems.append(f"{ENV_PREFIX}ALLOWED_IMAGES must name at least one image pattern")
+        elif not self.image_allowed(self.default_image):
+            problems.append(f"{ENV_PREFIX}DEFAULT_IMAGE={self.default_image} matches no pattern in "
+                            f"{ENV_PREFIX}ALLOWED_IMAGES={','.join(self.allowed_images)}")
+        if self.default_runtime_class and not self.runtime_class_allowed(self.default_runtime_class):
+            problems.append(f"{ENV_PREFIX}DEFAULT_RUNTIME_CLASS={self.default_runtime_class} is not in "
+                            f"{ENV_PREFIX}ALLOWED_RUNTIME_CLASSES")
+        if self.health_port and self.health_port == self.metrics_port:
+            problems.append(f"{ENV_PREFIX}HEALTH_PORT and {ENV_PREFIX}METRICS_PORT must differ")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def image_allowed(self, image: str) -> bool:
+        return any(fnmatch.fnmatchcase(image, pattern) for pattern in self.allowed_images)
+
+    def runtime_class_allowed(self, name: str) -> bool:
+        return not self.allowed_runtime_classes or name in self.allowed_runtime_classes
+
+    def max_quantity(self, name: Literal["cpu", "memory", "ephemeral_storage"]) -> Decimal:
+        return parse_quantity(getattr(self, f"max_{name}"))
+
+    @property
+    def clusterwide(self) -> bool:
+        return not self.namespaces
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        field = str(item["loc"][0]) if item["loc"] else ""
+        where = f"{ENV_PREFIX}{field.upper()}" if field else "settings"
+        message = str(item["msg"]).removeprefix("Value error, ")
+        lines.append(f"  {where}: {message}")
+    return "invalid operator settings:\n" + "\n".join(lines)
+
+
+def load_settings() -> OperatorSettings:
+    """Reads and validates the settings from the environment; raises :class:`SettingsError`."""
+    try:
+        return OperatorSettings()
+    except ValidationError as error:
+        raise SettingsError(_describe(error)) from None
+
+
+@functools.cache
+def get_settings() -> OperatorSettings:
+    """The process-wide settings, read once (the handlers module needs the GC interval at import)."""
+    return load_settings()

@@ -1,0 +1,195 @@
+"""sandboxctl against the real cluster, with the real operator (issue 5, acceptance 1 through the CLI)."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sandbox_operator import constants
+from tests.conftest import Cluster
+from tests.e2e.test_sdk import sandbox_environment
+
+MiB = 1024 * 1024
+
+
+class Ctl:
+    """Runs ``sandboxctl`` (this checkout's) against the test cluster and namespace."""
+
+    def __init__(self, cluster: Cluster, namespace: str) -> None:
+        self.base = [sys.executable, "-m", "sandbox_operator.cli", "--kubeconfig", str(cluster.kubeconfig),
+                     "-n", namespace]
+        self.env = {**os.environ, "PYTHONPATH": str(Path(constants.__file__).resolve().parents[1])}
+
+    def __call__(self, *args: str, input: bytes | None = None, timeout: float = 240,
+                 check: bool = True) -> subprocess.CompletedProcess[bytes]:
+        out = subprocess.run([*self.base, *args], input=input, capture_output=True, timeout=timeout,
+                             env=self.env, check=False)
+        if check and out.returncode != 0:
+            raise AssertionError(f"sandboxctl {' '.join(args)} exited {out.returncode}: "
+                                 f"{out.stderr.decode(errors='replace')}")
+        return out
+
+    def popen(self, *args: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([*self.base, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=self.env)
+
+
+@pytest.fixture(scope="module")
+def ctl(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ctl]:
+    with sandbox_environment(cluster, "cli-e2e", tmp_path_factory.mktemp("logs")) as namespace:
+        yield Ctl(cluster, namespace)
+
+
+@pytest.fixture(scope="module")
+def box(ctl: Ctl) -> Iterator[str]:
+    name = ctl("create", "--label", "e2e=cli").stdout.decode().strip()
+    assert name.startswith("sbx-")
+    yield name
+    ctl("delete", name, "--ignore-not-found")
+
+
+def test_create_list_get(ctl: Ctl, box: str) -> None:
+    table = ctl("list").stdout.decode()
+    assert table.splitlines()[0].split()[:2] == ["NAME", "PHASE"]
+    assert any(line.split()[:2] == [box, "Ready"] for line in table.splitlines())
+    listed = json.loads(ctl("list", "-l", "e2e=cli", "-o", "json").stdout)
+    assert [i["metadata"]["name"] for i in listed["items"]] == [box]
+    assert json.loads(ctl("list", "-l", "e2e=none", "-o", "json").stdout)["items"] == []
+    described = ctl("get", box).stdout.decode()
+    assert "Phase:" in described and "Ready" in described and "running" in described
+    health = yaml.safe_load(ctl("get", box, "-o", "yaml").stdout)
+    assert health["health"]["ready"] is True and health["sandbox"]["metadata"]["name"] == box
+
+
+def test_exec_hello_exit_codes_stderr_stdin_env_cwd(ctl: Ctl, box: str) -> None:
+    out = ctl("exec", box, "--", "python3", "-c", 'print("Hello")')
+    assert out.stdout == b"Hello\n"
+    failed = ctl("exec", box, "--", "sh", "-c", "echo out; echo err >&2; exit 7", check=False)
+    assert (failed.returncode, failed.stdout, failed.stderr) == (7, b"out\n", b"err\n")
+    assert ctl("exec", box, "--", "no-such-command-xyz", check=False).returncode == 127
+    assert ctl("exec", "-i", box, "--", "wc", "-c", input=b"x" * 12345).stdout.strip() == b"12345"
+    assert ctl("exec", box, "-e", "FOO=bar baz", "--sh", "--", "echo $FOO").stdout == b"bar baz\n"
+    assert ctl("exec", box, "-w", "/tmp", "--", "pwd").stdout == b"/tmp\n"
+    as_json = json.loads(ctl("exec", box, "-o", "json", "--", "sh", "-c", "exit 0").stdout)
+    assert as_json["exitCode"] == 0 and as_json["timedOut"] is False
+
+
+def test_exec_timeout_kills_and_reports(ctl: Ctl, box: str) -> None:
+    started = time.monotonic()
+    out = ctl("exec", box, "-t", "2", "--", "sh", "-c", "sleep 300; echo never", check=False)
+    assert out.returncode == 124 and b"never" not in out.stdout and b"timed out" in out.stderr
+    assert time.monotonic() - started < 30
+
+
+def test_exec_streams_first_chunk_before_the_end(ctl: Ctl, box: str) -> None:
+    started = time.monotonic()
+    proc = ctl.popen("exec", box, "--", "sh", "-c", "echo first; sleep 4; echo second")
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    first_at = time.monotonic() - started
+    rest, _ = proc.communicate(timeout=60)
+    ended = time.monotonic() - started
+    assert first == b"first\n" and rest == b"second\n" and proc.returncode == 0
+    assert first_at < ended - 3
+
+
+def test_cp_binary_round_trip_cat_ls_rm(ctl: Ctl, box: str, tmp_path: Path) -> None:
+    data = os.urandom(MiB)
+    src = tmp_path / "data.bin"
+    src.write_bytes(data)
+    ctl("cp", str(src), f"{box}:/workspace/in/data.bin")
+    back = tmp_path / "back.bin"
+    ctl("cp", f"{box}:in/data.bin", str(back))
+    assert back.read_bytes() == data
+    assert ctl("cat", box, "/workspace/in/data.bin").stdout == data
+    listing = ctl("ls", box, "in").stdout.decode().splitlines()
+    assert listing[0].split() == ["MODE", "SIZE", "MODIFIED", "NAME"]
+    assert listing[1].split()[1] == str(MiB) and listing[1].split()[-1] == "data.bin"
+    entries = json.loads(ctl("ls", box, "in", "-o", "json").stdout)
+    assert entries[0]["size"] == MiB and entries[0]["type"] == "file"
+    ctl("cp", "-", f"{box}:/tmp/piped.txt", input=b"piped\n")
+    assert ctl("cp", f"{box}:/tmp/piped.txt", "-").stdout == b"piped\n"
+    ctl("rm", box, "-r", "in")
+    missing = ctl("cat", box, "in/data.bin", check=False)
+    assert missing.returncode == 3 and b"FileNotFoundError" in missing.stderr
+
+
+def test_cp_directories_both_ways(ctl: Ctl, box: str, tmp_path: Path) -> None:
+    src = tmp_path / "tree"
+    (src / "a" / "b").mkdir(parents=True)
+    (src / "top.txt").write_text("top\n")
+    (src / "a" / "b" / "deep.bin").write_bytes(os.urandom(100_000))
+    ctl("cp", str(src), f"{box}:/workspace/tree")
+    assert ctl("exec", box, "--", "cat", "/workspace/tree/top.txt").stdout == b"top\n"
+    dest = tmp_path / "copy"
+    ctl("cp", f"{box}:/workspace/tree", str(dest))
+    cmp = filecmp.dircmp(src, dest)
+    assert not cmp.left_only and not cmp.right_only and not cmp.diff_files
+    assert (dest / "a" / "b" / "deep.bin").read_bytes() == (src / "a" / "b" / "deep.bin").read_bytes()
+
+
+def test_traversal_and_oversize_rejected(ctl: Ctl, box: str, tmp_path: Path) -> None:
+    small = tmp_path / "small.txt"
+    small.write_text("x")
+    for dest in (f"{box}:../etc/x", f"{box}:/etc/passwd", f"{box}:/workspace/../../x"):
+        out = ctl("cp", str(small), dest, check=False)
+        assert out.returncode == 5, out
+        assert b"outside the sandbox" in out.stderr or b"traversal" in out.stderr, out
+    assert ctl("cat", box, "/etc/passwd", check=False).returncode == 5
+    ctl("exec", box, "--", "ln", "-sfn", "/etc", "/workspace/escape")
+    assert ctl("cat", box, "escape/passwd", check=False).returncode == 5
+    huge = tmp_path / "huge.bin"  # sparse: over the 100 MiB default cap without using the disk
+    with huge.open("wb") as f:
+        f.truncate(101 * MiB)
+    out = ctl("cp", str(huge), f"{box}:/workspace/huge.bin", check=False)
+    assert out.returncode == 5 and b"cap" in out.stderr
+
+
+def test_errors_have_exit_codes(ctl: Ctl) -> None:
+    missing = ctl("get", "no-such-sandbox", check=False)
+    assert missing.returncode == 3 and b"not found" in missing.stderr
+    assert ctl("exec", "no-such-sandbox", "--", "true", check=False).returncode == 3
+    assert ctl("delete", "no-such-sandbox", check=False).returncode == 3
+    assert ctl("delete", "no-such-sandbox", "--ignore-not-found", check=False).returncode == 0
+    as_json = ctl("-o", "json", "get", "no-such-sandbox", check=False)
+    assert json.loads(as_json.stderr)["error"] == "SandboxNotFound"
+    assert ctl("frobnicate", check=False).returncode == 2
+    bad_image = constants.SANDBOX_IMAGE.rpartition(":")[0] + ":does-not-exist"
+    failed = ctl("create", "--image", bad_image, "--timeout", "90", check=False)
+    assert failed.returncode == 4 and b"ImageMissing" in failed.stderr
+
+
+def test_events_create_ready_delete_and_wait(ctl: Ctl) -> None:
+    watcher = ctl.popen("events", "--watch", "-o", "json", "--timeout", "150")
+    time.sleep(2)
+    name = ctl("create", "--no-wait").stdout.decode().strip()
+    ctl("wait", name, "--timeout", "120")
+    ctl("delete", name, "--wait")
+    ctl("wait", name, "--for", "deleted", "--timeout", "30")
+    deadline = time.monotonic() + 30
+    lines: list[dict[str, object]] = []
+    assert watcher.stdout is not None
+    while time.monotonic() < deadline:
+        raw = watcher.stdout.readline()
+        if not raw:
+            break
+        event = json.loads(raw)
+        lines.append(event)
+        if event["name"] == name and event["reason"] == "Deleted":
+            break
+    watcher.terminate()
+    watcher.wait(timeout=10)
+    reasons = [e["reason"] for e in lines if e["name"] == name and e["kind"] == "state"]
+    assert "Created" in reasons and "Ready" in reasons and "Deleted" in reasons, lines
+    assert reasons.index("Created") < reasons.index("Ready") < reasons.index("Deleted")
+    table = ctl("events", name).stdout.decode()
+    assert table == "" or table.splitlines()[0].split()[:4] == ["TIME", "KIND", "TYPE", "REASON"]

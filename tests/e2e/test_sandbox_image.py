@@ -1,0 +1,370 @@
+"""The hardened sandbox image in the real cluster (issue 4, acceptance 1 and 2).
+
+Pods are created directly (not through the operator) with the security context the operator emits, in a namespace
+that enforces Pod Security "restricted"; every check runs through `kubectl exec`, most of them through the image's
+exec wrapper as the SDK does. Three pods: `main` (the checks, and the "second sandbox" while `bomb` runs a fork
+bomb) and `disk`, which is expected to be evicted for exceeding its storage bound.
+
+When the node's runtime supports user namespaces (containerd 2, the project's default), the pods run with
+`hostUsers: false` and the wrapper's process limit SANDBOX_PIDS_LIMIT=20, as the operator does: UID 1000 is then a
+different host UID in each pod, so RLIMIT_NPROC holds per sandbox. Without user namespaces (containerd 1.6) every
+sandbox shares host UID 1000, RLIMIT_NPROC would be a node-wide budget, so the limit is left unset and the pod's
+pids cgroup (kubelet podPidsLimit) is the bound.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandbox_operator import constants
+from tests.conftest import Cluster
+
+pytestmark = pytest.mark.timeout(600)
+
+PIDS_LIMIT = 20
+MEMORY_LIMIT = "512Mi"
+MEMORY_LIMIT_BYTES = 512 * 1024 * 1024
+STORAGE_LIMIT = "1Gi"
+TMP_LIMIT = "64Mi"
+EXEC = constants.EXEC_WRAPPER
+FILES = constants.FILES_TOOL
+
+
+def pod_manifest(name: str, namespace: str, *, user_namespace: bool = False) -> dict[str, Any]:
+    """A sandbox pod with the operator's hardening (requests kept small so three fit on a 2-CPU node)."""
+    env = [{"name": constants.ENV_COMMAND_TIMEOUT, "value": "300"}]
+    if user_namespace:
+        env.append({"name": constants.ENV_PIDS_LIMIT, "value": str(PIDS_LIMIT)})
+    manifest: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/name": "sandbox"}},
+        "spec": {
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 2,
+            "hostname": "sandbox",
+            "dnsPolicy": "None",
+            "dnsConfig": {"nameservers": ["127.0.0.1"]},
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": constants.SANDBOX_UID,
+                "runAsGroup": constants.SANDBOX_GID,
+                "fsGroup": constants.SANDBOX_GID,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [{
+                "name": constants.CONTAINER_NAME,
+                "image": constants.SANDBOX_IMAGE,
+                "imagePullPolicy": "Never",
+                "env": env,
+                "securityContext": {
+                    "runAsNonRoot": True,
+                    "runAsUser": constants.SANDBOX_UID,
+                    "runAsGroup": constants.SANDBOX_GID,
+                    "allowPrivilegeEscalation": False,
+                    "privileged": False,
+                    "readOnlyRootFilesystem": True,
+                    "capabilities": {"drop": ["ALL"]},
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+                "resources": {
+                    "requests": {"cpu": "100m", "memory": MEMORY_LIMIT, "ephemeral-storage": "256Mi"},
+                    "limits": {"cpu": "1", "memory": MEMORY_LIMIT, "ephemeral-storage": STORAGE_LIMIT},
+                },
+                "readinessProbe": {"exec": {"command": [constants.READY_PROGRAM]}, "periodSeconds": 5,
+                                   "timeoutSeconds": 5},
+                "volumeMounts": [{"name": "workspace", "mountPath": constants.WORKSPACE_DIR},
+                                 {"name": "tmp", "mountPath": constants.TMP_DIR}],
+            }],
+            "volumes": [{"name": "workspace", "emptyDir": {"sizeLimit": STORAGE_LIMIT}},
+                        {"name": "tmp", "emptyDir": {"sizeLimit": TMP_LIMIT}}],
+        },
+    }
+    if user_namespace:
+        manifest["spec"]["hostUsers"] = False
+    return manifest
+
+
+def node_supports_user_namespaces(cluster: Cluster) -> bool:
+    nodes = json.loads(cluster.kubectl("get", "nodes", "-o", "json").stdout)["items"]
+    return bool(nodes) and all(
+        any(h.get("features", {}).get("userNamespaces") for h in n.get("status", {}).get("runtimeHandlers", []))
+        for n in nodes)
+
+
+class Pods:
+    def __init__(self, cluster: Cluster, namespace: str, user_namespace: bool) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+        self.user_namespace = user_namespace
+
+    def kubectl(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        return self.cluster.kubectl("-n", self.namespace, *args, **kwargs)
+
+    def exec(self, pod: str, *argv: str, input: str | None = None,
+             timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Runs argv in the pod; the result carries the remote exit code."""
+        flags = ["-i"] if input is not None else []
+        return self.kubectl("exec", *flags, pod, "-c", constants.CONTAINER_NAME, "--", *argv,
+                            check=False, input=input, timeout=timeout)
+
+    def sh(self, pod: str, script: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """A shell script through the exec wrapper, as the SDK runs commands."""
+        return self.exec(pod, EXEC, "--", "sh", "-c", script, timeout=timeout)
+
+    def get(self, pod: str) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.kubectl("get", "pod", pod, "-o", "json").stdout)
+        return data
+
+    def wait_ready(self, pod: str, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.get(pod).get("status", {})
+            for cs in status.get("containerStatuses", []):
+                waiting = cs.get("state", {}).get("waiting", {})
+                if waiting.get("reason") in ("ErrImageNeverPull", "CreateContainerConfigError", "CrashLoopBackOff"):
+                    pytest.fail(f"pod {pod}: {waiting} (is {constants.SANDBOX_IMAGE} imported? make image)")
+            if any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", [])):
+                return
+            time.sleep(1)
+        pytest.fail(f"pod {pod} not Ready after {timeout}s: {self.get(pod).get('status')}")
+
+
+@pytest.fixture(scope="module")
+def pods(cluster: Cluster) -> Iterator[Pods]:
+    namespace = f"sbx-image-e2e-{secrets.token_hex(3)}"
+    manifest = {
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": namespace, "labels": {
+            "pod-security.kubernetes.io/enforce": "restricted",
+            "pod-security.kubernetes.io/enforce-version": "latest",
+        }},
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+    p = Pods(cluster, namespace, node_supports_user_namespaces(cluster))
+    print(f"user namespaces: {p.user_namespace}")
+    try:
+        for name in ("main", "bomb", "disk"):
+            # Pod Security admission would reject a pod that is not "restricted": creation itself is a check.
+            pod = pod_manifest(name, namespace, user_namespace=p.user_namespace)
+            created = p.kubectl("apply", "-f", "-", input=json.dumps(pod), check=False)
+            assert created.returncode == 0, created.stderr
+            assert "Warning" not in created.stderr, created.stderr
+        for name in ("main", "bomb", "disk"):
+            p.wait_ready(name)
+        yield p
+    finally:
+        cluster.kubectl("delete", "namespace", namespace, "--wait=true", "--timeout=120s", check=False,
+                        timeout=180)
+
+
+# --- acceptance 1: identity, read-only root, privileges -------------------------------------------------
+
+def test_runs_as_uid_1000(pods: Pods) -> None:
+    assert pods.exec("main", "id", "-u").stdout.strip() == str(constants.SANDBOX_UID)
+    assert pods.exec("main", "id", "-g").stdout.strip() == str(constants.SANDBOX_GID)
+    assert pods.sh("main", "id -u").stdout.strip() == str(constants.SANDBOX_UID)
+
+
+def test_root_filesystem_is_read_only(pods: Pods) -> None:
+    code = ("import errno\nfor p in ('/probe', '/usr/local/bin/probe', '/etc/probe'):\n"
+            "    try:\n        open(p, 'w')\n        print(p, 'WRITABLE')\n"
+            "    except OSError as e:\n        print(p, errno.errorcode[e.errno])\n")
+    result = pods.exec("main", "python3", "-c", code)
+    assert result.returncode == 0, result.stderr
+    assert [line.split()[1] for line in result.stdout.splitlines()] == ["EROFS"] * 3
+    touch = pods.exec("main", "touch", "/probe")
+    assert touch.returncode != 0
+    assert "Read-only file system" in touch.stderr
+
+
+def test_tmp_and_workspace_are_writable(pods: Pods) -> None:
+    for directory in (constants.TMP_DIR, constants.WORKSPACE_DIR):
+        result = pods.sh("main", f"echo ok > {directory}/probe && cat {directory}/probe && rm {directory}/probe")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == "ok\n"
+    assert pods.exec("main", constants.READY_PROGRAM).returncode == 0
+    assert pods.sh("main", "cd && pwd").stdout.strip() == constants.WORKSPACE_DIR  # HOME is the work dir
+
+
+def test_no_capabilities_no_new_privileges_seccomp_filter(pods: Pods) -> None:
+    for target in ("/proc/self/status", "/proc/1/status"):
+        status = dict(line.split(":", 1) for line in pods.exec("main", "cat", target).stdout.splitlines())
+        for field in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+            assert int(status[field].strip(), 16) == 0, (target, field, status[field])
+        assert status["NoNewPrivs"].strip() == "1", target
+        assert status["Seccomp"].strip() == "2", target
+
+
+def test_no_setuid_or_setgid_files(pods: Pods) -> None:
+    # the acceptance check, verbatim
+    suid = pods.sh("main", "find / -xdev -perm -4000 2>/dev/null; true")
+    assert suid.returncode == 0
+    assert suid.stdout == ""
+    # no setgid files either (the emptyDir mount points are setgid directories because of fsGroup: harmless)
+    sgid = pods.sh("main", "find / -xdev -type f -perm -2000 2>/dev/null; true")
+    assert sgid.stdout == ""
+
+
+def test_core_dumps_are_off(pods: Pods) -> None:
+    assert pods.sh("main", "ulimit -c").stdout.strip() == "0"
+    hard = pods.exec("main", EXEC, "--", "bash", "-c", "ulimit -H -c")
+    assert hard.stdout.strip() == "0"
+
+
+def test_pid_1_is_sandbox_init_and_reaps_orphans(pods: Pods) -> None:
+    assert pods.exec("main", "cat", "/proc/1/cmdline").stdout.split("\0")[0] == constants.INIT_PROGRAM
+    # the shell exits at once; its orphaned `sleep` is re-parented to PID 1, which must reap it
+    assert pods.exec("main", "sh", "-c", "sleep 4 </dev/null >/dev/null 2>&1 & exit 0").returncode == 0
+    parents = pods.exec("main", "ps", "-o", "ppid=", "-C", "sleep").stdout.split()
+    assert parents == ["1"]
+    time.sleep(5)
+    states = pods.exec("main", "ps", "-eo", "stat=").stdout.split()
+    assert not [s for s in states if s.startswith("Z")], states
+
+
+def test_file_tool_in_the_pod(pods: Pods) -> None:
+    payload = "line one\nline two \u00e9\n"
+    assert pods.exec("main", FILES, "write", "/workspace/dir/f.txt", "--parents", "--size",
+                     str(len(payload.encode())), input=payload).returncode == 0
+    listing = json.loads(pods.exec("main", FILES, "ls", "/workspace/dir").stdout)
+    assert [(e["name"], e["type"], e["size"]) for e in listing] == [("f.txt", "file", len(payload.encode()))]
+    assert pods.exec("main", FILES, "read", "/workspace/dir/f.txt").stdout == payload
+    refused = pods.exec("main", FILES, "read", "/etc/passwd")
+    assert refused.returncode == 2
+    report = next(line for line in refused.stderr.splitlines() if line.startswith("{"))  # then kubectl's line
+    assert json.loads(report)["error"] == "PathOutsideSandbox"
+
+
+# --- acceptance 2: timeout, fork bomb, memory, disk ---------------------------------------------------
+
+def test_timeout_kills_the_command_and_its_children(pods: Pods) -> None:
+    script = "sleep 300 & echo $! > /tmp/child; sh -c 'sleep 300' & sleep 300"
+    start = time.monotonic()
+    result = pods.exec("main", EXEC, "--timeout", "2", "--", "sh", "-c", script)
+    assert result.returncode == 124, result.stderr
+    assert time.monotonic() - start < 30
+    assert "timed out" in result.stderr
+    left = pods.exec("main", "sh", "-c", "kill -0 $(cat /tmp/child) 2>/dev/null && echo alive; "
+                                         "ps -eo comm= | grep -c '^sleep$'; true")
+    assert left.stdout.split() == ["0"], left.stdout
+
+
+def test_nproc_limit_of_the_wrapper(pods: Pods) -> None:
+    """RLIMIT_NPROC counts every process of UID 1000 on the node (all sandboxes share it without user
+    namespaces), so this shows the mechanism with a small limit; the per-pod bound is the pids cgroup."""
+    result = pods.exec("main", EXEC, "--nproc", "3", "--", "sh", "-c",
+                       "for i in 1 2 3 4 5 6 7 8; do sleep 1 & done; wait")
+    assert "fork" in result.stderr.lower(), result.stderr
+
+
+def host_pids_cgroup(pod_uid: str) -> Path | None:
+    """The pod's pids cgroup on this machine (the local cluster's node), if the test runs on the node."""
+    root = Path("/sys/fs/cgroup/pids/kubepods")
+    if not root.is_dir():
+        return None
+    variants = {f"pod{pod_uid}", f"pod{pod_uid.replace('-', '_')}"}
+    for path in root.rglob("pod*"):
+        if path.name in variants:
+            return path
+    return None
+
+
+def test_fork_bomb_is_bounded_and_the_other_sandbox_keeps_working(pods: Pods) -> None:
+    inside = pods.exec("bomb", "cat", "/sys/fs/cgroup/pids/pids.max").stdout.strip()
+    pod_uid = pods.get("bomb")["metadata"]["uid"]
+    bomb = subprocess.Popen(
+        [str(pods.cluster.bin_dir / "kubectl"), "--kubeconfig", str(pods.cluster.kubeconfig), "-n", pods.namespace,
+         "exec", "bomb", "-c", constants.CONTAINER_NAME, "--",
+         EXEC, "--timeout", "25", "--", "bash", "-c", "bomb() { bomb | bomb & }; bomb; wait"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(6)  # let it reach the limit
+        cgroup = host_pids_cgroup(pod_uid)
+        if cgroup is not None:  # the test runs on the node: look at the pod's pids cgroup from outside
+            limit = (cgroup / "pids.max").read_text().strip()
+            current = int((cgroup / "pids.current").read_text())
+            print(f"bomb pod: pids.current {current}, pids.max {limit} (container's own: {inside})")
+            assert limit != "max", f"no pids limit on the pod cgroup {cgroup}"
+            assert current <= int(limit)
+            if pods.user_namespace:  # RLIMIT_NPROC of the sandbox's own host UID stops it first
+                assert current <= PIDS_LIMIT + 5, f"RLIMIT_NPROC did not hold: {current} processes"
+            else:
+                assert current >= int(limit) * 0.8, f"the bomb did not reach the limit: {current}/{limit}"
+        # the second sandbox keeps running commands normally while the bomb runs
+        for _ in range(3):
+            start = time.monotonic()
+            ok = pods.exec("main", EXEC, "--", "sh", "-c", "echo $((6 * 7)) | cat; python3 -c 'print(1)'",
+                           timeout=60)
+            assert ok.returncode == 0, ok.stderr
+            assert ok.stdout == "42\n1\n"
+            assert time.monotonic() - start < 15
+        _out, err = bomb.communicate(timeout=120)
+    finally:
+        bomb.kill()
+    assert bomb.returncode == 124, err[-2000:]
+    assert "Resource temporarily unavailable" in err or "fork" in err.lower(), err[-2000:]
+    # the timeout killed the whole bomb; the pod works again
+    time.sleep(2)
+    after = pods.exec("bomb", "ps", "-eo", "comm=")
+    assert after.returncode == 0, after.stderr
+    assert after.stdout.split().count("bash") == 0, after.stdout
+
+
+def test_memory_hog_is_oom_killed_at_the_limit(pods: Pods) -> None:
+    limit = int(pods.exec("main", "cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes").stdout)
+    assert limit == MEMORY_LIMIT_BYTES
+    before = oom_kills(pods)
+    hog = "chunks = []\nwhile True:\n    chunks.append(b'x' * (16 << 20))\n"  # written, so resident
+    result = pods.exec("main", EXEC, "--timeout", "120", "--", "python3", "-c", hog, timeout=180)
+    # cgroup v1: the kernel's memory-cgroup OOM killer SIGKILLs the hog; PID 1 and the pod live on
+    assert result.returncode == 128 + 9, (result.returncode, result.stderr[-500:])
+    assert oom_kills(pods) > before
+    status = pods.get("main")["status"]
+    assert status["phase"] == "Running"
+    assert status["containerStatuses"][0]["restartCount"] == 0
+    assert pods.exec("main", "true").returncode == 0
+
+
+def oom_kills(pods: Pods) -> int:
+    text = pods.exec("main", "cat", "/sys/fs/cgroup/memory/memory.oom_control").stdout
+    fields = dict(line.split() for line in text.splitlines())
+    return int(fields.get("oom_kill", 0))
+
+
+def test_file_size_limit_stops_one_file(pods: Pods) -> None:
+    result = pods.exec("main", EXEC, "--fsize", "50Mi", "--", "dd", "if=/dev/zero", "of=/workspace/big",
+                       "bs=1M", "count=80")
+    assert result.returncode == 128 + 25  # SIGXFSZ
+    assert pods.exec("main", "stat", "-c", "%s", "/workspace/big").stdout.strip() == str(50 * 1024 * 1024)
+    assert pods.exec("main", "rm", "/workspace/big").returncode == 0
+
+
+def test_filling_the_disk_gets_the_pod_evicted_at_its_bound(pods: Pods) -> None:
+    # each file stays under the wrapper's 1 GiB file-size limit; together they exceed the 1Gi emptyDir bound
+    # (and the container's ephemeral-storage limit). The kubelet measures usage periodically and evicts.
+    script = "for i in 1 2 3; do dd if=/dev/zero of=/workspace/fill$i bs=1M count=400 status=none || exit $?; done"
+    result = pods.exec("disk", EXEC, "--timeout", "240", "--", "sh", "-c", script, timeout=300)
+    # (the writes may be cut short when the eviction stops the pod while dd still runs)
+    print(f"disk fill: exit {result.returncode} {result.stderr.strip()[-300:]}")
+    deadline = time.monotonic() + 240
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        status = pods.get("disk")["status"]
+        if status.get("phase") == "Failed":
+            break
+        time.sleep(3)
+    assert status.get("phase") == "Failed", status
+    assert status.get("reason") == "Evicted", status
+    assert "workspace" in status.get("message", "") or "ephemeral" in status.get("message", ""), status
+    print(f"disk pod: {status.get('reason')}: {status.get('message')}")

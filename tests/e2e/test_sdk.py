@@ -1,0 +1,399 @@
+"""The Python SDK against the real cluster, with the real operator (issue 5, acceptance 1 and 2).
+
+A module-scoped fixture applies the CRD, makes a fresh namespace, and runs the operator from this checkout as
+a subprocess (``python -m sandbox_operator``) watching only that namespace, with a 2-second collection pass.
+Set SANDBOX_E2E_EXTERNAL_OPERATOR=1 to use an operator that is already running instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import filecmp
+import hashlib
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sandbox_operator import constants
+from sandbox_operator.sdk import (
+    CommandTimeout,
+    FileTooLarge,
+    PathOutsideSandbox,
+    Sandbox,
+    SandboxEvent,
+    SandboxFailed,
+    SandboxFileNotFound,
+    SandboxManager,
+    SandboxNotFound,
+)
+from sandbox_operator.sdk.aio import AsyncSandbox, AsyncSandboxManager
+from tests.conftest import REPO_ROOT, Cluster
+
+GC_INTERVAL = "2"
+MiB = 1024 * 1024
+
+
+# Fixtures (plain helpers too, so test_cli.py can reuse them without sharing pytest fixtures) -----------------
+
+def apply_crd(cluster: Cluster) -> None:
+    for crd in sorted((REPO_ROOT / "crds").glob("*.yaml")):
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{constants.CRD_NAME}")
+
+
+@contextlib.contextmanager
+def fresh_namespace(cluster: Cluster, prefix: str) -> Iterator[str]:
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", name)
+    try:
+        yield name
+    finally:
+        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@contextlib.contextmanager
+def operator_process(cluster: Cluster, namespace: str, log_path: Path) -> Iterator[subprocess.Popen[bytes] | None]:
+    """Runs the operator from this checkout for one namespace; yields None when an external one is used."""
+    if os.environ.get("SANDBOX_E2E_EXTERNAL_OPERATOR"):
+        yield None
+        return
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(cluster.kubeconfig),
+        "SANDBOX_OPERATOR_NAMESPACES": namespace,
+        "SANDBOX_OPERATOR_GC_INTERVAL_SECONDS": GC_INTERVAL,
+        "SANDBOX_OPERATOR_HEALTH_PORT": "0",
+        "SANDBOX_OPERATOR_METRICS_PORT": "0",
+        "SANDBOX_OPERATOR_LOG_FORMAT": "plain",
+        "PYTHONPATH": str(REPO_ROOT / "operator"),
+    }
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "sandbox_operator"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+        try:
+            time.sleep(2)
+            if proc.poll() is not None:
+                raise RuntimeError(f"the operator exited with {proc.returncode}: {log_path.read_text()[-3000:]}")
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def delete_all_sandboxes(cluster: Cluster, namespace: str) -> None:
+    cluster.kubectl("delete", constants.CRD_NAME, "--all", "-n", namespace, "--wait=true", "--timeout=90s",
+                    check=False, timeout=120)
+
+
+@contextlib.contextmanager
+def sandbox_environment(cluster: Cluster, prefix: str, log_dir: Path) -> Iterator[str]:
+    """CRD applied, a fresh namespace, and the operator watching it; everything cleaned up afterwards."""
+    apply_crd(cluster)
+    with fresh_namespace(cluster, prefix) as namespace, \
+            operator_process(cluster, namespace, log_dir / f"operator-{namespace}.log"):
+        try:
+            yield namespace
+        finally:
+            delete_all_sandboxes(cluster, namespace)
+
+
+@pytest.fixture(scope="module")
+def namespace(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with sandbox_environment(cluster, "sdk-e2e", tmp_path_factory.mktemp("logs")) as ns:
+        yield ns
+
+
+@pytest.fixture(scope="module")
+def manager(cluster: Cluster, namespace: str) -> Iterator[SandboxManager]:
+    with SandboxManager(namespace, kubeconfig=cluster.kubeconfig, ready_timeout=120) as m:
+        yield m
+
+
+@pytest.fixture(scope="module")
+def sandbox(manager: SandboxManager) -> Iterator[Sandbox]:
+    with manager.create(labels={"e2e": "shared"}) as sbx:
+        yield sbx
+
+
+# The seed's example ----------------------------------------------------------------------------------------
+
+SEED_EXAMPLE = """
+from sandbox_operator import SandboxManager
+
+manager = SandboxManager()
+session_id = manager.create_session()
+result = manager.execute_command(session_id, "python3 -c 'print(\\"Hello\\")'")
+print(result.stdout)  # Hello
+manager.destroy_session(session_id)
+"""
+
+
+def test_seed_example_prints_hello(cluster: Cluster, namespace: str, manager: SandboxManager) -> None:
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "SANDBOX_NAMESPACE": namespace}
+    out = subprocess.run([sys.executable, "-c", SEED_EXAMPLE], env=env, capture_output=True, text=True,
+                         timeout=240, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "Hello\n\n"  # print(result.stdout) adds a newline to python's own
+    # destroy_session deleted the session: no live sandbox is left behind.
+    assert [s.name for s in manager.list() if not s.obj["metadata"].get("deletionTimestamp")] == []
+
+
+# Commands --------------------------------------------------------------------------------------------------
+
+def test_exit_codes_and_stderr(sandbox: Sandbox) -> None:
+    r = sandbox.run("echo out; echo err >&2; exit 3")
+    assert (r.exit_code, r.stdout, r.stderr, r.timed_out) == (3, "out\n", "err\n", False)
+    assert sandbox.run(["false"]).exit_code == 1
+    assert sandbox.run(["true"]).exit_code == 0
+    missing = sandbox.run(["no-such-command-xyz"])
+    assert missing.exit_code == 127 and "no-such-command-xyz" in missing.stderr
+    assert sandbox.run("kill -TERM $$").exit_code == 128 + 15
+    with pytest.raises(Exception, match="exited with code 3"):
+        sandbox.run("exit 3", check=True)
+
+
+def test_stdin_env_cwd(sandbox: Sandbox) -> None:
+    assert sandbox.run(["cat"], stdin=b"from stdin\n").stdout == "from stdin\n"
+    big = os.urandom(MiB)
+    r = sandbox.run(["sha256sum"], stdin=big)
+    assert r.stdout.split()[0] == hashlib.sha256(big).hexdigest()
+    assert sandbox.run(["cat"]).stdout == ""  # no stdin given: EOF at once, never a hang
+    assert sandbox.run("echo $GREETING-$OTHER", env={"GREETING": "hi", "OTHER": "x y"}).stdout == "hi-x y\n"
+    assert sandbox.run(["pwd"]).stdout == "/workspace\n"
+    assert sandbox.run(["pwd"], cwd="/tmp").stdout == "/tmp\n"
+    assert sandbox.run(["id", "-u"]).stdout == f"{constants.SANDBOX_UID}\n"
+
+
+def test_timeout_kills_the_process_group(sandbox: Sandbox) -> None:
+    started = time.monotonic()
+    r = sandbox.run("sleep 300 & sleep 300; echo never", timeout=2)
+    elapsed = time.monotonic() - started
+    assert r.timed_out and r.exit_code == 124 and "never" not in r.stdout
+    assert "timed out" in r.stderr and elapsed < 20
+    with pytest.raises(CommandTimeout):
+        r.check()
+    left = sandbox.run(["ps", "-eo", "args"]).stdout
+    assert "sleep 300" not in left, left
+
+
+def test_streaming_delivers_first_chunk_before_the_end(sandbox: Sandbox) -> None:
+    started = time.monotonic()
+    arrivals: list[tuple[float, str]] = []
+    with sandbox.stream("echo first; sleep 4; echo second") as stream:
+        for chunk in stream:
+            arrivals.append((time.monotonic() - started, chunk.text))
+        result = stream.wait()
+    ended = time.monotonic() - started
+    assert result.exit_code == 0 and result.stdout == "first\nsecond\n"
+    assert arrivals[0][1] == "first\n"
+    assert arrivals[0][0] < ended - 3, arrivals  # the first chunk came about 4 s before the end
+
+
+def test_background_commands_wait_kill_and_stdin(sandbox: Sandbox) -> None:
+    handle = sandbox.start("for i in 1 2 3; do echo $i; sleep 0.3; done")
+    result = handle.wait(30)
+    assert result.stdout == "1\n2\n3\n" and not handle.running
+
+    long = sandbox.start("sleep 600 & sleep 600")
+    time.sleep(1)
+    assert long.running
+    killed = long.kill()
+    assert killed is not None and killed.exit_code == 128 + 9
+    assert "sleep 600" not in sandbox.run(["ps", "-eo", "args"]).stdout
+
+    interactive = sandbox.start(["cat"], stdin=True)
+    interactive.send_stdin(b"line 1\n")
+    interactive.send_stdin("line 2\n")
+    interactive.close_stdin()
+    assert interactive.wait(30).stdout == "line 1\nline 2\n"
+
+
+# Files -----------------------------------------------------------------------------------------------------
+
+def test_binary_file_round_trip(sandbox: Sandbox) -> None:
+    data = os.urandom(MiB)
+    assert sandbox.files.write("bin/data.bin", data, mode=0o600) == "/workspace/bin/data.bin"
+    assert sandbox.files.read_bytes("/workspace/bin/data.bin") == data
+    info = sandbox.files.stat("bin/data.bin")
+    assert (info.type, info.size, info.mode) == ("file", MiB, 0o600)
+    sandbox.files.write("/tmp/t.txt", "héllo\n")
+    assert sandbox.files.read_text("/tmp/t.txt") == "héllo\n"
+    assert sandbox.files.exists("bin/data.bin") and not sandbox.files.exists("bin/nope")
+    names = [(e.name, e.type) for e in sandbox.files.list("/workspace/bin")]
+    assert names == [("data.bin", "file")]
+    sandbox.files.remove("bin", recursive=True)
+    assert not sandbox.files.exists("bin")
+    with pytest.raises(SandboxFileNotFound):
+        sandbox.files.read_bytes("bin/data.bin")
+
+
+def test_directories_upload_and_download(sandbox: Sandbox, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "pkg" / "deep").mkdir(parents=True)
+    (src / "README.md").write_text("hello\n")
+    (src / "pkg" / "mod.py").write_text("print('x')\n")
+    (src / "pkg" / "deep" / "blob.bin").write_bytes(os.urandom(200_000))
+    (src / "pkg" / "link.md").symlink_to("../README.md")
+    sandbox.files.upload(src, "/workspace/project")
+    assert sandbox.run(["python3", "pkg/mod.py"], cwd="/workspace/project").stdout == "x\n"
+    assert sandbox.run(["readlink", "/workspace/project/pkg/link.md"]).stdout == "../README.md\n"
+
+    dest = tmp_path / "back"
+    sandbox.files.download("/workspace/project", dest)
+    cmp = filecmp.dircmp(src, dest)
+    assert not cmp.left_only and not cmp.right_only and not cmp.diff_files
+    assert (dest / "pkg" / "deep" / "blob.bin").read_bytes() == (src / "pkg" / "deep" / "blob.bin").read_bytes()
+    assert (dest / "pkg" / "link.md").is_symlink()
+
+
+def test_traversal_symlinks_and_oversize_are_rejected(manager: SandboxManager, sandbox: Sandbox) -> None:
+    for bad in ("../etc/passwd", "/etc/passwd", "/workspace/../etc/shadow", "/proc/self/environ"):
+        with pytest.raises(PathOutsideSandbox):
+            sandbox.files.read_bytes(bad)
+    with pytest.raises(PathOutsideSandbox):
+        sandbox.files.write("/usr/local/bin/sandbox-exec", b"evil")
+    # A symlink made inside the sandbox cannot lead the file tool outside.
+    sandbox.run(["ln", "-sfn", "/etc", "/workspace/etc-link"], check=True)
+    with pytest.raises(PathOutsideSandbox):
+        sandbox.files.read_bytes("etc-link/passwd")
+    with pytest.raises(PathOutsideSandbox):
+        sandbox.files.write("etc-link/evil", b"x")
+
+    small = SandboxManager(manager.namespace, api_client=manager.api.api_client, max_file_bytes=MiB)
+    capped = small.get(sandbox.name)
+    with pytest.raises(FileTooLarge):
+        capped.files.write("big.bin", b"\0" * (MiB + 1))
+    sandbox.run(f"head -c {2 * MiB} /dev/zero > /workspace/big.bin", check=True)
+    with pytest.raises(FileTooLarge):
+        capped.files.read_bytes("big.bin")
+    assert len(sandbox.files.read_bytes("big.bin")) == 2 * MiB  # under the default cap
+
+
+# Health, sessions, errors -----------------------------------------------------------------------------------
+
+def test_health(sandbox: Sandbox) -> None:
+    sandbox.run(["true"])
+    sandbox.touch()
+    health = sandbox.health()
+    assert health.ready and health.phase == "Ready" and health.healthy
+    assert health.container_state == "running" and health.restarts == 0
+    assert health.pod_name == constants.pod_name(sandbox.name) and health.node_name
+    assert health.last_activity is not None and health.expires_at is not None
+    assert any(c.type == "Ready" and c.status == "True" for c in health.conditions)
+
+
+def test_get_list_and_errors(manager: SandboxManager, sandbox: Sandbox) -> None:
+    assert manager.get(sandbox.name).phase == "Ready"
+    assert sandbox.name in [s.name for s in manager.list({"e2e": "shared"})]
+    assert sandbox.name not in [s.name for s in manager.list("e2e=other")]
+    with pytest.raises(SandboxNotFound):
+        manager.get("no-such-sandbox")
+    with pytest.raises(SandboxNotFound):
+        manager.delete("no-such-sandbox")
+
+
+def test_missing_image_says_why(manager: SandboxManager) -> None:
+    image = constants.SANDBOX_IMAGE.rpartition(":")[0] + ":does-not-exist"
+    started = time.monotonic()
+    with pytest.raises(SandboxFailed) as info:
+        manager.create(image=image, timeout=90)
+    assert info.value.reason == "ImageMissing", info.value
+    assert time.monotonic() - started < 80  # failed fast, not by timing out
+
+
+def test_context_manager_destroys_and_exec_after_delete_fails(manager: SandboxManager) -> None:
+    with manager.create() as sbx:
+        name = sbx.name
+        assert sbx.run("echo ok").stdout == "ok\n"
+    manager.wait_deleted(name, timeout=90)
+    with pytest.raises(SandboxNotFound):
+        manager.get(name)
+    with pytest.raises(SandboxNotFound):
+        sbx.run("echo too late")
+
+
+def test_events_create_ready_delete(manager: SandboxManager) -> None:
+    seen: list[SandboxEvent] = []
+    lock = threading.Lock()
+
+    def collect(event: SandboxEvent) -> None:
+        with lock:
+            seen.append(event)
+
+    sub = manager.subscribe(collect)
+    try:
+        time.sleep(1)
+        sbx = manager.create(labels={"e2e": "events"})
+        sbx.destroy(wait=True, timeout=90)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with lock:
+                if any(e.name == sbx.name and e.reason == "Deleted" for e in seen):
+                    break
+            time.sleep(0.2)
+    finally:
+        sub.stop()
+    assert sub.error is None
+    mine = [e for e in seen if e.name == sbx.name]
+    reasons = [e.reason for e in mine if e.kind == "state"]
+    assert reasons[0] == "Created" and "Ready" in reasons and reasons[-1] == "Deleted", reasons
+    assert reasons.index("Created") < reasons.index("Ready") < reasons.index("Deleted")
+    assert any(e.kind == "event" for e in mine), "no Kubernetes Events about the sandbox were seen"
+
+    history = [e.reason for e in manager.events(sbx.name, follow=False)]
+    assert isinstance(history, list)  # the object is gone; its Events may remain
+
+
+def test_async_twin(cluster: Cluster, namespace: str) -> None:
+    async def scenario() -> tuple[str, list[str], bytes]:
+        async with AsyncSandboxManager(namespace, kubeconfig=cluster.kubeconfig) as am:
+            sbx: AsyncSandbox = await am.create()
+            async with sbx:
+                result = await sbx.run("echo async")
+                chunks = [c.text async for c in sbx.stream("echo a; sleep 1; echo b")]
+                await sbx.files.write("a.bin", b"\0\1\2")
+                data = await sbx.files.read_bytes("a.bin")
+            return result.stdout, chunks, data
+
+    stdout, chunks, data = asyncio.run(scenario())
+    assert stdout == "async\n" and "".join(chunks) == "a\nb\n" and data == b"\0\1\2"
+
+
+# Acceptance 2: activity keeps a busy sandbox; an untouched one is collected ---------------------------------
+
+def test_idle_collection_spares_a_busy_sandbox(manager: SandboxManager) -> None:
+    # The untouched one first, so that the busy one's command starts right after it is Ready.
+    idle = manager.create(idle_timeout=20, labels={"e2e": "idle"})
+    busy = manager.create(idle_timeout=20, labels={"e2e": "idle"})
+    started = time.monotonic()
+    result = busy.run("sleep 60; echo survived", timeout=90)
+    history = [(e.kind, e.reason, e.message) for e in busy.events(follow=False)]
+    assert result.exit_code == 0 and result.stdout == "survived\n", (result, history)
+    assert time.monotonic() - started >= 60
+    assert manager.get(busy.name).phase == "Ready", history  # not collected while its command ran
+    with pytest.raises(SandboxNotFound):
+        manager.get(idle.name)  # collected: untouched for over 60 s with idleSeconds 20
+    busy.destroy()
+
+
+def test_cli_and_sdk_share_one_spec_shape() -> None:
+    # The SDK sends plain dicts; the operator's model must accept exactly what build_spec makes.
+    from sandbox_operator.models.sandbox import SandboxSpec
+    from sandbox_operator.sdk.manager import build_spec
+
+    spec = build_spec(image=constants.SANDBOX_IMAGE, cpu="500m", memory="1Gi", ephemeral_storage="1Gi", pids=30,
+                      command_timeout=60, idle_timeout=20, lifetime=600, env={"A": "1"}, working_dir="/workspace",
+                      pod_labels={"team": "a"}, node_selector={"kubernetes.io/os": "linux"})
+    SandboxSpec.model_validate(spec)

@@ -1,0 +1,109 @@
+"""sandboxctl argument parsing, help and exit codes (no cluster)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sandbox_operator import cli
+from sandbox_operator.sdk import errors
+
+
+def parse(*argv: str) -> object:
+    return cli.parse_args(cli.build_parser(), list(argv))
+
+
+def test_global_options_before_or_after_the_command() -> None:
+    a = parse("-n", "team", "-o", "json", "list")
+    b = parse("list", "-n", "team", "-o", "json")
+    for args in (a, b):
+        assert args.namespace == "team" and args.output == "json"  # type: ignore[attr-defined]
+    c = parse("list")
+    assert not hasattr(c, "namespace")
+
+
+def test_exec_argv_after_double_dash_keeps_its_options() -> None:
+    args = parse("exec", "box", "-t", "5", "-e", "A=1", "--", "python3", "-c", "print('-n')", "-n", "x")
+    assert args.name == "box" and args.timeout == 5 and args.env == ["A=1"]  # type: ignore[attr-defined]
+    assert args.argv == ["python3", "-c", "print('-n')", "-n", "x"]  # type: ignore[attr-defined]
+    assert not hasattr(args, "namespace")
+    simple = parse("exec", "box", "ls")
+    assert simple.argv == ["ls"]  # type: ignore[attr-defined]
+
+
+def test_create_options() -> None:
+    args = parse("create", "my-box", "--memory", "1Gi", "--idle-timeout", "20", "-e", "A=1", "-l", "t=x",
+                 "--no-wait")
+    assert args.name == "my-box" and args.memory == "1Gi" and args.idle_timeout == 20  # type: ignore[attr-defined]
+    assert args.no_wait and args.label == ["t=x"]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("command", ["create", "list", "get", "exec", "cp", "ls", "cat", "rm", "events",
+                                     "delete", "wait"])
+def test_help_everywhere(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        parse(command, "--help")
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "exit codes:" in out and "--namespace" in out
+
+
+def test_usage_error_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        parse("frobnicate")
+    assert info.value.code == 2
+    with pytest.raises(SystemExit) as info:
+        parse("list", "-o", "xml")
+    assert info.value.code == 2
+
+
+@pytest.mark.parametrize(("exc", "code"), [
+    (errors.SandboxNotFound("x"), 3),
+    (errors.SandboxFileNotFound("x"), 3),
+    (errors.SandboxNotReady("x"), 4),
+    (errors.SandboxFailed("x"), 4),
+    (errors.WaitTimeout("x"), 4),
+    (errors.SandboxForbidden("x"), 5),
+    (errors.InvalidSandboxSpec("x"), 5),
+    (errors.PathOutsideSandbox("x"), 5),
+    (errors.FileTooLarge("x"), 5),
+    (errors.ExecError("x"), 1),
+    (errors.ApiError("x"), 1),
+    (errors.ConfigError("x"), 1),
+    (cli.UsageError("x"), 2),
+])
+def test_exit_codes(exc: BaseException, code: int) -> None:
+    assert cli.exit_code_for(exc) == code
+
+
+def test_main_reports_config_errors(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("KUBECONFIG", "/nonexistent/kubeconfig")
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert cli.main(["list"]) == 1
+    assert "cannot load kubeconfig" in capsys.readouterr().err
+    assert cli.main(["-o", "json", "list"]) == 1
+    assert '"error": "ConfigError"' in capsys.readouterr().err
+
+
+def test_main_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["cp", "./a", "./b"]) == 2
+    assert "exactly one of SRC and DST" in capsys.readouterr().err
+    assert cli.main(["exec", "box"]) == 2
+
+
+@pytest.mark.parametrize(("spec", "expected"), [
+    ("box:/workspace/a", ("box", "/workspace/a")),
+    ("box:rel/a", ("box", "rel/a")),
+    ("box:", ("box", "/workspace")),
+    ("./local:name", (None, "./local:name")),
+    ("/abs/path", (None, "/abs/path")),
+    ("plain.txt", (None, "plain.txt")),
+    ("-", (None, "-")),
+])
+def test_split_remote(spec: str, expected: tuple[str | None, str]) -> None:
+    assert cli.split_remote(spec) == expected
+
+
+def test_parse_key_values() -> None:
+    assert cli.parse_key_values(["A=1", "B=x=y", "C="], "--env") == {"A": "1", "B": "x=y", "C": ""}
+    with pytest.raises(cli.UsageError):
+        cli.parse_key_values(["nope"], "--env")

@@ -1,0 +1,134 @@
+"""The committed CRD is exactly what the models generate, and it is a strict structural schema."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sandbox_operator import constants, crdgen
+
+REPO = Path(__file__).resolve().parents[2]
+CRD_PATH = REPO / crdgen.CRD_FILE
+
+
+def test_committed_crd_matches_the_models() -> None:
+    assert CRD_PATH.read_text() == crdgen.render(), (
+        "crds/ is stale: run `.venv/bin/python -m sandbox_operator.crdgen > " + crdgen.CRD_FILE + "`")
+
+
+def _crd() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(CRD_PATH.read_text())
+    return data
+
+
+def _schema() -> dict[str, Any]:
+    version = _crd()["spec"]["versions"][0]
+    schema: dict[str, Any] = version["schema"]["openAPIV3Schema"]
+    return schema
+
+
+def _nodes(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    yield path, schema
+    for name, sub in (schema.get("properties") or {}).items():
+        yield from _nodes(sub, f"{path}.{name}")
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            yield from _nodes(schema[key], f"{path}[]")
+
+
+def test_names_scope_and_version() -> None:
+    crd = _crd()
+    assert crd["apiVersion"] == "apiextensions.k8s.io/v1"
+    assert crd["metadata"]["name"] == "sandboxes.sandbox-operator.io"
+    names = crd["spec"]["names"]
+    assert (names["kind"], names["plural"], names["singular"]) == ("Sandbox", "sandboxes", "sandbox")
+    assert names["shortNames"] == ["sbx"]
+    assert names["categories"] == [constants.MANAGER_NAME]
+    assert crd["spec"]["scope"] == "Namespaced"
+    [version] = crd["spec"]["versions"]
+    assert (version["name"], version["served"], version["storage"]) == ("v1alpha1", True, True)
+    assert version["subresources"] == {"status": {}}
+
+
+def test_printer_columns() -> None:
+    [version] = _crd()["spec"]["versions"]
+    columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
+    assert [c["name"] for c in version["additionalPrinterColumns"] if c.get("priority", 0) == 0] == [
+        "Phase", "Ready", "Node", "Idle", "Expires", "Age"]
+    assert columns["Phase"]["jsonPath"] == ".status.phase"
+    assert columns["Ready"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
+    assert columns["Node"]["jsonPath"] == ".status.nodeName"
+    assert columns["Idle"] == {**columns["Idle"], "type": "date", "jsonPath": ".status.lastActivityTime"}
+    assert columns["Expires"]["jsonPath"] == ".status.expiresAt"
+    assert columns["Age"] == {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
+
+
+def test_structural() -> None:
+    """Every node has a type (int-or-string excepted), no $ref, no nullable, no JSON-schema-only keywords."""
+    allowed = {"type", "description", "properties", "items", "additionalProperties", "required", "enum",
+               "pattern", "maxLength", "minLength", "minimum", "maximum", "maxItems", "maxProperties", "format",
+               "default", "anyOf", "x-kubernetes-int-or-string", "x-kubernetes-validations",
+               "x-kubernetes-list-type", "x-kubernetes-list-map-keys"}
+    for path, node in _nodes(_schema()):
+        assert set(node) <= allowed, (path, set(node) - allowed)
+        if node.get("x-kubernetes-int-or-string"):
+            assert "type" not in node and node["anyOf"] == [{"type": "integer"}, {"type": "string"}], path
+        else:
+            assert node.get("type") in {"object", "array", "string", "integer", "boolean"}, path
+            assert "anyOf" not in node, path
+        assert node.get("additionalProperties") is not False, path
+        if node.get("type") == "object" and path:
+            assert "properties" in node or "additionalProperties" in node or path == ".metadata", path
+
+
+def test_spec_is_bounded_and_described() -> None:
+    """Bounded strings, lists and maps keep CEL within the API server's cost budget; descriptions feed
+    `kubectl explain`."""
+    spec = _schema()["properties"]["spec"]
+    for path, node in _nodes(spec, ".spec"):
+        kind = node.get("type")
+        if kind == "string" and "enum" not in node:
+            assert "maxLength" in node, path
+        if kind == "array":
+            assert "maxItems" in node, path
+        if kind == "object" and "additionalProperties" in node:
+            assert "maxProperties" in node, path
+        if not path.endswith("[]"):
+            assert node.get("description"), path
+    assert "\n" not in str(spec.get("description"))
+
+
+def test_explain_timeouts_is_useful() -> None:
+    timeouts = _schema()["properties"]["spec"]["properties"]["timeouts"]
+    assert "idle" in timeouts["description"].lower()
+    for field in ("commandSeconds", "idleSeconds", "lifetimeSeconds"):
+        assert len(timeouts["properties"][field]["description"]) > 40, field
+    assert "last-activity" in timeouts["properties"]["idleSeconds"]["description"]
+
+
+def test_spec_defaults_to_empty_object_so_transition_rules_always_run() -> None:
+    spec = _schema()["properties"]["spec"]
+    assert spec["default"] == {}
+    defaults = [path for path, node in _nodes(_schema()) if "default" in node]
+    assert defaults == [".spec"]
+
+
+def test_status_shape() -> None:
+    status = _schema()["properties"]["status"]["properties"]
+    assert set(status["phase"]["enum"]) == {"Pending", "Ready", "Terminating", "Expired", "Failed"}
+    for field in ("observedGeneration", "podName", "nodeName", "podIP", "startTime", "readyTime",
+                  "lastActivityTime", "expiresAt", "reason", "message", "conditions"):
+        assert field in status, field
+    condition = status["conditions"]["items"]
+    assert set(condition["required"]) == {"type", "status", "lastTransitionTime", "reason"}
+    assert status["conditions"]["x-kubernetes-list-type"] == "map"
+    assert status["conditions"]["x-kubernetes-list-map-keys"] == ["type"]
+
+
+def test_no_cel_rule_on_status() -> None:
+    """Rules on status would make a bad status write fail; the operator owns status."""
+    status = _schema()["properties"]["status"]
+    assert not [path for path, node in _nodes(status) if "x-kubernetes-validations" in node]

@@ -1,0 +1,456 @@
+"""Every bound and CEL rule of the Sandbox CRD has a case that must be rejected, by both gates.
+
+Each bad spec is checked twice: against the generated CRD schema (OpenAPI value validation plus its CEL rules,
+evaluated with cel-python, the Kubernetes quantity functions shimmed) and by the operator's own models (the
+re-check for objects that got past admission). A coverage test proves that every bound and rule in the spec's
+schema is exercised by at least one case.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import celpy
+import pytest
+from celpy import celtypes
+from celpy.adapter import json_to_cel
+
+from sandbox_operator import crdgen
+from sandbox_operator.models.effective import resolve
+from sandbox_operator.models.quantity import parse_quantity
+from sandbox_operator.models.sandbox import InvalidSpecError, Sandbox, SandboxSpec, immutable_violations
+from sandbox_operator.settings import OperatorSettings
+
+SCHEMA = crdgen.openapi_schema()
+BOUND_KEYWORDS = ("minimum", "maximum", "minLength", "maxLength", "pattern", "maxItems", "maxProperties", "enum",
+                  "required")
+
+# --------------------------------------------------------------------------------------------------------------
+# A small validator: the OpenAPI keywords the CRD uses, plus CEL via cel-python.
+
+_ENV = celpy.Environment()
+_PROGRAMS: dict[str, Any] = {}
+
+
+def _is_quantity(value: Any) -> celtypes.BoolType:
+    try:
+        parse_quantity(str(value))
+    except ValueError:
+        return celtypes.BoolType(False)
+    return celtypes.BoolType(True)
+
+
+def _quantity(value: Any) -> celtypes.DoubleType:
+    return celtypes.DoubleType(float(parse_quantity(str(value))))
+
+
+def _compare_to(a: Any, b: Any) -> celtypes.IntType:
+    return celtypes.IntType((a > b) - (a < b))
+
+
+_FUNCTIONS: dict[str, Any] = {"isQuantity": _is_quantity, "quantity": _quantity, "compareTo": _compare_to}
+
+
+def cel_holds(rule: str, self_value: Any, old_value: Any = None) -> bool:
+    program = _PROGRAMS.get(rule)
+    if program is None:
+        program = _PROGRAMS[rule] = _ENV.program(_ENV.compile(rule), functions=_FUNCTIONS)
+    activation = {"self": json_to_cel(self_value)}
+    if old_value is not None:
+        activation["oldSelf"] = json_to_cel(old_value)
+    result = program.evaluate(activation)
+    if isinstance(result, Exception):
+        raise AssertionError(f"CEL rule {rule!r} failed to evaluate: {result}")
+    return bool(result)
+
+
+@dataclass
+class Rejection:
+    path: str
+    keyword: str
+    message: str
+
+
+def _type_ok(schema: dict[str, Any], value: Any) -> bool:
+    if schema.get("x-kubernetes-int-or-string"):
+        return (isinstance(value, int) and not isinstance(value, bool)) or isinstance(value, str)
+    expected = schema.get("type")
+    return {
+        "object": isinstance(value, dict),
+        "array": isinstance(value, list),
+        "string": isinstance(value, str),
+        "integer": isinstance(value, int) and not isinstance(value, bool),
+        "boolean": isinstance(value, bool),
+        None: True,
+    }[expected]
+
+
+def validate(schema: dict[str, Any], value: Any, old: Any = None, path: str = "") -> list[Rejection]:
+    """What the API server would reject in ``value`` (``old`` enables transition rules)."""
+    out: list[Rejection] = []
+    if not _type_ok(schema, value):
+        return [Rejection(path, "type", f"must be {schema.get('type')}")]
+    if "enum" in schema and value not in schema["enum"]:
+        out.append(Rejection(path, "enum", f"must be one of {schema['enum']}"))
+    if isinstance(value, str):
+        if "maxLength" in schema and len(value) > schema["maxLength"]:
+            out.append(Rejection(path, "maxLength", "too long"))
+        if "minLength" in schema and len(value) < schema["minLength"]:
+            out.append(Rejection(path, "minLength", "too short"))
+        if "pattern" in schema and not re.search(schema["pattern"], value):
+            out.append(Rejection(path, "pattern", "does not match"))
+    if isinstance(value, int) and not isinstance(value, bool):
+        if "minimum" in schema and value < schema["minimum"]:
+            out.append(Rejection(path, "minimum", "too small"))
+        if "maximum" in schema and value > schema["maximum"]:
+            out.append(Rejection(path, "maximum", "too large"))
+    if isinstance(value, list):
+        if "maxItems" in schema and len(value) > schema["maxItems"]:
+            out.append(Rejection(path, "maxItems", "too many items"))
+        if schema.get("x-kubernetes-list-type") == "map":
+            keys = [tuple(item.get(k) for k in schema["x-kubernetes-list-map-keys"]) for item in value]
+            if len(keys) != len(set(keys)):
+                out.append(Rejection(path, "x-kubernetes-list-type", "duplicate map-list keys"))
+        for index, item in enumerate(value):
+            out += validate(schema["items"], item, None, f"{path}[{index}]")
+    if isinstance(value, dict):
+        if "maxProperties" in schema and len(value) > schema["maxProperties"]:
+            out.append(Rejection(path, "maxProperties", "too many properties"))
+        for name in schema.get("required", []):
+            if name not in value:
+                out.append(Rejection(f"{path}.{name}", "required", "required"))
+        properties = schema.get("properties")
+        for key, item in value.items():
+            if properties is not None:
+                if key not in properties:
+                    out.append(Rejection(f"{path}.{key}", "unknown", "unknown field"))
+                    continue
+                old_item = old.get(key) if isinstance(old, dict) else None
+                out += validate(properties[key], item, old_item, f"{path}.{key}")
+            elif isinstance(schema.get("additionalProperties"), dict):
+                out += validate(schema["additionalProperties"], item, None, f"{path}[{key}]")
+    if not out:  # like the API server: CEL runs on values that passed the OpenAPI checks
+        for rule in schema.get("x-kubernetes-validations", []):
+            transition = "oldSelf" in rule["rule"]
+            if transition and old is None:
+                continue
+            if not cel_holds(rule["rule"], value, old if transition else None):
+                out.append(Rejection(path + rule.get("fieldPath", ""), "x-kubernetes-validations", rule["message"]))
+    return out
+
+
+def sandbox(spec: dict[str, Any], name: str = "sbx-1") -> dict[str, Any]:
+    return {"apiVersion": "sandbox-operator.io/v1alpha1", "kind": "Sandbox",
+            "metadata": {"name": name, "namespace": "ns", "uid": "u-1"}, "spec": spec}
+
+
+def api_rejections(spec: dict[str, Any], old_spec: dict[str, Any] | None = None,
+                   name: str = "sbx-1") -> list[Rejection]:
+    old = sandbox(old_spec, name) if old_spec is not None else None
+    return validate(SCHEMA, sandbox(spec, name), old)
+
+
+LENIENT = OperatorSettings(allowed_images=["*"], allow_secret_env=True, max_cpu="64", max_memory="256Gi",
+                           max_ephemeral_storage="1Ti", max_pids=32768, max_command_seconds=86400,
+                           max_idle_seconds=30 * 86400, max_lifetime_seconds=30 * 86400,
+                           default_idle_seconds=10, default_lifetime_seconds=30 * 86400)
+
+
+def operator_rejects(spec: dict[str, Any], old_spec: dict[str, Any] | None = None, name: str = "sbx-1") -> bool:
+    """The operator's own check, with settings that allow everything the CRD allows."""
+    try:
+        parsed = Sandbox.from_body(sandbox(spec, name))
+        resolve(parsed.spec, LENIENT)
+    except InvalidSpecError:
+        return True
+    if old_spec is not None:
+        return bool(immutable_violations(SandboxSpec.model_validate(old_spec), parsed.spec))
+    return False
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The cases.
+
+VALID_SPEC: dict[str, Any] = {
+    "image": "localhost/sandbox-operator/sandbox:0.1.0",
+    "command": ["/usr/local/bin/sandbox-init"],
+    "args": ["--verbose"],
+    "env": [{"name": "A", "value": "1"}, {"name": "B", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
+    "resources": {"cpu": "500m", "memory": "512Mi", "ephemeralStorage": "1Gi", "pids": 20},
+    "timeouts": {"commandSeconds": 60, "idleSeconds": 600, "lifetimeSeconds": 3600},
+    "workingDir": "/workspace/project",
+    "podLabels": {"team": "a", "example.com/tier": "x"},
+    "podAnnotations": {"example.com/note": "hello"},
+    "runtimeClassName": "gvisor",
+    "nodeSelector": {"kubernetes.io/os": "linux"},
+    "tolerations": [{"key": "sandbox", "operator": "Exists", "effect": "NoSchedule"}],
+}
+
+
+@dataclass
+class Case:
+    id: str
+    spec: dict[str, Any]
+    covers: list[tuple[str, str]] = field(default_factory=list)  # (schema path, keyword)
+    name: str = "sbx-1"
+
+
+def with_spec(**changes: Any) -> dict[str, Any]:
+    spec = copy.deepcopy(VALID_SPEC)
+    for dotted, value in changes.items():
+        node = spec
+        parts = dotted.split("__")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return spec
+
+
+ENV_OK = {"name": "A", "value": "1"}
+TOL_OK = {"key": "k", "operator": "Equal", "value": "v"}
+CEL = "x-kubernetes-validations"
+
+BAD_CASES = [
+    Case("image-pattern", with_spec(image="UPPER/Case:1"), [("spec.image", "pattern")]),
+    Case("image-too-long", with_spec(image="a" * 513), [("spec.image", "maxLength")]),
+    Case("command-too-many", with_spec(command=["x"] * 65), [("spec.command", "maxItems")]),
+    Case("command-item-too-long", with_spec(command=["x" * 4097]), [("spec.command[]", "maxLength")]),
+    Case("args-too-many", with_spec(args=["x"] * 65), [("spec.args", "maxItems")]),
+    Case("args-item-too-long", with_spec(args=["x" * 4097]), [("spec.args[]", "maxLength")]),
+    Case("env-too-many", with_spec(env=[{"name": f"V{i}", "value": "x"} for i in range(65)]),
+         [("spec.env", "maxItems")]),
+    Case("env-duplicate", with_spec(env=[ENV_OK, ENV_OK]), [("spec.env", "x-kubernetes-list-type")]),
+    Case("env-name-missing", with_spec(env=[{"value": "x"}]), [("spec.env[]", "required")]),
+    Case("env-name-pattern", with_spec(env=[{"name": "1BAD", "value": "x"}]), [("spec.env[].name", "pattern")]),
+    Case("env-name-too-long", with_spec(env=[{"name": "A" * 257, "value": "x"}]),
+         [("spec.env[].name", "maxLength")]),
+    Case("env-value-too-long", with_spec(env=[{"name": "A", "value": "x" * 4097}]),
+         [("spec.env[].value", "maxLength")]),
+    Case("env-value-and-from", with_spec(env=[{"name": "A", "value": "x",
+                                               "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]),
+         [("spec.env[]", CEL)]),
+    Case("env-reserved-name", with_spec(env=[{"name": "SANDBOX_PIDS_LIMIT", "value": "99"}]),
+         [("spec.env[]", CEL)]),
+    Case("env-from-without-ref", with_spec(env=[{"name": "A", "valueFrom": {}}]),
+         [("spec.env[].valueFrom", "required")]),
+    Case("env-secret-name-pattern", with_spec(env=[{"name": "A", "valueFrom": {"secretKeyRef": {
+        "name": "Bad_Name", "key": "k"}}}]), [("spec.env[].valueFrom.secretKeyRef.name", "pattern")]),
+    Case("env-secret-name-too-long", with_spec(env=[{"name": "A", "valueFrom": {"secretKeyRef": {
+        "name": "a" * 254, "key": "k"}}}]), [("spec.env[].valueFrom.secretKeyRef.name", "maxLength")]),
+    Case("env-secret-key-pattern", with_spec(env=[{"name": "A", "valueFrom": {"secretKeyRef": {
+        "name": "s", "key": "a/b"}}}]), [("spec.env[].valueFrom.secretKeyRef.key", "pattern")]),
+    Case("env-secret-key-too-long", with_spec(env=[{"name": "A", "valueFrom": {"secretKeyRef": {
+        "name": "s", "key": "k" * 254}}}]), [("spec.env[].valueFrom.secretKeyRef.key", "maxLength")]),
+    Case("env-secret-missing-key", with_spec(env=[{"name": "A", "valueFrom": {"secretKeyRef": {"name": "s"}}}]),
+         [("spec.env[].valueFrom.secretKeyRef", "required")]),
+    Case("cpu-pattern", with_spec(resources__cpu="-1"), [("spec.resources.cpu", "pattern")]),
+    Case("cpu-too-long", with_spec(resources__cpu="1" * 33), [("spec.resources.cpu", "maxLength")]),
+    Case("cpu-too-small", with_spec(resources__cpu="1m"), [("spec.resources", CEL)]),
+    Case("cpu-too-large", with_spec(resources__cpu=65), [("spec.resources", CEL)]),
+    Case("memory-pattern", with_spec(resources__memory="1GB"), [("spec.resources.memory", "pattern")]),
+    Case("memory-too-long", with_spec(resources__memory="1" * 33), [("spec.resources.memory", "maxLength")]),
+    Case("memory-too-small", with_spec(resources__memory="1Mi"), [("spec.resources", CEL)]),
+    Case("memory-too-large", with_spec(resources__memory="257Gi"), [("spec.resources", CEL)]),
+    Case("storage-pattern", with_spec(resources__ephemeralStorage="lots"),
+         [("spec.resources.ephemeralStorage", "pattern")]),
+    Case("storage-too-long", with_spec(resources__ephemeralStorage="1" * 33),
+         [("spec.resources.ephemeralStorage", "maxLength")]),
+    Case("storage-too-small", with_spec(resources__ephemeralStorage="1Ki"), [("spec.resources", CEL)]),
+    Case("storage-too-large", with_spec(resources__ephemeralStorage="2Ti"), [("spec.resources", CEL)]),
+    Case("pids-too-small", with_spec(resources__pids=4), [("spec.resources.pids", "minimum")]),
+    Case("pids-too-large", with_spec(resources__pids=32769), [("spec.resources.pids", "maximum")]),
+    Case("pids-not-int", with_spec(resources__pids="20"), []),
+    Case("command-seconds-zero", with_spec(timeouts__commandSeconds=0),
+         [("spec.timeouts.commandSeconds", "minimum")]),
+    Case("command-seconds-too-large", with_spec(timeouts={"commandSeconds": 86401}),
+         [("spec.timeouts.commandSeconds", "maximum")]),
+    Case("idle-too-small", with_spec(timeouts__idleSeconds=9), [("spec.timeouts.idleSeconds", "minimum")]),
+    Case("idle-too-large", with_spec(timeouts={"idleSeconds": 30 * 86400 + 1}),
+         [("spec.timeouts.idleSeconds", "maximum")]),
+    Case("lifetime-too-small", with_spec(timeouts={"lifetimeSeconds": 9}),
+         [("spec.timeouts.lifetimeSeconds", "minimum")]),
+    Case("lifetime-too-large", with_spec(timeouts={"lifetimeSeconds": 30 * 86400 + 1}),
+         [("spec.timeouts.lifetimeSeconds", "maximum")]),
+    Case("idle-over-lifetime", with_spec(timeouts={"idleSeconds": 7200, "lifetimeSeconds": 3600}),
+         [("spec.timeouts", CEL)]),
+    Case("command-over-lifetime", with_spec(timeouts={"commandSeconds": 600, "lifetimeSeconds": 300}),
+         [("spec.timeouts", CEL)]),
+    Case("workdir-relative", with_spec(workingDir="workspace"), [("spec.workingDir", "pattern")]),
+    Case("workdir-dotdot", with_spec(workingDir="/workspace/../etc"), [("spec.workingDir", "pattern")]),
+    Case("workdir-empty", with_spec(workingDir=""), [("spec.workingDir", "minLength")]),
+    Case("workdir-too-long", with_spec(workingDir="/" + "a" * 1024), [("spec.workingDir", "maxLength")]),
+    Case("labels-too-many", with_spec(podLabels={f"k{i}": "v" for i in range(33)}),
+         [("spec.podLabels", "maxProperties")]),
+    Case("label-value-pattern", with_spec(podLabels={"k": "has space"}), [("spec.podLabels[]", "pattern")]),
+    Case("label-value-too-long", with_spec(podLabels={"k": "v" * 64}), [("spec.podLabels[]", "maxLength")]),
+    Case("label-key-invalid", with_spec(podLabels={"bad key": "v"}), [("spec.podLabels", CEL)]),
+    Case("label-key-reserved", with_spec(podLabels={"sandbox-operator.io/sandbox": "other"}),
+         [("spec.podLabels", CEL)]),
+    Case("label-key-reserved-subdomain", with_spec(podLabels={"node-role.kubernetes.io/x": ""}),
+         [("spec.podLabels", CEL)]),
+    Case("label-key-reserved-app", with_spec(podLabels={"app.kubernetes.io/managed-by": "me"}),
+         [("spec.podLabels", CEL)]),
+    Case("annotations-too-many", with_spec(podAnnotations={f"k{i}": "v" for i in range(33)}),
+         [("spec.podAnnotations", "maxProperties")]),
+    Case("annotation-value-too-long", with_spec(podAnnotations={"k": "v" * 4097}),
+         [("spec.podAnnotations[]", "maxLength")]),
+    Case("annotation-key-invalid", with_spec(podAnnotations={"-bad": "v"}), [("spec.podAnnotations", CEL)]),
+    Case("annotation-key-reserved", with_spec(podAnnotations={"sandbox-operator.io/last-activity": "x"}),
+         [("spec.podAnnotations", CEL)]),
+    Case("runtime-class-pattern", with_spec(runtimeClassName="Not_Valid"), [("spec.runtimeClassName", "pattern")]),
+    Case("runtime-class-too-long", with_spec(runtimeClassName="a" * 254), [("spec.runtimeClassName", "maxLength")]),
+    Case("node-selector-too-many", with_spec(nodeSelector={f"k{i}": "v" for i in range(17)}),
+         [("spec.nodeSelector", "maxProperties")]),
+    Case("node-selector-value-pattern", with_spec(nodeSelector={"k": "a b"}), [("spec.nodeSelector[]", "pattern")]),
+    Case("node-selector-value-too-long", with_spec(nodeSelector={"k": "v" * 64}),
+         [("spec.nodeSelector[]", "maxLength")]),
+    Case("node-selector-key-invalid", with_spec(nodeSelector={"a b": "v"}), [("spec.nodeSelector", CEL)]),
+    Case("tolerations-too-many", with_spec(tolerations=[TOL_OK] * 17), [("spec.tolerations", "maxItems")]),
+    Case("toleration-key-too-long", with_spec(tolerations=[{"key": "k" * 317}]),
+         [("spec.tolerations[].key", "maxLength")]),
+    Case("toleration-operator-enum", with_spec(tolerations=[{"key": "k", "operator": "In"}]),
+         [("spec.tolerations[].operator", "enum")]),
+    Case("toleration-value-too-long", with_spec(tolerations=[{"key": "k", "value": "v" * 64}]),
+         [("spec.tolerations[].value", "maxLength")]),
+    Case("toleration-effect-enum", with_spec(tolerations=[{"key": "k", "effect": "Sometimes"}]),
+         [("spec.tolerations[].effect", "enum")]),
+    Case("toleration-seconds-negative", with_spec(tolerations=[{"key": "k", "tolerationSeconds": -1}]),
+         [("spec.tolerations[].tolerationSeconds", "minimum")]),
+    Case("toleration-seconds-too-large", with_spec(tolerations=[{"key": "k", "tolerationSeconds": 10**9}]),
+         [("spec.tolerations[].tolerationSeconds", "maximum")]),
+    Case("toleration-exists-with-value", with_spec(tolerations=[{"key": "k", "operator": "Exists", "value": "v"}]),
+         [("spec.tolerations[]", CEL)]),
+    Case("unknown-field", with_spec(privileged=True), []),
+    Case("name-too-long", VALID_SPEC, [("", CEL)], name="a" * 64),
+    Case("name-not-dns-label", VALID_SPEC, [("", CEL)], name="a.b"),
+]
+
+TRANSITION_CASES = [
+    Case(f"immutable-{field_name}", with_spec(**{field_name: value}), [("spec", CEL)])
+    for field_name, value in {
+        "image": "localhost/sandbox-operator/sandbox:0.2.0",
+        "command": ["/bin/sh"],
+        "args": ["--other"],
+        "env": [{"name": "A", "value": "2"}],
+        "resources": {"cpu": "1"},
+        "workingDir": "/tmp",
+        "runtimeClassName": "kata",
+        "nodeSelector": {"kubernetes.io/os": "windows"},
+        "tolerations": [],
+    }.items()
+] + [
+    Case("immutable-command-seconds", with_spec(timeouts__commandSeconds=61), [("spec", CEL)]),
+    Case("lifetime-raised", with_spec(timeouts__lifetimeSeconds=7200), [("spec", CEL)]),
+    Case("lifetime-removed", with_spec(timeouts={"idleSeconds": 600, "commandSeconds": 60}), [("spec", CEL)]),
+    Case("image-removed", {k: v for k, v in VALID_SPEC.items() if k != "image"}, [("spec", CEL)]),
+]
+
+GOOD_TRANSITIONS = {
+    "same": VALID_SPEC,
+    "idle-changed": with_spec(timeouts__idleSeconds=900),
+    "lifetime-lowered": with_spec(timeouts__lifetimeSeconds=1800),
+    "labels-changed": with_spec(podLabels={"team": "b"}),
+    "annotations-removed": {k: v for k, v in VALID_SPEC.items() if k != "podAnnotations"},
+}
+
+
+@pytest.mark.parametrize("case", BAD_CASES, ids=lambda c: c.id)
+def test_bad_spec_rejected_by_the_crd_and_by_the_operator(case: Case) -> None:
+    assert api_rejections(case.spec, name=case.name), "the CRD schema accepted it"
+    assert operator_rejects(case.spec, name=case.name), "the operator's models accepted it"
+
+
+@pytest.mark.parametrize("case", TRANSITION_CASES, ids=lambda c: c.id)
+def test_forbidden_update_rejected_by_the_crd_and_by_the_operator(case: Case) -> None:
+    assert not api_rejections(VALID_SPEC), "the old object itself is invalid"
+    rejected = api_rejections(case.spec, old_spec=VALID_SPEC)
+    assert rejected, "the CRD's transition rules accepted it"
+    assert all(r.keyword == CEL for r in rejected), rejected
+    assert operator_rejects(case.spec, old_spec=VALID_SPEC), "immutable_violations accepted it"
+
+
+@pytest.mark.parametrize("new", GOOD_TRANSITIONS.values(), ids=GOOD_TRANSITIONS.keys())
+def test_allowed_update_accepted_by_both(new: dict[str, Any]) -> None:
+    assert api_rejections(new, old_spec=VALID_SPEC) == []
+    assert not operator_rejects(new, old_spec=VALID_SPEC)
+
+
+@pytest.mark.parametrize("spec", [
+    {}, VALID_SPEC, {"resources": {"cpu": 2, "memory": 1073741824}}, {"resources": {"cpu": "10m"}},
+    {"resources": {"cpu": "64", "memory": "256Gi", "ephemeralStorage": "1Ti"}},
+    {"timeouts": {"idleSeconds": 10, "lifetimeSeconds": 10}}, {"workingDir": "/"},
+    {"tolerations": [{"operator": "Exists"}]}, {"podLabels": {"a": ""}},
+    {"image": "registry.example:5000/team/img@sha256:" + "a" * 64},
+], ids=lambda s: ",".join(s) or "empty")
+def test_good_spec_accepted_by_both(spec: dict[str, Any]) -> None:
+    assert api_rejections(spec) == []
+    assert not operator_rejects(spec)
+
+
+def test_the_api_server_would_name_the_field() -> None:
+    rejected = api_rejections(with_spec(timeouts={"idleSeconds": 7200, "lifetimeSeconds": 3600}))
+    assert [(r.path, r.message) for r in rejected] == [
+        (".spec.timeouts.idleSeconds", "idleSeconds must not exceed lifetimeSeconds")]
+    rejected = api_rejections(with_spec(image="localhost/other:1"), old_spec=VALID_SPEC)
+    assert [(r.path, r.message) for r in rejected] == [(".spec.image", "spec.image is immutable")]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Coverage: every bound and rule of the spec (and the root rule) has a rejected case.
+
+
+def _bounds(schema: dict[str, Any], path: str) -> Iterator[tuple[str, str]]:
+    for keyword in BOUND_KEYWORDS:
+        if keyword in schema:
+            yield path, keyword
+    if "x-kubernetes-validations" in schema:
+        yield path, CEL
+    if schema.get("x-kubernetes-list-type") == "map":
+        yield path, "x-kubernetes-list-type"
+    for name, sub in (schema.get("properties") or {}).items():
+        if path == "" and name != "spec":
+            continue  # metadata is the API server's, status is written by the operator only
+        yield from _bounds(sub, f"{path}.{name}".lstrip("."))
+    if isinstance(schema.get("items"), dict):
+        yield from _bounds(schema["items"], f"{path}[]")
+    if isinstance(schema.get("additionalProperties"), dict):
+        yield from _bounds(schema["additionalProperties"], f"{path}[]")
+
+
+def test_every_bound_and_rule_has_a_rejected_case() -> None:
+    covered = {c for case in [*BAD_CASES, *TRANSITION_CASES] for c in case.covers}
+    # Enums of booleans or of phases do not occur in spec; "required" of optional objects is listed explicitly.
+    missing = sorted(set(_bounds(SCHEMA, "")) - covered)
+    assert missing == []
+
+
+def test_every_cel_rule_fails_in_some_case() -> None:
+    """Each rule (by message) is the reason for at least one rejection."""
+    seen = set()
+    for case in BAD_CASES:
+        seen |= {r.message for r in api_rejections(case.spec, name=case.name) if r.keyword == CEL}
+    for case in TRANSITION_CASES:
+        seen |= {r.message for r in api_rejections(case.spec, old_spec=VALID_SPEC)}
+    all_rules: set[str] = set()
+
+    def walk(schema: dict[str, Any]) -> None:
+        all_rules.update(rule["message"] for rule in schema.get("x-kubernetes-validations", []))
+        for sub in (schema.get("properties") or {}).values():
+            walk(sub)
+        for key in ("items", "additionalProperties"):
+            if isinstance(schema.get(key), dict):
+                walk(schema[key])
+
+    walk(SCHEMA)
+    assert sorted(all_rules - seen) == []
+
+
+def test_quantity_shim_matches_kubernetes_semantics() -> None:
+    assert _quantity("1Gi") == celtypes.DoubleType(1073741824.0)
+    assert parse_quantity("500m") == Decimal("0.5")
+    assert not _is_quantity("1GB")

@@ -1,0 +1,158 @@
+"""The Sandbox models: parsing, defaults from settings, and checks against the operator's settings."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import pytest
+
+from sandbox_operator import constants
+from sandbox_operator.models.effective import effective_timeouts, resolve
+from sandbox_operator.models.sandbox import (
+    InvalidSpecError,
+    Sandbox,
+    SandboxSpec,
+    SandboxStatus,
+    format_time,
+    immutable_violations,
+)
+from sandbox_operator.settings import OperatorSettings
+
+SETTINGS = OperatorSettings()
+
+
+def body(spec: dict[str, Any] | None = None, **meta: Any) -> dict[str, Any]:
+    return {"apiVersion": constants.API_VERSION, "kind": constants.KIND,
+            "metadata": {"name": "sbx-1", "namespace": "ns", "uid": "u-1", "generation": 3,
+                         "creationTimestamp": "2026-01-01T00:00:00Z", **meta},
+            "spec": spec or {}}
+
+
+def test_empty_spec_gets_the_project_defaults() -> None:
+    spec = resolve(Sandbox.from_body(body()).spec, SETTINGS)
+    assert spec.image == constants.SANDBOX_IMAGE
+    assert spec.command == (constants.INIT_PROGRAM,)
+    assert spec.args is None
+    assert (spec.cpu, spec.memory, spec.ephemeral_storage, spec.pids) == ("1", "512Mi", "1Gi", 20)
+    assert (spec.command_seconds, spec.idle_seconds, spec.lifetime_seconds) == (300, 1800, 3600)
+    assert spec.working_dir == constants.WORKSPACE_DIR
+    assert spec.runtime_class_name is None
+
+
+def test_integer_quantities_are_kept_as_strings() -> None:
+    sandbox = Sandbox.from_body(body({"resources": {"cpu": 2, "memory": 1073741824}}))
+    assert sandbox.spec.resources is not None
+    assert (sandbox.spec.resources.cpu, sandbox.spec.resources.memory) == ("2", "1073741824")
+
+
+def test_spec_values_override_defaults() -> None:
+    spec = resolve(Sandbox.from_body(body({
+        "resources": {"cpu": "250m", "memory": "1Gi", "pids": 50},
+        "timeouts": {"commandSeconds": 30, "idleSeconds": 60, "lifetimeSeconds": 120},
+        "workingDir": "/tmp", "command": ["sleep"], "args": ["infinity"]})).spec, SETTINGS)
+    assert (spec.cpu, spec.memory, spec.ephemeral_storage, spec.pids) == ("250m", "1Gi", "1Gi", 50)
+    assert (spec.command_seconds, spec.idle_seconds, spec.lifetime_seconds) == (30, 60, 120)
+    assert (spec.working_dir, spec.command, spec.args) == ("/tmp", ("sleep",), ("infinity",))
+
+
+def test_defaults_never_exceed_a_short_lifetime() -> None:
+    spec = resolve(SandboxSpec.model_validate({"timeouts": {"lifetimeSeconds": 60}}), SETTINGS)
+    assert (spec.command_seconds, spec.idle_seconds, spec.lifetime_seconds) == (60, 60, 60)
+    spec = resolve(SandboxSpec.model_validate({"timeouts": {"idleSeconds": 7200}}), SETTINGS)
+    assert spec.idle_seconds == 3600  # capped at the defaulted lifetime
+
+
+@pytest.mark.parametrize(("spec", "settings", "fragment"), [
+    ({"image": "docker.io/library/python:3"}, SETTINGS, "spec.image 'docker.io/library/python:3' is not allowed"),
+    ({"resources": {"cpu": "5"}}, SETTINGS, "spec.resources.cpu 5 exceeds the operator's maximum 4"),
+    ({"resources": {"memory": "9Gi"}}, SETTINGS, "spec.resources.memory 9Gi exceeds"),
+    ({"resources": {"ephemeralStorage": "11Gi"}}, SETTINGS, "spec.resources.ephemeralStorage 11Gi exceeds"),
+    ({"resources": {"pids": 2000}}, SETTINGS, "spec.resources.pids 2000 exceeds"),
+    ({"timeouts": {"commandSeconds": 4000}}, OperatorSettings(default_lifetime_seconds=80000),
+     "spec.timeouts.commandSeconds 4000 exceeds the operator's maximum 3600"),
+    ({"timeouts": {"lifetimeSeconds": 90000}}, SETTINGS, "spec.timeouts.lifetimeSeconds 90000 exceeds"),
+    ({"timeouts": {"idleSeconds": 200}}, OperatorSettings(max_idle_seconds=100, default_idle_seconds=50),
+     "spec.timeouts.idleSeconds 200 exceeds the operator's maximum 100"),
+    ({"env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}, SETTINGS,
+     "spec.env K: Secret references are not allowed"),
+    ({"runtimeClassName": "runc"}, OperatorSettings(allowed_runtime_classes=["gvisor"]),
+     "spec.runtimeClassName 'runc' is not allowed"),
+])
+def test_operator_settings_reject(spec: dict[str, Any], settings: OperatorSettings, fragment: str) -> None:
+    with pytest.raises(InvalidSpecError) as error:
+        resolve(SandboxSpec.model_validate(spec), settings)
+    assert fragment in str(error.value)
+
+
+def test_every_problem_is_named_at_once() -> None:
+    with pytest.raises(InvalidSpecError) as error:
+        resolve(SandboxSpec.model_validate({"image": "evil/img:1", "resources": {"cpu": "8"}}), SETTINGS)
+    assert "spec.image" in str(error.value) and "spec.resources.cpu" in str(error.value)
+
+
+def test_secret_env_allowed_when_configured() -> None:
+    spec = resolve(SandboxSpec.model_validate(
+        {"env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}),
+        OperatorSettings(allow_secret_env=True))
+    assert spec.env[0].value_from is not None
+
+
+def test_default_runtime_class_applies() -> None:
+    settings = OperatorSettings(default_runtime_class="gvisor", allowed_runtime_classes=["gvisor", "kata"])
+    assert resolve(SandboxSpec(), settings).runtime_class_name == "gvisor"
+    assert resolve(SandboxSpec.model_validate({"runtimeClassName": "kata"}), settings).runtime_class_name == "kata"
+
+
+def test_invalid_spec_error_names_the_field() -> None:
+    with pytest.raises(InvalidSpecError, match=r"spec\.timeouts\.idleSeconds"):
+        Sandbox.from_body(body({"timeouts": {"idleSeconds": 1}}))
+    with pytest.raises(InvalidSpecError, match=r"spec\.resources: cpu must be between 10m and 64"):
+        Sandbox.from_body(body({"resources": {"cpu": "100"}}))
+
+
+def test_name_must_fit_a_pod_name_and_label() -> None:
+    with pytest.raises(InvalidSpecError, match=r"metadata\.name"):
+        Sandbox.from_body(body(name="x" * 64))
+    assert Sandbox.from_body(body(name="x" * 63)).name == "x" * 63
+
+
+def test_bad_status_is_ignored_but_bad_spec_is_not() -> None:
+    sandbox = Sandbox.from_body({**body(), "status": {"phase": "Bogus", "conditions": "nope"}})
+    assert sandbox.status == SandboxStatus()
+    shell = Sandbox.shell_from_body({**body({"resources": {"cpu": "x"}}), "status": {"phase": "Ready"}})
+    assert shell.status.phase == "Ready"
+    assert shell.spec == SandboxSpec()
+
+
+def test_status_round_trips_in_api_shape() -> None:
+    raw = {"phase": "Ready", "podName": "sbx-1", "podUID": "p-1", "podIP": "10.0.0.5",
+           "readyTime": "2026-01-01T00:00:02Z",
+           "conditions": [{"type": "Ready", "status": "True", "reason": "PodReady", "message": "",
+                           "lastTransitionTime": "2026-01-01T00:00:02Z", "observedGeneration": 3}]}
+    status = SandboxStatus.model_validate(raw)
+    assert status.pod_ip == "10.0.0.5"
+    assert status.model_dump(mode="json", by_alias=True, exclude_none=True) == raw
+
+
+def test_times_are_rfc3339_utc_seconds() -> None:
+    moment = datetime.datetime(2026, 1, 1, 1, 2, 3, 456789, tzinfo=datetime.timezone(datetime.timedelta(hours=2)))
+    assert format_time(moment) == "2025-12-31T23:02:03Z"
+
+
+def test_immutable_violations() -> None:
+    old = SandboxSpec.model_validate({"image": "a/b:1", "timeouts": {"lifetimeSeconds": 100, "idleSeconds": 50}})
+    assert immutable_violations(old, old) == []
+    lowered = SandboxSpec.model_validate({"image": "a/b:1", "timeouts": {"lifetimeSeconds": 90, "idleSeconds": 20},
+                                          "podLabels": {"x": "y"}})
+    assert immutable_violations(old, lowered) == []
+    changed = SandboxSpec.model_validate({"image": "a/b:2", "timeouts": {"lifetimeSeconds": 200}})
+    assert immutable_violations(old, changed) == [
+        "spec.image is immutable",
+        "spec.timeouts.lifetimeSeconds may be lowered after creation, not raised or removed"]
+
+
+def test_effective_timeouts_never_raise_and_cap() -> None:
+    assert effective_timeouts(SandboxSpec(), SETTINGS) == (300, 1800, 3600)
+    big = SandboxSpec.model_validate({"timeouts": {"lifetimeSeconds": 10**6, "idleSeconds": 10**6}})
+    assert effective_timeouts(big, SETTINGS) == (300, 86400, 86400)

@@ -1,0 +1,125 @@
+"""The SDK's file API against the image's real tools (sandbox-exec, sandbox-files), run locally.
+
+No cluster: the tools run as local processes with their writable roots pointed at a temporary directory under
+/tmp, so the whole contract (arguments, stdin sizes, tar layout, JSON errors) is exercised end to end.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO
+
+import pytest
+
+from sandbox_operator.sdk import errors
+from sandbox_operator.sdk.commands import CommandResult, is_wrapper_timeout
+from sandbox_operator.sdk.exec import wrapper_argv
+from sandbox_operator.sdk.files import Files
+
+BIN = Path(__file__).resolve().parents[2] / "images" / "sandbox" / "bin"
+pytestmark = pytest.mark.skipif(not (BIN / "sandbox-files").exists(), reason="the image's tools are not here")
+
+
+class LocalRunner:
+    name = "local"
+    namespace = "local"
+
+    def __init__(self, root: str) -> None:
+        self.env = {**os.environ, "SANDBOX_WRITABLE_ROOTS": root}
+        self.calls: list[list[str]] = []
+
+    def _run_tool(self, args: Sequence[str], *, stdin: bytes | IO[bytes] | None = None,
+                  timeout: float | None = None, max_output: int | None = None) -> CommandResult:
+        argv = wrapper_argv([str(BIN / "sandbox-files"), *args], timeout=timeout)
+        argv[0] = str(BIN / "sandbox-exec")
+        self.calls.append(list(args))
+        data = stdin.read() if stdin is not None and hasattr(stdin, "read") else stdin
+        out = subprocess.run(argv, input=data, capture_output=True, env=self.env, check=False, timeout=60)
+        if max_output is not None and len(out.stdout) > max_output:
+            raise errors.FileTooLarge("over the cap", reason="FileTooLarge")
+        return CommandResult(command=list(args), exit_code=out.returncode, stdout_bytes=out.stdout,
+                             stderr_bytes=out.stderr, timed_out=is_wrapper_timeout(out.returncode, out.stderr))
+
+
+@pytest.fixture
+def root() -> Iterator[str]:
+    with tempfile.TemporaryDirectory(dir="/tmp", prefix="sdk-files-") as d:
+        yield d
+
+
+@pytest.fixture
+def files(root: str) -> Files:
+    return Files(LocalRunner(root), max_file_bytes=4 * 1024 * 1024)
+
+
+def test_write_read_stat_list_exists_remove(files: Files, root: str) -> None:
+    data = os.urandom(1024 * 1024)
+    path = files.write(f"{root}/a/b/data.bin", data, mode=0o600)
+    assert Path(path).read_bytes() == data
+    assert files.read_bytes(path) == data
+    info = files.stat(path)
+    assert (info.type, info.size, info.mode, info.name) == ("file", len(data), 0o600, "data.bin")
+    assert [(e.name, e.type) for e in files.list(f"{root}/a")] == [("b", "dir")]
+    assert files.exists(path) and not files.exists(f"{root}/nope")
+    files.write(f"{root}/t.txt", "héllo")
+    assert files.read_text(f"{root}/t.txt") == "héllo"
+    files.mkdir(f"{root}/m/n")
+    assert files.stat(f"{root}/m/n").is_dir
+    files.remove(f"{root}/a", recursive=True)
+    assert not files.exists(f"{root}/a")
+
+
+def test_errors_map_to_types(files: Files, root: str) -> None:
+    with pytest.raises(errors.SandboxFileNotFound):
+        files.read_bytes(f"{root}/missing")
+    os.symlink("/etc", f"{root}/etc-link")
+    with pytest.raises(errors.PathOutsideSandbox):
+        files.read_bytes(f"{root}/etc-link/passwd")
+    with pytest.raises(errors.PathOutsideSandbox):
+        files.write(f"{root}/etc-link/evil", b"x")
+    with pytest.raises(errors.PathOutsideSandbox):
+        files.read_bytes("/tmp/outside-the-root-of-this-test")  # allowed by the client, refused by the tool
+    with pytest.raises(errors.FileError) as info:
+        files.read_bytes(root + "/")
+    assert info.value.reason in ("IsADirectoryError", "PathOutsideSandbox")
+    with pytest.raises(errors.FileError):
+        files.write(f"{root}/no-parent/x", b"x", parents=False)
+
+
+def test_directory_round_trip(files: Files, root: str, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "pkg" / "deep").mkdir(parents=True)
+    (src / "top.txt").write_text("top\n")
+    (src / "pkg" / "deep" / "blob.bin").write_bytes(os.urandom(300_000))
+    (src / "pkg" / "link").symlink_to("../top.txt")
+    files.upload(src, f"{root}/project")
+    assert Path(root, "project", "pkg", "deep", "blob.bin").read_bytes() == \
+        (src / "pkg" / "deep" / "blob.bin").read_bytes()
+    back = tmp_path / "back"
+    files.download(f"{root}/project", back)
+    assert (back / "top.txt").read_text() == "top\n"
+    assert (back / "pkg" / "deep" / "blob.bin").read_bytes() == (src / "pkg" / "deep" / "blob.bin").read_bytes()
+    assert os.readlink(back / "pkg" / "link") == "../top.txt"
+    single = tmp_path / "single.bin"
+    files.download(f"{root}/project/top.txt", single)
+    assert single.read_text() == "top\n"
+
+
+def test_upload_with_escaping_symlink_is_refused(files: Files, root: str, tmp_path: Path) -> None:
+    src = tmp_path / "evil"
+    src.mkdir()
+    (src / "link").symlink_to("/etc")
+    with pytest.raises(errors.PathOutsideSandbox):
+        files.upload(src, f"{root}/evil")
+
+
+def test_timeout_in_the_wrapper_is_reported(root: str) -> None:
+    runner = LocalRunner(root)
+    argv = wrapper_argv(["sleep", "30"], timeout=1)
+    argv[0] = str(BIN / "sandbox-exec")
+    out = subprocess.run(argv, capture_output=True, env=runner.env, check=False, timeout=30)
+    assert out.returncode == 124 and is_wrapper_timeout(out.returncode, out.stderr)

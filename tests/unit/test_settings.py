@@ -1,0 +1,85 @@
+"""Operator settings from environment variables, validated at start."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sandbox_operator import constants
+from sandbox_operator.settings import OperatorSettings, SettingsError, load_settings
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for key in list(os.environ):
+        if key.startswith("SANDBOX_OPERATOR_"):
+            monkeypatch.delenv(key)
+    return monkeypatch
+
+
+def test_defaults(clean_env: pytest.MonkeyPatch) -> None:
+    settings = load_settings()
+    assert settings.clusterwide and settings.namespaces == []
+    assert settings.default_image == constants.SANDBOX_IMAGE and settings.image_allowed(constants.SANDBOX_IMAGE)
+    assert (settings.default_cpu, settings.default_memory, settings.default_ephemeral_storage) == (
+        "1", "512Mi", "1Gi")
+    assert (settings.default_pids, settings.default_command_seconds, settings.default_idle_seconds,
+            settings.default_lifetime_seconds, settings.gc_interval_seconds) == (20, 300, 1800, 3600, 60)
+    assert settings.user_namespaces is False and settings.allow_secret_env is False
+
+
+def test_from_environment(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("SANDBOX_OPERATOR_NAMESPACES", "team-a, sbx-*")
+    clean_env.setenv("SANDBOX_OPERATOR_ALLOWED_IMAGES", "localhost/sandbox-operator/*,registry.local/py:*")
+    clean_env.setenv("SANDBOX_OPERATOR_GC_INTERVAL_SECONDS", "2.5")
+    clean_env.setenv("SANDBOX_OPERATOR_USER_NAMESPACES", "true")
+    clean_env.setenv("SANDBOX_OPERATOR_MAX_MEMORY", "2Gi")
+    settings = load_settings()
+    assert settings.namespaces == ["team-a", "sbx-*"] and not settings.clusterwide
+    assert settings.gc_interval_seconds == 2.5 and settings.user_namespaces
+    assert settings.max_memory == "2Gi"
+    assert settings.image_allowed("registry.local/py:3.12")
+    assert not settings.image_allowed("registry.local/other:1")
+
+
+@pytest.mark.parametrize(("env", "fragment"), [
+    ({"SANDBOX_OPERATOR_GC_INTERVAL_SECONDS": "0"}, "SANDBOX_OPERATOR_GC_INTERVAL_SECONDS"),
+    ({"SANDBOX_OPERATOR_MAX_CPU": "lots"}, "SANDBOX_OPERATOR_MAX_CPU"),
+    ({"SANDBOX_OPERATOR_DEFAULT_MEMORY": "1Gi", "SANDBOX_OPERATOR_MAX_MEMORY": "512Mi"},
+     "SANDBOX_OPERATOR_DEFAULT_MEMORY=1Gi exceeds SANDBOX_OPERATOR_MAX_MEMORY=512Mi"),
+    ({"SANDBOX_OPERATOR_MAX_MEMORY": "1Ti"}, "outside the CRD's bounds"),
+    ({"SANDBOX_OPERATOR_DEFAULT_IDLE_SECONDS": "7200"}, "DEFAULT_IDLE_SECONDS must not exceed"),
+    ({"SANDBOX_OPERATOR_ALLOWED_IMAGES": "registry.local/*"}, "SANDBOX_OPERATOR_DEFAULT_IMAGE="),
+    ({"SANDBOX_OPERATOR_ALLOWED_IMAGES": ""}, "must name at least one image pattern"),
+    ({"SANDBOX_OPERATOR_DEFAULT_RUNTIME_CLASS": "kata", "SANDBOX_OPERATOR_ALLOWED_RUNTIME_CLASSES": "gvisor"},
+     "DEFAULT_RUNTIME_CLASS=kata is not in"),
+    ({"SANDBOX_OPERATOR_USER_NAMESPACES": "maybe"}, "SANDBOX_OPERATOR_USER_NAMESPACES"),
+    ({"SANDBOX_OPERATOR_METRICS_PORT": "70000"}, "SANDBOX_OPERATOR_METRICS_PORT"),
+    ({"SANDBOX_OPERATOR_HEALTH_PORT": "9000", "SANDBOX_OPERATOR_METRICS_PORT": "9000"}, "must differ"),
+    ({"SANDBOX_OPERATOR_LOG_FORMAT": "xml"}, "SANDBOX_OPERATOR_LOG_FORMAT"),
+])
+def test_bad_settings_name_the_variable(clean_env: pytest.MonkeyPatch, env: dict[str, str], fragment: str) -> None:
+    for key, value in env.items():
+        clean_env.setenv(key, value)
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    assert fragment in str(error.value)
+
+
+def test_main_exits_non_zero_before_touching_the_cluster() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOX_OPERATOR_")}
+    env.update(SANDBOX_OPERATOR_MAX_PIDS="0", KUBECONFIG="/nonexistent")
+    result = subprocess.run([sys.executable, "-m", "sandbox_operator"], env=env, capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 2
+    assert "invalid operator settings" in result.stderr and "SANDBOX_OPERATOR_MAX_PIDS" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_settings_are_frozen() -> None:
+    settings = OperatorSettings()
+    with pytest.raises(ValueError, match="frozen"):
+        settings.gc_interval_seconds = 1  # type: ignore[misc]
