@@ -193,15 +193,22 @@ def test_writable_emptydirs_with_size_limits() -> None:
 
 
 def test_environment() -> None:
+    userns = OperatorSettings(user_namespaces=True)
     [container] = pod_json({"timeouts": {"commandSeconds": 42}, "resources": {"pids": 30},
-                            "env": [{"name": "FOO", "value": "bar"}]})["spec"]["containers"]
+                            "env": [{"name": "FOO", "value": "bar"}]}, settings=userns)["spec"]["containers"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env == {"HOME": constants.WORKSPACE_DIR, "FOO": "bar", constants.ENV_COMMAND_TIMEOUT: "42",
                    constants.ENV_PIDS_LIMIT: "30", constants.ENV_FILE_SIZE_LIMIT: str(SETTINGS.file_size_limit_bytes)}
     assert [e["name"] for e in container["env"]][-3:] == [
         constants.ENV_COMMAND_TIMEOUT, constants.ENV_PIDS_LIMIT, constants.ENV_FILE_SIZE_LIMIT]
-    default_env = {e["name"]: e.get("value") for e in pod_json()["spec"]["containers"][0]["env"]}
+    default_env = {e["name"]: e.get("value") for e in pod_json(settings=userns)["spec"]["containers"][0]["env"]}
     assert default_env[constants.ENV_PIDS_LIMIT] == "20" and default_env[constants.ENV_COMMAND_TIMEOUT] == "300"
+
+
+def test_process_limit_goes_to_the_wrapper_only_with_user_namespaces() -> None:
+    """Without them every sandbox is host UID 1000, and a shared RLIMIT_NPROC would couple the sandboxes."""
+    env = {e["name"] for e in pod_json({"resources": {"pids": 30}})["spec"]["containers"][0]["env"]}
+    assert constants.ENV_COMMAND_TIMEOUT in env and constants.ENV_PIDS_LIMIT not in env
 
 
 def test_user_may_override_home_once() -> None:

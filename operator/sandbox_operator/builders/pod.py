@@ -39,12 +39,14 @@ def _env(spec: EffectiveSpec, settings: OperatorSettings) -> list[client.V1EnvVa
                 secret_key_ref=client.V1SecretKeySelector(name=ref.name, key=ref.key, optional=ref.optional))))
         else:
             env.append(client.V1EnvVar(name=var.name, value=var.value or ""))
-    # Last, and under a prefix users cannot use: the exec wrapper's limits.
-    env += [
-        client.V1EnvVar(name=constants.ENV_COMMAND_TIMEOUT, value=str(spec.command_seconds)),
-        client.V1EnvVar(name=constants.ENV_PIDS_LIMIT, value=str(spec.pids)),
-        client.V1EnvVar(name=constants.ENV_FILE_SIZE_LIMIT, value=str(settings.file_size_limit_bytes)),
-    ]
+    # Last, and under a prefix users cannot use: the exec wrapper's limits. RLIMIT_NPROC counts per host UID, so
+    # the process limit is handed to the wrapper only where each sandbox has host UIDs of its own (user
+    # namespaces); with a shared UID 1000 it would let one sandbox's processes starve another's, and the
+    # kubelet's podPidsLimit is then the per-sandbox bound.
+    env.append(client.V1EnvVar(name=constants.ENV_COMMAND_TIMEOUT, value=str(spec.command_seconds)))
+    if settings.user_namespaces:
+        env.append(client.V1EnvVar(name=constants.ENV_PIDS_LIMIT, value=str(spec.pids)))
+    env.append(client.V1EnvVar(name=constants.ENV_FILE_SIZE_LIMIT, value=str(settings.file_size_limit_bytes)))
     return env
 
 
