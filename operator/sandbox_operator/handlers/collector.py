@@ -40,9 +40,11 @@ async def collector(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: 
             if updated is None or updated.status.phase == "Expired":
                 return  # gone, or sync_status deleted it
             # Failed stays Failed, but its lifetime is over all the same: delete it as it is now.
-            raw = await asyncio.to_thread(rt.api.get_sandbox, sandbox.namespace, sandbox.name) or {}
-            if not raw or raw["metadata"].get("deletionTimestamp"):
+            fresh: dict[str, Any] | None = await asyncio.to_thread(
+                rt.api.get_sandbox, sandbox.namespace, sandbox.name)
+            if fresh is None or fresh["metadata"].get("deletionTimestamp"):
                 return
+            raw = fresh
         await collect(rt, raw, due.reason, due.message, log=logger)
         return
     mirrored = format_time_or_none(idle_clock_start(sandbox, sandbox.status.ready_time, now))
