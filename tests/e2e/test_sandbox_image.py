@@ -15,6 +15,7 @@ pids cgroup (kubelet podPidsLimit) is the bound.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import subprocess
 import time
@@ -96,6 +97,10 @@ def pod_manifest(name: str, namespace: str, *, user_namespace: bool = False) -> 
 
 
 def node_supports_user_namespaces(cluster: Cluster) -> bool:
+    """As the node reports it; SANDBOX_E2E_USER_NAMESPACES=0 or 1 forces the choice."""
+    forced = os.environ.get("SANDBOX_E2E_USER_NAMESPACES")
+    if forced in ("0", "1"):
+        return forced == "1"
     nodes = json.loads(cluster.kubectl("get", "nodes", "-o", "json").stdout)["items"]
     return bool(nodes) and all(
         any(h.get("features", {}).get("userNamespaces") for h in n.get("status", {}).get("runtimeHandlers", []))
@@ -351,20 +356,25 @@ def test_file_size_limit_stops_one_file(pods: Pods) -> None:
 
 
 def test_filling_the_disk_gets_the_pod_evicted_at_its_bound(pods: Pods) -> None:
-    # each file stays under the wrapper's 1 GiB file-size limit; together they exceed the 1Gi emptyDir bound
-    # (and the container's ephemeral-storage limit). The kubelet measures usage periodically and evicts.
+    """Each file stays under the wrapper's 1 GiB file-size limit; together they exceed the 1Gi emptyDir bound.
+    Nothing stops the writes themselves (no filesystem quota on the node's ext4): the kubelet measures usage
+    periodically (seen here: 20-60 s later) and evicts the pod. Its PID 1 exits 0 on the eviction's SIGTERM, so
+    since Kubernetes 1.27 the pod ends `Succeeded`, not `Failed`/`Evicted` (kubernetes/kubernetes#118310,
+    #120182): the reason is only in the pod's `Evicted` event."""
     script = "for i in 1 2 3; do dd if=/dev/zero of=/workspace/fill$i bs=1M count=400 status=none || exit $?; done"
     result = pods.exec("disk", EXEC, "--timeout", "240", "--", "sh", "-c", script, timeout=300)
-    # (the writes may be cut short when the eviction stops the pod while dd still runs)
     print(f"disk fill: exit {result.returncode} {result.stderr.strip()[-300:]}")
-    deadline = time.monotonic() + 240
+    start = time.monotonic()
+    deadline = start + 240
     status: dict[str, Any] = {}
     while time.monotonic() < deadline:
         status = pods.get("disk")["status"]
-        if status.get("phase") == "Failed":
+        if status.get("phase") in ("Succeeded", "Failed"):
             break
-        time.sleep(3)
-    assert status.get("phase") == "Failed", status
-    assert status.get("reason") == "Evicted", status
-    assert "workspace" in status.get("message", "") or "ephemeral" in status.get("message", ""), status
-    print(f"disk pod: {status.get('reason')}: {status.get('message')}")
+        time.sleep(2)
+    assert status.get("phase") in ("Succeeded", "Failed"), status
+    events = json.loads(pods.kubectl("get", "events", "--field-selector",
+                                     "involvedObject.name=disk,reason=Evicted", "-o", "json").stdout)["items"]
+    messages = [e.get("message", "") for e in events]
+    print(f"disk pod ended {status.get('phase')} ~{time.monotonic() - start:.0f}s after the writes: {messages}")
+    assert any("EmptyDir volume \"workspace\" exceeds the limit" in m or "ephemeral" in m for m in messages), messages
