@@ -73,9 +73,11 @@ def sbx_env(cluster: Cluster, kube: Kube, sandbox_crd: None, sandbox_image: str,
     if failed is not None and failed.failed:
         for operator in env.operators:
             print(f"--- operator log {operator.log_path} ---\n{operator.log()[-6000:]}")
-    drop_namespace(cluster, kube, env.namespace, env.live_operator)
-    for operator in env.operators:
-        operator.stop()
+    try:
+        drop_namespace(cluster, kube, env.namespace, env.live_operator)
+    finally:
+        for operator in env.operators:
+            operator.stop()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -99,6 +99,7 @@ class Operator:
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(signal.SIGCONT)  # a process stopped at a failpoint handles SIGTERM only then
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:

@@ -100,6 +100,15 @@ def test_apply_ready_columns_events_then_delete(sbx_env: SandboxEnv) -> None:
     assert kube.policies(ns) == []
 
 
+def test_user_namespaces_setting_runs_pods_with_host_users_false(sbx_env: SandboxEnv) -> None:
+    env, kube, ns = sbx_env, sbx_env.kube, sbx_env.namespace
+    env.start(user_namespaces="true")
+    kube.create(ns, "userns", {"resources": SMALL})
+    kube.wait_phase(ns, "userns", "Ready", timeout=120)
+    pod = kube.pod(ns, "userns")
+    assert pod is not None and pod["spec"]["hostUsers"] is False
+
+
 def test_explain_describes_the_timeouts(sbx_env: SandboxEnv) -> None:
     out = sbx_env.cluster.kubectl("explain", "sandbox.spec.timeouts").stdout
     for field in ("commandSeconds", "idleSeconds", "lifetimeSeconds", "last-activity"):

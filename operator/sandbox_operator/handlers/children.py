@@ -32,7 +32,9 @@ async def pod_event(type: str | None, body: kopf.Body, memo: kopf.Memo, logger: 
     key = (str(meta.get("namespace")), str(sandbox_name))
     if type == "DELETED":
         rt.notify_pod_gone(key)
-    await sync_status(rt, *key, log=logger)
+        await sync_status(rt, *key, pod_gone=True, log=logger)
+    else:
+        await sync_status(rt, *key, pod_body=dict(body), log=logger)
 
 
 @kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=CHILD_LABELS, id="policy-guard")

@@ -44,8 +44,12 @@ def post_event(body: JSON, type_: str, reason: str, message: str) -> None:
 
 
 async def sync_status(rt: Runtime, namespace: str, name: str, *, override: Verdict | None = None,
+                      pod_body: JSON | None = None, pod_gone: bool = False,
                       log: logging.Logger | kopf.Logger | None = None) -> Sandbox | None:
-    """Brings ``status`` in line with the pod; returns the Sandbox as written (None if it is gone)."""
+    """Brings ``status`` in line with the pod; returns the Sandbox as written (None if it is gone).
+
+    The pod is read fresh unless the caller has it from a watch event (``pod_body``, or ``pod_gone`` for a
+    DELETED event): kopf delivers one pod's events in order, so that body is the latest state."""
     log = log or logger
     async with rt.lock((namespace, name)):
         body = await asyncio.to_thread(rt.api.get_sandbox, namespace, name)
@@ -54,7 +58,8 @@ async def sync_status(rt: Runtime, namespace: str, name: str, *, override: Verdi
         sandbox, invalid = parse_sandbox(body)
         if invalid is not None and override is None:
             override = Verdict("Failed", "InvalidSpec", invalid)
-        pod_body = await asyncio.to_thread(rt.api.get_pod, namespace, constants.pod_name(name))
+        if pod_body is None and not pod_gone:
+            pod_body = await asyncio.to_thread(rt.api.get_pod, namespace, constants.pod_name(name))
         pod = None
         if pod_body is not None and controller_uid(pod_body) == sandbox.metadata.uid:
             pod = PodObservation.from_pod(pod_body)
