@@ -75,3 +75,15 @@ test-e2e: $(VENV_STAMP) ## Images, SDK, CLI and chart against the real cluster
 test: $(VENV_STAMP) ## The whole suite: lint, unit, then cluster tests (brings the cluster up if needed)
 	$(MAKE) lint
 	$(PYTEST) tests
+
+.PHONY: operator-image
+operator-image: ## Build the operator image (wheels on the host, cached) and import it into the local cluster
+	bash hack/build-operator-image.sh
+
+.PHONY: demo
+demo: ## Build what is missing, bring up the cluster, helm install the operator, print Hello from a sandbox
+	CLUSTER=$(CLUSTER) bash hack/demo.sh
+
+.PHONY: chart-lint
+chart-lint: $(VENV_STAMP) ## helm lint --strict, helm template checks and a checkov scan of the chart
+	$(PYTEST) tests/unit/test_chart.py tests/unit/test_chart_image.py

@@ -195,10 +195,14 @@ LLM_SANDBOX_SCRIPT = textwrap.dedent('''
             def rt():
                 session.copy_to_runtime(src, f"/workspace/llm-bench-{mb}.bin")
                 session.copy_from_runtime(f"/workspace/llm-bench-{mb}.bin", back)
-                assert open(back, "rb").read() == data
-            s = timed(rt, 5 if mb <= 5 else 3, 1)
-            out.append({"case": f"write+read {mb} MB", "n": len(s), "p50": pct(s, 50), "p95": pct(s, 95),
-                        "size": mb * 1000000})
+                if open(back, "rb").read() != data:
+                    raise AssertionError("the bytes read back differ from those written")
+            try:
+                s = timed(rt, 5 if mb <= 5 else 3, 1)
+                out.append({"case": f"write+read {mb} MB", "n": len(s), "p50": pct(s, 50), "p95": pct(s, 95),
+                            "size": mb * 1000000})
+            except Exception as exc:
+                out.append({"case": f"write+read {mb} MB", "error": f"{type(exc).__name__}: {exc}"[:200]})
     print(json.dumps(out))
 ''')
 
@@ -214,6 +218,10 @@ def bench_llm_sandbox(python: str, kubeconfig: str, namespace: str, iterations: 
         return [], (proc.stderr.strip().splitlines() or ["failed"])[-1][:300]
     rows = []
     for item in json.loads(proc.stdout.strip().splitlines()[-1]):
+        if "error" in item:
+            rows.append(Row(item["case"], "llm-sandbox (k8s)", 0, float("nan"), float("nan"), None,
+                            f"FAILED: {item['error']}"))
+            continue
         samples_ms = (item["p50"] * 1000, item["p95"] * 1000)
         rate = (2 * item["size"] / MB) / item["p50"] if item.get("size") else None
         rows.append(Row(item["case"], "llm-sandbox (k8s)", item["n"], samples_ms[0], samples_ms[1], rate,
@@ -223,7 +231,10 @@ def bench_llm_sandbox(python: str, kubeconfig: str, namespace: str, iterations: 
 
 def format_rows(rows: list[Row]) -> str:
     headers = ("case", "client", "n", "p50 ms", "p95 ms", "MB/s", "note")
-    table = [(r.case, r.client, str(r.n), f"{r.p50_ms:.1f}", f"{r.p95_ms:.1f}",
+    def ms(value: float, n: int) -> str:
+        return "-" if n == 0 else f"{value:.1f}"
+
+    table = [(r.case, r.client, str(r.n), ms(r.p50_ms, r.n), ms(r.p95_ms, r.n),
               "-" if r.mb_per_s is None else f"{r.mb_per_s:.1f}", r.note) for r in rows]
     widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(widths[i]) for i, h in enumerate(headers)).rstrip(),

@@ -13,8 +13,9 @@
 #
 # The wheels are built on the host with `pip wheel` (the only step that may reach the package index; its
 # result is cached by the inputs that decide it) and installed in the image with `pip install --no-index`.
-# The host's Python must have the base image's minor version (3.11): the wheels of compiled dependencies
-# (pydantic-core, PyYAML, ...) are built for it. OPERATOR_IMAGE_PYTHON=/path/to/python3.11 picks another one.
+# The wheels of compiled dependencies (pydantic-core, PyYAML, ...) must match the image's Python (3.11): with a
+# host Python 3.11 (.venv's, python3.11 or python3; OPERATOR_IMAGE_PYTHON picks one) `pip wheel` builds them,
+# with another version `pip download` fetches the published 3.11 binary wheels instead.
 # With buildah (preferred) the image is built FROM the project's base image (hack/build-images.sh builds it);
 # with docker FROM the official python:3.11-slim-bookworm. Cached like the other images: a second run with the
 # same inputs builds nothing.
@@ -31,7 +32,7 @@ BASE_PYTHON_MINOR="3.11"   # Debian bookworm's python3, and the docker default p
 DOCKERFILE="$REPO_ROOT/images/operator/Dockerfile"
 WHEEL_CACHE="$CACHE_ROOT/wheels"
 
-usage() { sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit "${1:-2}"; }
+usage() { sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit "${1:-2}"; }
 
 cmd="all"
 force=""
@@ -49,18 +50,25 @@ if [ "$cmd" = ref ]; then
 fi
 
 # --- the host Python that builds the wheels -------------------------------------------------------------------
+# minor_of PYTHON: prints its X.Y.
+minor_of() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])'; }
+
+# A Python with pip, preferably of the image's minor version (then `pip wheel` builds exactly the wheels the image
+# needs). OPERATOR_IMAGE_PYTHON wins.
 pick_python() {
-  local candidate
-  for candidate in "${OPERATOR_IMAGE_PYTHON:-}" "$REPO_ROOT/.venv/bin/python" python3 "python$BASE_PYTHON_MINOR"; do
+  local candidate fallback=""
+  for candidate in "${OPERATOR_IMAGE_PYTHON:-}" "$REPO_ROOT/.venv/bin/python" "python$BASE_PYTHON_MINOR" python3; do
     [ -n "$candidate" ] || continue
     command -v "$candidate" >/dev/null 2>&1 || continue
-    if [ "$("$candidate" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" = "$BASE_PYTHON_MINOR" ] \
-        && "$candidate" -m pip --version >/dev/null 2>&1; then
+    "$candidate" -m pip --version >/dev/null 2>&1 || continue
+    if [ -n "${OPERATOR_IMAGE_PYTHON:-}" ] || [ "$(minor_of "$candidate")" = "$BASE_PYTHON_MINOR" ]; then
       command -v "$candidate"
       return 0
     fi
+    [ -n "$fallback" ] || fallback="$(command -v "$candidate")"
   done
-  die "no Python $BASE_PYTHON_MINOR with pip on this machine (the image's Python); set OPERATOR_IMAGE_PYTHON"
+  [ -n "$fallback" ] || die "no Python with pip on this machine (set OPERATOR_IMAGE_PYTHON)"
+  echo "$fallback"
 }
 
 # Sources of the sandbox_operator package, in a stable order.
@@ -74,8 +82,11 @@ ENGINE="$(image_engine)"
 PYTHON="$(pick_python)"
 PY_TAG="$("$PYTHON" -c 'import platform, sys; print("%s-%d.%d-%s" % (sys.implementation.name, *sys.version_info[:2], platform.machine()))')"
 
-# The dependencies' wheels depend on pyproject.toml and the interpreter; the project's wheel on its sources too.
-DEPS_KEY="$(EXTRA_KEY_INPUT="$PY_TAG" inputs_key "$REPO_ROOT/pyproject.toml")"
+# The project's runtime requirements (project.dependencies of pyproject.toml), one a line.
+REQUIREMENTS="$("$PYTHON" -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' \
+  "$REPO_ROOT/pyproject.toml")"
+# The dependencies' wheels depend on those and the interpreter (not on dev tools); the image on the sources too.
+DEPS_KEY="$(printf '%s\n%s\n' "$REQUIREMENTS" "$PY_TAG" | sha256sum | cut -c1-16)"
 DEPS_DIR="$WHEEL_CACHE/operator-deps-$DEPS_KEY"
 mapfile -t SOURCES < <(package_files | sed "s|^|$REPO_ROOT/|")
 
@@ -108,10 +119,21 @@ build_deps_wheels() {
   mkdir -p "$DEPS_DIR.partial"
   # The project's runtime dependencies (from pyproject.toml), pip (run from its wheel inside the image) and the
   # build backend (so that the project's own wheel is then built with --no-index).
-  "$PYTHON" -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' \
-    "$REPO_ROOT/pyproject.toml" >"$DEPS_DIR.partial/requirements.txt"
-  "$PYTHON" -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$DEPS_DIR.partial" \
-    -r "$DEPS_DIR.partial/requirements.txt" pip "setuptools>=69" wheel >&2
+  printf '%s\n' "$REQUIREMENTS" >"$DEPS_DIR.partial/requirements.txt"
+  if [ "$(minor_of "$PYTHON")" = "$BASE_PYTHON_MINOR" ]; then
+    "$PYTHON" -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$DEPS_DIR.partial" \
+      -r "$DEPS_DIR.partial/requirements.txt" pip "setuptools>=69" wheel >&2
+  else
+    # Another host Python: fetch the published binary wheels for the image's Python and platform instead.
+    local arch abi="cp${BASE_PYTHON_MINOR/./}"
+    arch="$(uname -m)"
+    log "wheels: host Python $(minor_of "$PYTHON") is not the image's $BASE_PYTHON_MINOR: downloading its binary wheels"
+    "$PYTHON" -m pip download --quiet --disable-pip-version-check --dest "$DEPS_DIR.partial" \
+      --only-binary=:all: --implementation cp --python-version "$BASE_PYTHON_MINOR" \
+      --abi "$abi" --abi abi3 --abi none --platform "manylinux_2_28_$arch" --platform "manylinux_2_17_$arch" \
+      --platform "manylinux2014_$arch" --platform "manylinux_2_5_$arch" --platform "manylinux1_$arch" \
+      --platform any -r "$DEPS_DIR.partial/requirements.txt" pip "setuptools>=69" wheel >&2
+  fi
   touch "$DEPS_DIR.partial/.complete"
   rm -rf "$DEPS_DIR"
   mv "$DEPS_DIR.partial" "$DEPS_DIR"

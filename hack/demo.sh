@@ -7,7 +7,8 @@
 #   2. the local cluster (make cluster-up: pinned binaries, sandbox images), or kind with CLUSTER=kind
 #   3. the operator image (hack/build-operator-image.sh), imported into the node
 #   4. the Sandbox CRD (kubectl apply --server-side: Helm never upgrades CRDs), then `helm upgrade --install`
-#   5. a Sandbox from samples/sandbox.yaml, `sandboxctl exec` of python3 -c "print('Hello')", delete
+#   5. a Sandbox from samples/sandbox.yaml, Ready
+#   6. `sandboxctl exec` of python3 -c "print('Hello')" in it, the output printed, the Sandbox deleted
 #
 # Leaves the operator running (release DEMO_RELEASE in DEMO_NAMESPACE, watching DEMO_SANDBOX_NAMESPACE only).
 # Remove it with: helm uninstall -n sandbox-operator-system sandbox-operator
@@ -25,7 +26,13 @@ SANDBOX="$(awk '/^metadata:/ { m = 1 } m && $1 == "name:" { print $2; exit }' "$
 MAKE=(make -s --no-print-directory -C "$REPO_ROOT" "CLUSTER=$CLUSTER")
 
 step() { printf '\n==> %s\n' "$*" >&2; }
-run() { printf '    $ %s\n' "$*" >&2; "$@"; }
+# run COMMAND...: prints the command (quoted as a shell would need it, the pinned tools by name), then runs it.
+run() {
+  local shown
+  shown="$(printf '%q ' "$@")"
+  printf '    $ %s\n' "${shown//"$BIN_DIR"\//}" >&2
+  "$@"
+}
 
 step "1/6 Python environment (.venv with the sandbox_operator package and sandboxctl)"
 run "${MAKE[@]}" venv
@@ -48,7 +55,7 @@ if [ "$CLUSTER" = kind ]; then
   run kind load image-archive "$ARCHIVE" --name "${KIND_CLUSTER:-sandbox-operator}"
 else
   run bash "$HACK_DIR/build-operator-image.sh" import
-  ARCHIVE="$(bash "$HACK_DIR/build-operator-image.sh" archive | tail -n 1)"
+  ARCHIVE="$(bash "$HACK_DIR/build-operator-image.sh" archive 2>/dev/null | tail -n 1)"   # built just now: quiet
 fi
 # The archive's name ends in the hash of the image's inputs: as a pod annotation, a rebuilt image (same pinned
 # tag, new content) rolls the operator on the next run.
@@ -56,6 +63,16 @@ IMAGE_INPUTS="$(basename "$ARCHIVE" .docker.tar)"
 IMAGE_INPUTS="${IMAGE_INPUTS##*-}"
 
 step "4/6 Sandbox CRD and the Helm release $RELEASE (namespace $NAMESPACE, sandboxes in $SANDBOX_NAMESPACE)"
+# Sandboxes in user namespaces (hostUsers: false) where the node's runtime supports them (the project's cluster
+# runs containerd 2.3): each sandbox's UID 1000 is then a host UID of its own, so its process limit is its own.
+USER_NAMESPACES="${DEMO_USER_NAMESPACES:-}"
+if [ -z "$USER_NAMESPACES" ]; then
+  USER_NAMESPACES=false
+  case " $("$KUBECTL" get nodes -o jsonpath='{.items[*].status.runtimeHandlers[*].features.userNamespaces}') " in
+    *" true "*) USER_NAMESPACES=true ;;
+  esac
+fi
+log "user namespaces for sandboxes: $USER_NAMESPACES (the node's runtime says; DEMO_USER_NAMESPACES overrides)"
 # Helm installs the chart's crds/ only when the CRD is missing and never upgrades it: apply it first.
 run "$KUBECTL" apply --server-side --force-conflicts -f "$CHART/crds/"
 run "$KUBECTL" wait --for=condition=Established --timeout=60s crd/sandboxes.sandbox-operator.io
@@ -64,7 +81,7 @@ run "$KUBECTL" wait --for=condition=Established --timeout=60s crd/sandboxes.sand
 run "$KUBECTL" label --overwrite namespace "$NAMESPACE" pod-security.kubernetes.io/enforce=restricted \
   pod-security.kubernetes.io/warn=restricted
 run "$HELM" upgrade --install "$RELEASE" "$CHART" --namespace "$NAMESPACE" \
-  --set-json "sandboxNamespaces.names=[\"$SANDBOX_NAMESPACE\"]" \
+  --set-json "sandboxNamespaces.names=[\"$SANDBOX_NAMESPACE\"]" --set "config.userNamespaces=$USER_NAMESPACES" \
   --set-string "podAnnotations.sandbox-operator\.io/image-inputs=$IMAGE_INPUTS" \
   --wait --timeout 5m
 DEPLOYMENT="$("$KUBECTL" -n "$NAMESPACE" get deployment -l "app.kubernetes.io/instance=$RELEASE" \
@@ -90,5 +107,5 @@ printf '\n%s\n\n' "$OUTPUT"
 run "$KUBECTL" -n "$SANDBOX_NAMESPACE" delete sandbox "$SANDBOX" --wait --timeout=120s
 [ "$OUTPUT" = "Hello" ] || die "expected 'Hello' from the sandbox, got: $OUTPUT"
 
-log "done: the operator keeps running (release $RELEASE in $NAMESPACE); try the kubectl and SDK quickstarts in"
-log "README.md, or remove it: $HELM uninstall -n $NAMESPACE $RELEASE"
+log "done: the operator keeps running (release $RELEASE in $NAMESPACE, sandboxes in $SANDBOX_NAMESPACE)."
+log "Try the quickstarts in README.md, or remove it: helm uninstall -n $NAMESPACE $RELEASE (docs/chart.md)"

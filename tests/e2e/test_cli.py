@@ -19,6 +19,7 @@ from tests.conftest import Cluster
 from tests.e2e.test_sdk import sandbox_environment
 
 MiB = 1024 * 1024
+SMALL = ("--cpu", "250m", "--memory", "256Mi")  # fits next to other suites' sandboxes on the test node
 
 
 class Ctl:
@@ -51,7 +52,7 @@ def ctl(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 @pytest.fixture(scope="module")
 def box(ctl: Ctl) -> Iterator[str]:
-    name = ctl("create", "--label", "e2e=cli").stdout.decode().strip()
+    name = ctl("create", *SMALL, "--timeout", "240", "--label", "e2e=cli").stdout.decode().strip()
     assert name.startswith("sbx-")
     yield name
     ctl("delete", name, "--ignore-not-found")
@@ -164,18 +165,18 @@ def test_errors_have_exit_codes(ctl: Ctl) -> None:
     assert json.loads(as_json.stderr)["error"] == "SandboxNotFound"
     assert ctl("frobnicate", check=False).returncode == 2
     bad_image = constants.SANDBOX_IMAGE.rpartition(":")[0] + ":does-not-exist"
-    failed = ctl("create", "--image", bad_image, "--timeout", "90", check=False)
+    failed = ctl("create", *SMALL, "--image", bad_image, "--timeout", "200", check=False)
     assert failed.returncode == 4 and b"ImageMissing" in failed.stderr
 
 
 def test_events_create_ready_delete_and_wait(ctl: Ctl) -> None:
-    watcher = ctl.popen("events", "--watch", "-o", "json", "--timeout", "150")
+    watcher = ctl.popen("events", "--watch", "-o", "json", "--timeout", "400")
     time.sleep(2)
-    name = ctl("create", "--no-wait").stdout.decode().strip()
-    ctl("wait", name, "--timeout", "120")
+    name = ctl("create", *SMALL, "--no-wait").stdout.decode().strip()
+    ctl("wait", name, "--timeout", "240")
     ctl("delete", name, "--wait")
     ctl("wait", name, "--for", "deleted", "--timeout", "30")
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     lines: list[dict[str, object]] = []
     assert watcher.stdout is not None
     while time.monotonic() < deadline:

@@ -39,6 +39,9 @@ from tests.conftest import REPO_ROOT, Cluster
 
 GC_INTERVAL = "2"
 MiB = 1024 * 1024
+# Small requests, so that the e2e sandboxes fit on the one test node next to other suites' sandboxes.
+SMALL = {"resources": {"cpu": "250m", "memory": "256Mi"}}
+READY_TIMEOUT = 240
 
 
 # Fixtures (plain helpers too, so test_cli.py can reuse them without sharing pytest fixtures) -----------------
@@ -117,7 +120,8 @@ def namespace(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 @pytest.fixture(scope="module")
 def manager(cluster: Cluster, namespace: str) -> Iterator[SandboxManager]:
-    with SandboxManager(namespace, kubeconfig=cluster.kubeconfig, ready_timeout=120) as m:
+    with SandboxManager(namespace, kubeconfig=cluster.kubeconfig, ready_timeout=READY_TIMEOUT,
+                        default_spec=SMALL) as m:
         yield m
 
 
@@ -271,7 +275,8 @@ def test_traversal_symlinks_and_oversize_are_rejected(manager: SandboxManager, s
     with pytest.raises(PathOutsideSandbox):
         sandbox.files.write("etc-link/evil", b"x")
 
-    small = SandboxManager(manager.namespace, api_client=manager.api.api_client, max_file_bytes=MiB)
+    small = SandboxManager(manager.namespace, api_client=manager.api.api_client, max_file_bytes=MiB,
+                           default_spec=SMALL)
     capped = small.get(sandbox.name)
     with pytest.raises(FileTooLarge):
         capped.files.write("big.bin", b"\0" * (MiB + 1))
@@ -308,9 +313,9 @@ def test_missing_image_says_why(manager: SandboxManager) -> None:
     image = constants.SANDBOX_IMAGE.rpartition(":")[0] + ":does-not-exist"
     started = time.monotonic()
     with pytest.raises(SandboxFailed) as info:
-        manager.create(image=image, timeout=90)
+        manager.create(image=image, timeout=200)
     assert info.value.reason == "ImageMissing", info.value
-    assert time.monotonic() - started < 80  # failed fast, not by timing out
+    assert time.monotonic() - started < 180  # failed fast, not by timing out
 
 
 def test_context_manager_destroys_and_exec_after_delete_fails(manager: SandboxManager) -> None:
@@ -358,7 +363,8 @@ def test_events_create_ready_delete(manager: SandboxManager) -> None:
 
 def test_async_twin(cluster: Cluster, namespace: str) -> None:
     async def scenario() -> tuple[str, list[str], bytes]:
-        async with AsyncSandboxManager(namespace, kubeconfig=cluster.kubeconfig) as am:
+        async with AsyncSandboxManager(namespace, kubeconfig=cluster.kubeconfig, default_spec=SMALL,
+                                       ready_timeout=READY_TIMEOUT) as am:
             sbx: AsyncSandbox = await am.create()
             async with sbx:
                 result = await sbx.run("echo async")

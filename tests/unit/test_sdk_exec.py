@@ -325,3 +325,23 @@ def test_result_seed_spelling_and_dict() -> None:
     assert result.exitCode == 0 and result.ok and result.stdout == "✓"
     assert result.check() is result
     assert result.to_dict()["exitCode"] == 0
+
+
+def test_negotiated_protocol_from_handshake_headers() -> None:
+    from sandbox_operator.sdk.exec import negotiated_protocol
+
+    class Headers:
+        subprotocol = None
+
+        def getheaders(self) -> dict[str, str]:
+            return {"Sec-WebSocket-Protocol": "v5.channel.k8s.io"}
+
+    class Nothing:
+        subprotocol = None
+
+        def getheaders(self) -> None:
+            return None
+
+    assert negotiated_protocol(Headers()) == V5_PROTOCOL
+    assert negotiated_protocol(Nothing()) is None
+    assert negotiated_protocol(ScriptedWebSocket([], protocol=V4_PROTOCOL)) == V4_PROTOCOL
