@@ -275,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
             rows = bench_sdk_and_kubectl(sbx, kubectl, a.iterations, sizes)
         finally:
             if created is not None:
-                created.destroy()
+                # Wait while the operator still runs: it removes its finalizer from the Sandbox.
+                created.destroy(wait=True, timeout=120)
     if a.llm_sandbox_python:
         llm_rows, error = bench_llm_sandbox(a.llm_sandbox_python, a.kubeconfig, a.namespace, a.iterations, sizes)
         rows += llm_rows
