@@ -37,6 +37,16 @@ remove_containers() {
   return 0
 }
 
+# Shims whose containerd died before it could reap them (a SIGKILLed cluster) outlive it: every shim our
+# containerd started names our socket, so exactly those are stopped, their container processes first.
+remove_orphan_shims() {
+  local shim child
+  for shim in $(pgrep -f -- "-address $CONTAINERD_SOCK( |\$)" || true); do
+    for child in $(pgrep -P "$shim" || true); do kill -KILL "$child" 2>/dev/null || true; done
+    kill -KILL "$shim" 2>/dev/null || true
+  done
+}
+
 unmount_below() { # prefixes...
   local prefix target
   for prefix in "$@"; do
@@ -98,6 +108,7 @@ say "stopping cluster components"
 for c in kube-router kube-proxy kubelet; do stop_component "$c"; done
 remove_containers
 for c in kube-scheduler kube-controller-manager kube-apiserver etcd containerd; do stop_component "$c"; done
+remove_orphan_shims
 
 # The kubelet and containerd bind-mount their own roots (/var/lib/kubelet, /run/netns) to share propagation.
 unmount_below /var/lib/kubelet "$CONTAINERD_STATE/" /run/netns/cni- /run/netns
