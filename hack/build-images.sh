@@ -3,7 +3,7 @@
 #
 #   hack/build-images.sh [COMMAND] [--force] [IMAGE...]
 #
-# IMAGE is pause, base or sandbox (default: all three; building sandbox also builds pause and base, which it
+# IMAGE is pause, base or sandbox (default: all three; building sandbox with buildah also builds base, which it
 # uses). COMMAND:
 #   all      (default) build, import into containerd when it is running, print the sandbox image size
 #   build    build only (no containerd needed): docker-archive tarballs in $IMAGE_CACHE
@@ -14,8 +14,9 @@
 #
 # With buildah (preferred; installed from Debian when neither engine is present): base = debootstrap minbase of
 # this machine's Debian mirror + python3, stripped; pause = images/pause/pause.c built static; sandbox =
-# images/sandbox/Dockerfile FROM those two. With docker (for users who have it): only pause and sandbox, the
-# sandbox from the official slim Python image and the upstream pause image (the Dockerfile defaults).
+# images/sandbox/Dockerfile FROM base, with images/sandbox/init/sandbox-init.c built static into its build
+# context. With docker (for users who have it): only pause and sandbox, the sandbox from the official slim
+# Python image (the Dockerfile default).
 # Every image is cached by version and by a hash of its inputs: a second run builds nothing.
 # shellcheck disable=SC2317  # the build_* functions are called indirectly
 set -euo pipefail
@@ -56,6 +57,7 @@ image_ref() {
 
 # --- input keys: what each image is built from --------------------------------------------------------------
 PAUSE_CFLAGS=(-Os -Wall -Wextra -Werror -static "-DVERSION=\"$PAUSE_VERSION\"")
+INIT_CFLAGS=(-Os -Wall -Wextra -Werror -static "-DVERSION=\"$SANDBOX_IMAGE_VERSION\"")
 # The base image's buildah config; part of its key.
 BASE_CONFIG=(--env "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" --env LANG=C.UTF-8
              --cmd /bin/bash --label "org.opencontainers.image.title=sandbox-operator base"
@@ -73,11 +75,11 @@ key_of() {
         KEY[base]="$(EXTRA_KEY_INPUT="$ENGINE $DEBIAN_SUITE $BASE_IMAGE_VERSION ${BASE_CONFIG[*]}" \
           inputs_key "$REPO_ROOT/images/base/mkrootfs.sh")" ;;
       sandbox)
-        local deps="defaults" tools
-        [ "$ENGINE" = buildah ] && deps="$(key_of base) $(key_of pause)"
-        mapfile -t tools < <(find "$REPO_ROOT/images/sandbox/bin" -type f | LC_ALL=C sort)
-        KEY[sandbox]="$(EXTRA_KEY_INPUT="$ENGINE $deps" \
-          inputs_key "$REPO_ROOT/images/sandbox/Dockerfile" "${tools[@]}")" ;;
+        # Every file of the build context: Dockerfile, tools, sandbox-init's source.
+        local deps="defaults" sources
+        [ "$ENGINE" = buildah ] && deps="$(key_of base)"
+        mapfile -t sources < <(find "$REPO_ROOT/images/sandbox" -type f | LC_ALL=C sort)
+        KEY[sandbox]="$(EXTRA_KEY_INPUT="$ENGINE $deps ${INIT_CFLAGS[*]}" inputs_key "${sources[@]}")" ;;
     esac
   fi
   echo "${KEY[$name]}"
@@ -105,16 +107,24 @@ prune_old() {
 }
 
 # --- builds (called as "build_$name") -------------------------------------------------------------------------
+# compile_static SOURCE OUTPUT CFLAGS...: a stripped static binary (installs gcc and the static libc if needed).
+compile_static() {
+  local source="$1" output="$2"
+  shift 2
+  need_command gcc gcc
+  if ! gcc "$@" -o "$output" "$source" 2>"$output.gcc.log"; then
+    cat "$output.gcc.log" >&2
+    apt_install libc6-dev   # the static C library
+    gcc "$@" -o "$output" "$source"
+  fi
+  rm -f "$output.gcc.log"
+  strip "$output"
+}
+
 build_pause() {
   local ctx rc=0
-  need_command gcc gcc
   ctx="$(mktemp -d)"
-  if ! gcc "${PAUSE_CFLAGS[@]}" -o "$ctx/pause" "$REPO_ROOT/images/pause/pause.c" 2>"$ctx/gcc.log"; then
-    cat "$ctx/gcc.log" >&2
-    apt_install libc6-dev   # the static C library
-    gcc "${PAUSE_CFLAGS[@]}" -o "$ctx/pause" "$REPO_ROOT/images/pause/pause.c"
-  fi
-  strip "$ctx/pause"
+  compile_static "$REPO_ROOT/images/pause/pause.c" "$ctx/pause" "${PAUSE_CFLAGS[@]}"
   image_bud "$ENGINE" "$PAUSE_IMAGE" "$(key_of pause)" "$ctx" -f "$REPO_ROOT/images/pause/Dockerfile" || rc=$?
   rm -rf "$ctx"
   return "$rc"
@@ -142,17 +152,21 @@ build_base() {
 }
 
 build_sandbox() {
-  local args=()
+  local args=() ctx rc=0
   if [ "$ENGINE" = buildah ]; then
-    ensure pause
     ensure base
-    image_load_storage "$ENGINE" "$PAUSE_IMAGE" "$(key_of pause)" "$(archive_of pause)"
     image_load_storage "$ENGINE" "$BASE_IMAGE" "$(key_of base)" "$(archive_of base)"
-    args=(--build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "PAUSE_IMAGE=$PAUSE_IMAGE")
+    args=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
   fi
-  image_bud "$ENGINE" "$SANDBOX_IMAGE" "$(key_of sandbox)" "$REPO_ROOT/images/sandbox" "${args[@]}" \
+  # The build context: images/sandbox plus the compiled PID 1 (init/sandbox-init, which the Dockerfile copies).
+  ctx="$(mktemp -d)"
+  cp -a "$REPO_ROOT/images/sandbox/." "$ctx/"
+  compile_static "$ctx/init/sandbox-init.c" "$ctx/init/sandbox-init" "${INIT_CFLAGS[@]}"
+  image_bud "$ENGINE" "$SANDBOX_IMAGE" "$(key_of sandbox)" "$ctx" "${args[@]}" \
     --label "org.opencontainers.image.title=sandbox-operator sandbox" \
-    --label "org.opencontainers.image.version=$SANDBOX_IMAGE_VERSION"
+    --label "org.opencontainers.image.version=$SANDBOX_IMAGE_VERSION" || rc=$?
+  rm -rf "$ctx"
+  return "$rc"
 }
 
 declare -A ENSURED=()

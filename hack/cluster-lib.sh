@@ -222,6 +222,9 @@ resolvConf: $CLUSTER_DIR/resolv.conf
 # A node-wide cap on processes per pod: a fork bomb in one sandbox cannot starve the others.
 podPidsLimit: $POD_PIDS_LIMIT
 evictionHard: {memory.available: "100Mi", nodefs.available: "1%", nodefs.inodesFree: "1%", imagefs.available: "1%"}
+# Emptydir usage is measured this often (default 1m); a sandbox writing past its ephemeral-storage limit is evicted
+# within about this period plus the eviction manager's 10 s pass. Each pass walks every sandbox's small emptyDirs.
+volumeStatsAggPeriod: 10s
 # Preloaded images cannot be pulled again, so image garbage collection stays off.
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99

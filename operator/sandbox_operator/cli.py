@@ -8,7 +8,8 @@ Run ``sandboxctl --help`` or ``sandboxctl COMMAND --help``. Exit codes (also in 
 2     usage error (bad arguments)
 3     not found: the sandbox, or the file in the sandbox
 4     not ready: the sandbox failed, is not Ready, or waiting timed out
-5     refused: forbidden (RBAC, quota, admission), invalid spec, path outside the sandbox, too large
+5     refused: forbidden (RBAC, quota, admission), invalid spec, path outside the sandbox, too large, a
+      command limit above the sandbox's own
 130   interrupted (Ctrl-C)
 ====  ===========================================================================================
 
@@ -56,7 +57,7 @@ EXIT_CODES_HELP = """exit codes:
   2    usage error
   3    not found (the sandbox, or the file in the sandbox)
   4    not ready (the sandbox failed, is not Ready, or waiting timed out)
-  5    refused (forbidden, invalid spec, path outside the sandbox, too large)
+  5    refused (forbidden, invalid spec, path outside the sandbox, too large, a limit above the sandbox's)
   130  interrupted
   exec exits with the command's own code (124 = timed out and killed)."""
 
@@ -64,6 +65,15 @@ OUTPUTS = ("table", "json", "yaml")
 
 
 # Formatting (pure) ------------------------------------------------------------------------------------------
+
+
+def shown(value: object) -> str:
+    """``value`` as one line safe for a terminal: control characters (ESC, CR, LF, C1, ...) escaped as
+    ``\\xNN``/``\\n``. Used for everything printed here that came from a sandbox or the cluster."""
+    from sandbox_operator.sdk.text import escape_control  # the SDK loads only when a command needs it
+
+    return escape_control("" if value is None else str(value))
+
 
 
 def human_duration(seconds: float | None) -> str:
@@ -120,7 +130,8 @@ def sandbox_row(obj: dict[str, Any], now: datetime | None = None) -> list[str]:
     if meta.get("deletionTimestamp") and phase != "Terminating":
         phase = f"{phase} (deleting)"
     return [
-        str(meta.get("name", "")), phase, str(status.get("reason") or ""), str(status.get("nodeName") or ""),
+        shown(meta.get("name", "")), shown(phase), shown(status.get("reason") or ""),
+        shown(status.get("nodeName") or ""),
         human_duration(_since(activity, now)) if activity else "-",
         human_duration((expires - now).total_seconds()) if expires else "-",
         human_duration(_since(created, now)),
@@ -152,12 +163,13 @@ def health_lines(health: Health, now: datetime | None = None) -> str:
         ("Expires", when(health.expires_at)),
     ]
     width = max(len(k) for k, _ in rows) + 1
-    out = [f"{(k + ':').ljust(width)}  {v}" for k, v in rows]
+    out = [f"{(k + ':').ljust(width)}  {shown(v)}" for k, v in rows]
     if health.conditions:
         out.append("Conditions:")
         out.append(format_table(
             ("  TYPE", "STATUS", "REASON", "MESSAGE"),
-            [(f"  {c.type}", c.status, c.reason or "", c.message or "") for c in health.conditions]))
+            [(f"  {shown(c.type)}", shown(c.status), shown(c.reason or ""), shown(c.message or ""))
+             for c in health.conditions]))
     return "\n".join(out)
 
 
@@ -165,7 +177,7 @@ def file_rows(entries: Iterable[FileInfo]) -> list[list[str]]:
     rows = []
     for f in entries:
         modified = f.modified.strftime("%Y-%m-%d %H:%M:%S")
-        rows.append([f.permissions, str(f.size), modified, f.name + ("/" if f.is_dir else "")])
+        rows.append([f.permissions, str(f.size), modified, shown(f.name) + ("/" if f.is_dir else "")])
     return rows
 
 
@@ -177,7 +189,7 @@ def event_row(event: SandboxEvent) -> list[str]:
     when = event.timestamp.astimezone(UTC).strftime("%H:%M:%S") if event.timestamp else "-"
     kind = "state" if event.kind == "state" else "event"
     obj = f"{(event.involved_kind or constants.KIND).lower()}/{event.name}"
-    return [when, kind, event.type, event.reason, obj, event.message.replace("\n", " ")]
+    return [when, kind, shown(event.type), shown(event.reason), shown(obj), shown(event.message)]
 
 
 def event_line(event: SandboxEvent) -> str:
@@ -229,6 +241,8 @@ def exit_code_for(exc: BaseException) -> int:
         return EXIT_NOT_READY
     if isinstance(exc, errors.SandboxForbidden | errors.InvalidSandboxSpec | errors.PathOutsideSandbox
                   | errors.FileTooLarge | errors.SandboxAlreadyExists):
+        return EXIT_REFUSED
+    if isinstance(exc, errors.ExecError) and exc.reason == "LimitAboveSandbox":
         return EXIT_REFUSED
     if isinstance(exc, UsageError | ValueError):
         return EXIT_USAGE
@@ -346,7 +360,7 @@ def cmd_create(ctx: Context) -> int:
         sandbox = ctx.manager.create(name, labels=labels or None, annotations=annotations or None,
                                      wait=not a.no_wait, timeout=a.timeout, on_progress=spinner.on_progress,
                                      spec=spec)
-    ctx.emit(sandbox.obj, lambda: sandbox.name)
+    ctx.emit(sandbox.obj, lambda: shown(sandbox.name))
     return EXIT_OK
 
 
@@ -370,7 +384,7 @@ def cmd_list(ctx: Context) -> int:
         rows = [sandbox_row(o, now) for o in objs]
         if ctx.args.all_namespaces:
             headers = ("NAMESPACE", *headers)
-            rows = [[str((o.get("metadata") or {}).get("namespace", "")), *r] for o, r in zip(objs, rows,
+            rows = [[shown((o.get("metadata") or {}).get("namespace", "")), *r] for o, r in zip(objs, rows,
                                                                                                strict=True)]
         return format_table(headers, rows)
 
@@ -396,7 +410,7 @@ def cmd_delete(ctx: Context) -> int:
             ctx.manager.delete(name, wait=ctx.args.wait, timeout=ctx.args.timeout,
                                missing_ok=ctx.args.ignore_not_found)
         except errors.SandboxError as exc:
-            print(f"{PROG}: {exc}", file=sys.stderr)
+            print(f"{PROG}: {shown(exc)}", file=sys.stderr)
             code = code or exit_code_for(exc)
             continue
         if ctx.output == "table":
@@ -428,19 +442,20 @@ def cmd_exec(ctx: Context) -> int:
         raise UsageError("no command given: sandboxctl exec NAME -- COMMAND [ARGS...]")
     command: str | list[str] = " ".join(argv) if a.shell else argv
     sandbox = ctx.sandbox(a.name)
-    stdin: Any = sys.stdin.buffer if a.stdin else False
-    handle = sandbox.start(command, timeout=a.timeout, env=parse_key_values(a.env, "--env") or None,
-                           cwd=a.cwd, stdin=stdin)
+    # Output goes straight through, as it arrives, and is not kept: any amount can pass.
+    stream = sandbox.stream(command, timeout=a.timeout, env=parse_key_values(a.env, "--env") or None,
+                            cwd=a.cwd, stdin=sys.stdin.buffer if a.stdin else None)
     out, err = sys.stdout.buffer, sys.stderr.buffer
     try:
-        for chunk in handle.chunks():
-            target = out if chunk.stream == "stdout" else err
-            target.write(chunk.data)
-            target.flush()
-        result = handle.wait()
+        with stream:
+            for chunk in stream:
+                target = out if chunk.stream == "stdout" else err
+                target.write(chunk.data)
+                target.flush()
+            result = stream.wait()
     except KeyboardInterrupt:
         with contextlib.suppress(Exception):
-            handle.kill("TERM", wait=5)
+            stream.kill("TERM")
         return EXIT_INTERRUPTED
     if ctx.output != "table":
         print(render(result.to_dict(), ctx.output))
@@ -478,16 +493,30 @@ def cmd_cp(ctx: Context) -> int:
     return EXIT_OK
 
 
+def name_and_paths(name: str, paths: Sequence[str]) -> tuple[str, list[str]]:
+    """``NAME PATH...``, or ``NAME:PATH [PATH...]`` as in ``cp``."""
+    remote, path = split_remote(name)
+    if remote is None:
+        return name, list(paths)
+    return remote, [path, *paths]
+
+
 def cmd_ls(ctx: Context) -> int:
-    entries = ctx.sandbox(ctx.args.name).files.list(ctx.args.path)
+    name, paths = name_and_paths(ctx.args.name, [ctx.args.path] if ctx.args.path else [])
+    if len(paths) > 1:
+        raise UsageError("ls takes one directory: sandboxctl ls NAME [PATH] or sandboxctl ls NAME:PATH")
+    entries = ctx.sandbox(name).files.list(paths[0] if paths else constants.WORKSPACE_DIR)
     ctx.emit([e.to_dict() for e in entries], lambda: format_table(FILE_HEADERS, file_rows(entries))
              if entries else "")
     return EXIT_OK
 
 
 def cmd_cat(ctx: Context) -> int:
-    sandbox = ctx.sandbox(ctx.args.name)
-    for path in ctx.args.paths:
+    name, paths = name_and_paths(ctx.args.name, ctx.args.paths)
+    if not paths:
+        raise UsageError("no file given: sandboxctl cat NAME PATH... or sandboxctl cat NAME:PATH")
+    sandbox = ctx.sandbox(name)
+    for path in paths:
         sys.stdout.buffer.write(sandbox.files.read_bytes(path))
     sys.stdout.buffer.flush()
     return EXIT_OK
@@ -622,13 +651,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="local path or NAME:PATH")
     p.add_argument("dst", help="local path or NAME:PATH")
 
-    p = add("ls", cmd_ls, "list a directory in a sandbox")
-    p.add_argument("name")
-    p.add_argument("path", nargs="?", default=constants.WORKSPACE_DIR, help="directory (default /workspace)")
+    p = add("ls", cmd_ls, "list a directory in a sandbox",
+            "List a directory in a sandbox. Control characters in names are shown escaped (\\x1b, \\n).",
+            "examples:\n  sandboxctl ls sbx-x7k2p /workspace/src\n  sandboxctl ls sbx-x7k2p:/workspace/src")
+    p.add_argument("name", help="the sandbox, or NAME:PATH")
+    p.add_argument("path", nargs="?", help="directory (default /workspace)")
 
-    p = add("cat", cmd_cat, "print files from a sandbox (bytes as they are)")
-    p.add_argument("name")
-    p.add_argument("paths", nargs="+", metavar="path")
+    p = add("cat", cmd_cat, "print files from a sandbox (bytes as they are)",
+            epilog="examples:\n  sandboxctl cat sbx-x7k2p out.txt\n  sandboxctl cat sbx-x7k2p:/workspace/out.txt")
+    p.add_argument("name", help="the sandbox, or NAME:PATH")
+    p.add_argument("paths", nargs="*", metavar="path")
 
     p = add("rm", cmd_rm, "remove files or directories in a sandbox")
     p.add_argument("name")
@@ -678,16 +710,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(ctx)
     except UsageError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
+        print(f"{PROG}: {shown(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except errors.SandboxError as exc:
         if ctx.output != "table":
             print(render(exc.to_dict(), ctx.output), file=sys.stderr)
         else:
-            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            print(f"{PROG}: error: {shown(exc)}", file=sys.stderr)
         return exit_code_for(exc)
     except ValueError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
+        print(f"{PROG}: {shown(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(file=sys.stderr)

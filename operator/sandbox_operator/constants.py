@@ -35,6 +35,10 @@ TMP_DIR: Final = "/tmp"
 WRITABLE_ROOTS: Final = (WORKSPACE_DIR, TMP_DIR)
 SANDBOX_UID: Final = 1000
 SANDBOX_GID: Final = 1000
+# Without user namespaces each sandbox runs as a host UID of its own from this range (RLIMIT_NPROC and the
+# kernel's per-user counters are then per sandbox); the image's /etc/passwd names every UID in it.
+SANDBOX_UID_RANGE_FIRST: Final = 1_000_000_000
+SANDBOX_UID_RANGE_LAST: Final = 1_000_065_535
 EXEC_WRAPPER: Final = "/usr/local/bin/sandbox-exec"
 FILES_TOOL: Final = "/usr/local/bin/sandbox-files"
 INIT_PROGRAM: Final = "/usr/local/bin/sandbox-init"

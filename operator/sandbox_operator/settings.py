@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import re
 from decimal import Decimal
 from typing import Annotated, Literal
 
@@ -24,6 +25,13 @@ ENV_PREFIX = "SANDBOX_OPERATOR_"
 _SANDBOX_REPOSITORY = constants.SANDBOX_IMAGE.rpartition(":")[0]
 
 CommaList = Annotated[list[str], NoDecode]
+ANY_KEY = "*"
+# Node labels that say what a node is, not which one: a tenant may steer its sandbox by them, never onto a chosen
+# node (kubernetes.io/hostname) or the control plane (node-role.kubernetes.io/*).
+SAFE_NODE_SELECTOR_KEYS = ("kubernetes.io/arch", "kubernetes.io/os", "node.kubernetes.io/instance-type",
+                           "topology.kubernetes.io/zone", "topology.kubernetes.io/region")
+UID_MIN_EXCLUSIVE = 1000  # the image's own users (sandbox is 1000) stay out of the per-sandbox range
+UID_MAX = 2**31 - 1
 
 
 class SettingsError(Exception):
@@ -45,9 +53,18 @@ class OperatorSettings(BaseSettings):
     default_image: str = constants.SANDBOX_IMAGE
     """Image of a Sandbox that names none; must itself be allowed."""
     allowed_runtime_classes: CommaList = Field(default_factory=list)
-    """RuntimeClass names a Sandbox may ask for; empty allows any."""
+    """RuntimeClass names a Sandbox may ask for (``*``: any); empty allows only the default runtime class (none
+    if unset)."""
     default_runtime_class: str | None = None
     """RuntimeClass of a Sandbox that names none (for example ``gvisor``); unset uses the node's default."""
+    allowed_toleration_keys: CommaList = Field(default_factory=list)
+    """Taint keys a Sandbox's tolerations may name; empty allows no tolerations, ``*`` any (including a
+    toleration of every taint: empty key, operator Exists)."""
+    allowed_node_selector_keys: CommaList = Field(default_factory=lambda: list(SAFE_NODE_SELECTOR_KEYS))
+    """Node label keys a Sandbox's nodeSelector may name; ``*`` allows any."""
+    avoid_control_plane: bool = True
+    """Keep sandbox pods off control-plane nodes (required node affinity: no node-role.kubernetes.io/control-plane
+    label)."""
     allow_secret_env: bool = False
     """Whether ``spec.env[].valueFrom.secretKeyRef`` is allowed."""
 
@@ -74,6 +91,9 @@ class OperatorSettings(BaseSettings):
     # Pod shape.
     user_namespaces: bool = False
     """Run sandbox pods with ``hostUsers: false`` (needs a runtime with idmap mounts; containerd 1.6 has none)."""
+    sandbox_uid_range: str = f"{constants.SANDBOX_UID_RANGE_FIRST}-{constants.SANDBOX_UID_RANGE_LAST}"
+    """Host UIDs ``FIRST-LAST`` handed out one per sandbox pod when user namespaces are off, so that RLIMIT_NPROC
+    and the kernel's per-user counters are per sandbox. Operators sharing nodes need disjoint ranges."""
     termination_grace_seconds: int = Field(5, ge=0, le=30)
     readiness_period_seconds: int = Field(10, ge=1, le=60)
     """Period of the exec readiness probe. It does not delay Ready: the kubelet probes as soon as the container
@@ -99,12 +119,21 @@ class OperatorSettings(BaseSettings):
     failpoint: Literal["", "after-pod-create"] = ""
     """Test-only: hang (so that a test can kill the process) at the named point."""
 
-    @field_validator("namespaces", "allowed_images", "allowed_runtime_classes", mode="before")
+    @field_validator("namespaces", "allowed_images", "allowed_runtime_classes", "allowed_toleration_keys",
+                     "allowed_node_selector_keys", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @field_validator("sandbox_uid_range")
+    @classmethod
+    def _uid_range(cls, value: str) -> str:
+        match = re.fullmatch(r"([0-9]{1,10})-([0-9]{1,10})", value.strip())
+        if not (match and UID_MIN_EXCLUSIVE < int(match[1]) <= int(match[2]) <= UID_MAX):
+            raise ValueError(f"{value!r} is not FIRST-LAST with {UID_MIN_EXCLUSIVE} < FIRST <= LAST <= {UID_MAX}")
+        return f"{int(match[1])}-{int(match[2])}"
 
     @model_validator(mode="after")
     def _consistent(self) -> OperatorSettings:
@@ -152,7 +181,22 @@ class OperatorSettings(BaseSettings):
         return any(fnmatch.fnmatchcase(image, pattern) for pattern in self.allowed_images)
 
     def runtime_class_allowed(self, name: str) -> bool:
-        return not self.allowed_runtime_classes or name in self.allowed_runtime_classes
+        """Listed in ALLOWED_RUNTIME_CLASSES (``*``: any); with an empty list only DEFAULT_RUNTIME_CLASS is."""
+        if self.allowed_runtime_classes:
+            return ANY_KEY in self.allowed_runtime_classes or name in self.allowed_runtime_classes
+        return name == self.default_runtime_class
+
+    def toleration_allowed(self, key: str | None) -> bool:
+        """An empty key (with operator Exists: every taint) only under ``*``."""
+        return ANY_KEY in self.allowed_toleration_keys or (bool(key) and key in self.allowed_toleration_keys)
+
+    def node_selector_key_allowed(self, key: str) -> bool:
+        return ANY_KEY in self.allowed_node_selector_keys or key in self.allowed_node_selector_keys
+
+    @property
+    def sandbox_uids(self) -> range:
+        first, _, last = self.sandbox_uid_range.partition("-")
+        return range(int(first), int(last) + 1)
 
     def max_quantity(self, name: Literal["cpu", "memory", "ephemeral_storage"]) -> Decimal:
         return parse_quantity(getattr(self, f"max_{name}"))

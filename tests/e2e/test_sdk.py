@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -63,8 +63,10 @@ def fresh_namespace(cluster: Cluster, prefix: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def operator_process(cluster: Cluster, namespace: str, log_path: Path) -> Iterator[subprocess.Popen[bytes] | None]:
-    """Runs the operator from this checkout for one namespace; yields None when an external one is used."""
+def operator_process(cluster: Cluster, namespace: str, log_path: Path,
+                     settings: Mapping[str, str] | None = None) -> Iterator[subprocess.Popen[bytes] | None]:
+    """Runs the operator from this checkout for one namespace (``settings``: extra SANDBOX_OPERATOR_* variables);
+    yields None when an external one is used."""
     if os.environ.get("SANDBOX_E2E_EXTERNAL_OPERATOR"):
         yield None
         return
@@ -77,6 +79,7 @@ def operator_process(cluster: Cluster, namespace: str, log_path: Path) -> Iterat
         "SANDBOX_OPERATOR_METRICS_PORT": "0",
         "SANDBOX_OPERATOR_LOG_FORMAT": "plain",
         "PYTHONPATH": str(REPO_ROOT / "operator"),
+        **(settings or {}),
     }
     with log_path.open("wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "sandbox_operator"], env=env, stdout=log,
@@ -101,11 +104,12 @@ def delete_all_sandboxes(cluster: Cluster, namespace: str) -> None:
 
 
 @contextlib.contextmanager
-def sandbox_environment(cluster: Cluster, prefix: str, log_dir: Path) -> Iterator[str]:
+def sandbox_environment(cluster: Cluster, prefix: str, log_dir: Path,
+                        settings: Mapping[str, str] | None = None) -> Iterator[str]:
     """CRD applied, a fresh namespace, and the operator watching it; everything cleaned up afterwards."""
     apply_crd(cluster)
     with fresh_namespace(cluster, prefix) as namespace, \
-            operator_process(cluster, namespace, log_dir / f"operator-{namespace}.log"):
+            operator_process(cluster, namespace, log_dir / f"operator-{namespace}.log", settings):
         try:
             yield namespace
         finally:
@@ -177,7 +181,11 @@ def test_stdin_env_cwd(sandbox: Sandbox) -> None:
     assert sandbox.run("echo $GREETING-$OTHER", env={"GREETING": "hi", "OTHER": "x y"}).stdout == "hi-x y\n"
     assert sandbox.run(["pwd"]).stdout == "/workspace\n"
     assert sandbox.run(["pwd"], cwd="/tmp").stdout == "/tmp\n"
-    assert sandbox.run(["id", "-u"]).stdout == f"{constants.SANDBOX_UID}\n"
+    # Without user namespaces (this operator's default) each sandbox runs as its own host UID from the range.
+    uid = int(sandbox.run(["id", "-u"]).stdout)
+    assert constants.SANDBOX_UID_RANGE_FIRST <= uid <= constants.SANDBOX_UID_RANGE_LAST
+    assert sandbox.run(["id", "-g"]).stdout == f"{constants.SANDBOX_GID}\n"
+    assert sandbox.run(["whoami"]).stdout == "sandbox\n"  # the image's passwd names every UID of the range
 
 
 def test_timeout_kills_the_process_group(sandbox: Sandbox) -> None:
@@ -200,7 +208,8 @@ def test_streaming_delivers_first_chunk_before_the_end(sandbox: Sandbox) -> None
             arrivals.append((time.monotonic() - started, chunk.text))
         result = stream.wait()
     ended = time.monotonic() - started
-    assert result.exit_code == 0 and result.stdout == "first\nsecond\n"
+    assert result.exit_code == 0 and "".join(text for _, text in arrivals) == "first\nsecond\n"
+    assert result.stdout == "" and result.stdout_dropped == len("first\nsecond\n")  # a stream keeps nothing
     assert arrivals[0][1] == "first\n"
     assert arrivals[0][0] < ended - 3, arrivals  # the first chunk came about 4 s before the end
 

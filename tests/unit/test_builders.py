@@ -18,6 +18,7 @@ from sandbox_operator.settings import OperatorSettings
 
 CREATED = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 SETTINGS = OperatorSettings()
+HOST_UID = constants.SANDBOX_UID_RANGE_FIRST + 7  # what the UID pool handed this sandbox
 
 
 def sandbox(spec: dict[str, Any] | None = None, name: str = "sbx-1") -> Sandbox:
@@ -34,9 +35,9 @@ def to_json(obj: Any) -> dict[str, Any]:
 
 
 def pod_json(spec: dict[str, Any] | None = None, settings: OperatorSettings = SETTINGS,
-             now: datetime.datetime = CREATED) -> dict[str, Any]:
+             now: datetime.datetime = CREATED, run_as_user: int = HOST_UID) -> dict[str, Any]:
     box = sandbox(spec)
-    return to_json(build_pod(box, resolve(box.spec, settings), settings, now=now))
+    return to_json(build_pod(box, resolve(box.spec, settings), settings, run_as_user=run_as_user, now=now))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -105,9 +106,11 @@ def restricted_violations(pod: dict[str, Any]) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("settings", [SETTINGS, OperatorSettings(user_namespaces=True)], ids=["plain", "userns"])
-def test_pod_passes_pod_security_restricted(settings: OperatorSettings) -> None:
-    assert restricted_violations(pod_json(settings=settings)) == []
+@pytest.mark.parametrize(("settings", "uid"), [(SETTINGS, HOST_UID),
+                                               (OperatorSettings(user_namespaces=True), constants.SANDBOX_UID)],
+                         ids=["plain", "userns"])
+def test_pod_passes_pod_security_restricted(settings: OperatorSettings, uid: int) -> None:
+    assert restricted_violations(pod_json(settings=settings, run_as_user=uid)) == []
 
 
 def test_restricted_checker_catches_violations() -> None:
@@ -146,13 +149,29 @@ def test_pod_level_hardening() -> None:
     assert spec["dnsPolicy"] == "None" and spec["dnsConfig"] == {"nameservers": ["127.0.0.1"]}
     assert "hostUsers" not in spec
     assert spec["securityContext"] == {
-        "runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+        "runAsNonRoot": True, "runAsUser": HOST_UID, "runAsGroup": 1000, "fsGroup": 1000,
         "seccompProfile": {"type": "RuntimeDefault"}}
     assert "appArmorProfile" not in str(spec)
 
 
 def test_user_namespaces_setting_adds_host_users_false() -> None:
     assert pod_json(settings=OperatorSettings(user_namespaces=True))["spec"]["hostUsers"] is False
+
+
+@pytest.mark.parametrize("uid", [constants.SANDBOX_UID, constants.SANDBOX_UID_RANGE_FIRST, 2**31 - 1])
+def test_the_host_uid_is_the_pods_and_the_containers_but_the_group_stays(uid: int) -> None:
+    spec = pod_json(run_as_user=uid)["spec"]
+    container = spec["containers"][0]["securityContext"]
+    assert spec["securityContext"]["runAsUser"] == container["runAsUser"] == uid
+    assert spec["securityContext"]["runAsGroup"] == container["runAsGroup"] == constants.SANDBOX_GID
+    assert spec["securityContext"]["fsGroup"] == constants.SANDBOX_GID
+
+
+def test_control_plane_is_avoided_by_default() -> None:
+    affinity = pod_json()["spec"]["affinity"]
+    assert affinity == {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "node-role.kubernetes.io/control-plane", "operator": "DoesNotExist"}]}]}}}
+    assert "affinity" not in pod_json(settings=OperatorSettings(avoid_control_plane=False))["spec"]
 
 
 def test_container_hardening() -> None:
@@ -163,7 +182,7 @@ def test_container_hardening() -> None:
     assert container["command"] == [constants.INIT_PROGRAM] and "args" not in container
     assert container["workingDir"] == constants.WORKSPACE_DIR
     assert container["securityContext"] == {
-        "runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "allowPrivilegeEscalation": False,
+        "runAsNonRoot": True, "runAsUser": HOST_UID, "runAsGroup": 1000, "allowPrivilegeEscalation": False,
         "privileged": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"}}
     assert container["readinessProbe"]["exec"] == {"command": [constants.READY_PROGRAM]}
@@ -193,22 +212,23 @@ def test_writable_emptydirs_with_size_limits() -> None:
 
 
 def test_environment() -> None:
-    userns = OperatorSettings(user_namespaces=True)
     [container] = pod_json({"timeouts": {"commandSeconds": 42}, "resources": {"pids": 30},
-                            "env": [{"name": "FOO", "value": "bar"}]}, settings=userns)["spec"]["containers"]
+                            "env": [{"name": "FOO", "value": "bar"}]})["spec"]["containers"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env == {"HOME": constants.WORKSPACE_DIR, "FOO": "bar", constants.ENV_COMMAND_TIMEOUT: "42",
                    constants.ENV_PIDS_LIMIT: "30", constants.ENV_FILE_SIZE_LIMIT: str(SETTINGS.file_size_limit_bytes)}
     assert [e["name"] for e in container["env"]][-3:] == [
         constants.ENV_COMMAND_TIMEOUT, constants.ENV_PIDS_LIMIT, constants.ENV_FILE_SIZE_LIMIT]
-    default_env = {e["name"]: e.get("value") for e in pod_json(settings=userns)["spec"]["containers"][0]["env"]}
+    default_env = {e["name"]: e.get("value") for e in pod_json()["spec"]["containers"][0]["env"]}
     assert default_env[constants.ENV_PIDS_LIMIT] == "20" and default_env[constants.ENV_COMMAND_TIMEOUT] == "300"
 
 
-def test_process_limit_goes_to_the_wrapper_only_with_user_namespaces() -> None:
-    """Without them every sandbox is host UID 1000, and a shared RLIMIT_NPROC would couple the sandboxes."""
-    env = {e["name"] for e in pod_json({"resources": {"pids": 30}})["spec"]["containers"][0]["env"]}
-    assert constants.ENV_COMMAND_TIMEOUT in env and constants.ENV_PIDS_LIMIT not in env
+@pytest.mark.parametrize("settings", [SETTINGS, OperatorSettings(user_namespaces=True)], ids=["plain", "userns"])
+def test_process_limit_goes_to_the_wrapper_in_both_modes(settings: OperatorSettings) -> None:
+    """Every sandbox has host UIDs of its own either way, so RLIMIT_NPROC never couples two sandboxes."""
+    env = {e["name"]: e.get("value") for e in pod_json({"resources": {"pids": 30}}, settings=settings)[
+        "spec"]["containers"][0]["env"]}
+    assert env[constants.ENV_PIDS_LIMIT] == "30" and env[constants.ENV_COMMAND_TIMEOUT] == "300"
 
 
 def test_user_may_override_home_once() -> None:
@@ -237,7 +257,9 @@ def test_user_labels_and_annotations_never_override_the_operators() -> None:
 def test_scheduling_fields() -> None:
     spec = pod_json({"runtimeClassName": "gvisor", "nodeSelector": {"pool": "sandboxes"},
                      "tolerations": [{"key": "sandbox", "operator": "Exists", "effect": "NoSchedule"}]},
-                    settings=OperatorSettings(priority_class_name="sandbox-low"))["spec"]
+                    settings=OperatorSettings(priority_class_name="sandbox-low", allowed_runtime_classes=["gvisor"],
+                                              allowed_node_selector_keys=["pool"],
+                                              allowed_toleration_keys=["sandbox"]))["spec"]
     assert spec["runtimeClassName"] == "gvisor"
     assert spec["nodeSelector"] == {"pool": "sandboxes"}
     assert spec["tolerations"] == [{"key": "sandbox", "operator": "Exists", "effect": "NoSchedule"}]

@@ -55,7 +55,7 @@ OPERATOR_NAMESPACED_RULES = {
     ("sandbox-operator.io", "sandboxes/finalizers"): {"update"},
     ("", "pods"): {"get", "list", "watch", "create", "patch", "delete"},
     ("networking.k8s.io", "networkpolicies"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("", "events"): {"create"},
+    ("", "events"): {"create", "list"},
 }
 KOPF_CLUSTER_RULES = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
 KOPF_NAMESPACE_RULES = {("", "namespaces"): {"list", "watch"}}
@@ -490,6 +490,25 @@ def test_nondefault_values_reach_the_operator(helm: Path, tmp_path: Path) -> Non
     with settings_env(env):
         settings = load_settings()
     assert settings.namespaces == [] and settings.clusterwide
+
+
+def test_placement_and_uid_values_reach_the_operator(helm: Path, tmp_path: Path) -> None:
+    config = {"allowedTolerationKeys": ["sandbox", "gpu"], "allowedNodeSelectorKeys": ["pool"],
+              "allowedRuntimeClasses": ["*"], "avoidControlPlane": False, "sandboxUidRange": "2000000-2000999"}
+    env = env_of(render(helm, {"config": config}, tmp_path))
+    assert env[f"{ENV_PREFIX}AVOID_CONTROL_PLANE"] == "false"
+    with settings_env(env):
+        settings = load_settings()
+    assert settings.allowed_toleration_keys == ["sandbox", "gpu"]
+    assert settings.allowed_node_selector_keys == ["pool"] and settings.allowed_runtime_classes == ["*"]
+    assert settings.avoid_control_plane is False and settings.sandbox_uids == range(2000000, 2001000)
+
+
+@pytest.mark.parametrize("config", [{"sandboxUidRange": "lots"}, {"allowedTolerationKeys": ["a b"]},
+                                    {"allowedNodeSelectorKeys": ["*x"]}, {"avoidControlPlane": "yes"}])
+def test_values_schema_rejects_bad_placement_values(helm: Path, config: dict[str, Any], tmp_path: Path) -> None:
+    error = render_error(helm, {"config": config}, tmp_path)
+    assert "values don't meet the specifications of the schema" in error, error
 
 
 def test_invalid_settings_are_caught_by_the_operator(helm: Path, tmp_path: Path) -> None:

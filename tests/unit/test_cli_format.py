@@ -55,18 +55,64 @@ def test_health_lines() -> None:
     assert "(30s ago)" in text and "(in 1h)" in text
 
 
+def entry(name: str, kind: str, size: int, mode: int) -> FileInfo:
+    return FileInfo(name=name, path=f"/workspace/{name}", type=kind, size=size, mode=mode,  # type: ignore[arg-type]
+                    mtime=0.0)
+
+
 def test_file_rows() -> None:
-    rows = cli.file_rows([FileInfo("d", "/workspace/d", "dir", 4096, 0o755, 0.0),
-                          FileInfo("a", "/workspace/a", "file", 3, 0o644, 0.0)])
+    rows = cli.file_rows([entry("d", "dir", 4096, 0o755), entry("a", "file", 3, 0o644)])
     assert rows == [["drwxr-xr-x", "4096", "1970-01-01 00:00:00", "d/"],
                     ["-rw-r--r--", "3", "1970-01-01 00:00:00", "a"]]
 
 
+def test_file_names_are_shown_escaped() -> None:
+    rows = cli.file_rows([entry("\x1b[2Jevil\nname", "file", 1, 0o644), entry("tab\there\r\x9b\x7f", "dir", 0, 0)])
+    assert rows[0][3] == "\\x1b[2Jevil\\nname"
+    assert rows[1][3] == "tab\\there\\r\\x9b\\x7f/"
+    table = cli.format_table(cli.FILE_HEADERS, rows)
+    assert "\x1b" not in table and table.count("\n") == 2
+
+
+def test_shown_escapes_every_control_character() -> None:
+    assert cli.shown("plain text, é ✓") == "plain text, é ✓"
+    assert cli.shown("".join(map(chr, range(0x20)))) == (
+        "\\x00\\x01\\x02\\x03\\x04\\x05\\x06\\x07\\x08\\t\\n\\x0b\\x0c\\r\\x0e\\x0f"
+        + "".join(f"\\x{c:02x}" for c in range(0x10, 0x20)))
+    assert cli.shown("\x7f\x80\x9f\xa0") == "\\x7f\\x80\\x9f\xa0"
+    assert cli.shown("a\u202eb") == "a\\u202eb"
+    assert cli.shown(None) == ""
+
+
 def test_event_line() -> None:
-    ev = SandboxEvent(kind="event", type="Warning", reason="Failed", name="sbx-1", namespace="ns",
-                      message="multi\nline", timestamp=NOW, involved_kind="Pod")
+    ev = SandboxEvent(kind="event", type="Warning", reason="Failed\x1b[31m", name="sbx-1", namespace="ns",
+                      message="multi\nline\x1b]0;title\x07", timestamp=NOW, involved_kind="Pod")
     line = cli.event_line(ev)
-    assert line.startswith("02:00:00  event  Warning  Failed") and "pod/sbx-1" in line and "multi line" in line
+    assert line.startswith("02:00:00  event  Warning  Failed\\x1b[31m") and "pod/sbx-1" in line
+    assert "multi\\nline\\x1b]0;title\\x07" in line
+    assert "\x1b" not in line and "\n" not in line
+
+
+def test_health_lines_escape_cluster_text() -> None:
+    obj = sandbox_obj()
+    obj["status"]["conditions"][0]["message"] = "pulling\x1b[2J\nfake: line\r"  # type: ignore[index]
+    obj["status"]["conditions"][0]["reason"] = "Pod\x9bReady"  # type: ignore[index]
+    text = cli.health_lines(health_from(obj, None), NOW)  # type: ignore[arg-type]
+    assert "\x1b" not in text and "\r" not in text and "\x9b" not in text
+    assert "pulling\\x1b[2J\\nfake: line\\r" in text and "Pod\\x9bReady" in text
+
+
+def test_the_error_printer_escapes(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from sandbox_operator.sdk import errors
+
+    def fail(ctx: cli.Context) -> int:
+        raise errors.SandboxFileNotFound("no such file: /workspace/\x1b]0;pwned\x07\nsandboxctl: forged")
+
+    monkeypatch.setattr(cli, "cmd_cat", fail)
+    assert cli.main(["cat", "box:/workspace/x"]) == cli.EXIT_NOT_FOUND
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err and err.count("\n") == 1
+    assert "\\x1b]0;pwned\\x07\\nsandboxctl: forged" in err
 
 
 def test_render() -> None:

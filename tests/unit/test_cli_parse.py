@@ -67,6 +67,7 @@ def test_usage_error_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
     (errors.PathOutsideSandbox("x"), 5),
     (errors.FileTooLarge("x"), 5),
     (errors.ExecError("x"), 1),
+    (errors.ExecError("x", reason="LimitAboveSandbox"), 5),
     (errors.ApiError("x"), 1),
     (errors.ConfigError("x"), 1),
     (cli.UsageError("x"), 2),
@@ -107,3 +108,19 @@ def test_parse_key_values() -> None:
     assert cli.parse_key_values(["A=1", "B=x=y", "C="], "--env") == {"A": "1", "B": "x=y", "C": ""}
     with pytest.raises(cli.UsageError):
         cli.parse_key_values(["nope"], "--env")
+
+
+@pytest.mark.parametrize(("name", "paths", "expected"), [
+    ("box", ["a.txt"], ("box", ["a.txt"])),
+    ("box", [], ("box", [])),
+    ("box:/workspace", [], ("box", ["/workspace"])),
+    ("box:/workspace/a", ["b"], ("box", ["/workspace/a", "b"])),
+])
+def test_ls_and_cat_take_name_colon_path(name: str, paths: list[str], expected: tuple[str, list[str]]) -> None:
+    assert cli.name_and_paths(name, paths) == expected
+
+
+def test_cat_needs_a_path(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["cat", "box"]) == 2
+    assert "no file given" in capsys.readouterr().err
+    assert cli.main(["ls", "box:/workspace", "/tmp"]) == 2

@@ -158,7 +158,9 @@ def api_rejections(spec: dict[str, Any], old_spec: dict[str, Any] | None = None,
 LENIENT = OperatorSettings(allowed_images=["*"], allow_secret_env=True, max_cpu="64", max_memory="256Gi",
                            max_ephemeral_storage="1Ti", max_pids=32768, max_command_seconds=86400,
                            max_idle_seconds=30 * 86400, max_lifetime_seconds=30 * 86400,
-                           default_idle_seconds=10, default_lifetime_seconds=30 * 86400)
+                           default_idle_seconds=10, default_lifetime_seconds=30 * 86400,
+                           allowed_runtime_classes=["*"], allowed_toleration_keys=["*"],
+                           allowed_node_selector_keys=["*"])
 
 
 def operator_rejects(spec: dict[str, Any], old_spec: dict[str, Any] | None = None, name: str = "sbx-1") -> bool:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +22,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGES = REPO_ROOT / "images"
 SANDBOX_DOCKERFILE = IMAGES / "sandbox" / "Dockerfile"
 BIN = IMAGES / "sandbox" / "bin"
+SANDBOX_INIT_SOURCE = IMAGES / "sandbox" / "init" / "sandbox-init.c"
+SANDBOX_PYTHON = "/usr/local/libexec/sandbox-python"
 
 
 def lib_sh(*names: str) -> dict[str, str]:
@@ -54,10 +61,29 @@ def test_tools_in_the_image_are_the_constants_paths() -> None:
         assert path.startswith("/usr/local/bin/")
         assert Path(path).name in tools
     copies = [args for kw, args in instructions(SANDBOX_DOCKERFILE) if kw == "COPY"]
-    assert any(args.endswith(f" {constants.INIT_PROGRAM}") and "--from=pause" in args for args in copies)
+    assert f"--chown=0:0 --chmod=0711 init/sandbox-init {constants.INIT_PROGRAM}" in copies  # execute-only
     assert any(args.endswith(" bin/ /usr/local/bin/") and "--chmod=0755" in args for args in copies)
     for tool in BIN.iterdir():
         assert tool.stat().st_mode & 0o755 == 0o755, f"{tool} must be executable"
+
+
+def test_python_tools_run_under_the_execute_only_interpreter() -> None:
+    """The kernel makes a process that executes a file it cannot read non-dumpable: the tools' interpreter is a
+    root-owned 0711 copy of python3, so no other process of the sandbox can open their /proc/PID/fd or trace them."""
+    runs = [args for kw, args in instructions(SANDBOX_DOCKERFILE) if kw == "RUN"]
+    assert any(f'install -o 0 -g 0 -m 0711 "$(readlink -f "$(command -v python3)")" {SANDBOX_PYTHON}' in r
+               for r in runs)
+    for name in ("sandbox-exec", "sandbox-files"):
+        assert (BIN / name).read_text().splitlines()[0] == f"#!{SANDBOX_PYTHON} -I"
+
+
+def test_the_sandbox_image_key_covers_its_whole_build_context() -> None:
+    """A change to sandbox-init.c (or any file under images/sandbox) or to its compiler flags rebuilds the image."""
+    script = (REPO_ROOT / "hack" / "build-images.sh").read_text()
+    sandbox_key = script[script.index("      sandbox)\n"):script.index("    esac", script.index("      sandbox)\n"))]
+    assert 'find "$REPO_ROOT/images/sandbox" -type f' in sandbox_key
+    assert "${INIT_CFLAGS[*]}" in sandbox_key
+    assert '"$ctx/init/sandbox-init.c" "$ctx/init/sandbox-init" "${INIT_CFLAGS[@]}"' in script
 
 
 def test_tools_read_the_shared_environment_names() -> None:
@@ -83,6 +109,9 @@ def test_dockerfile_hygiene() -> None:
     users = [rest for kw, rest in steps if kw == "USER"]
     assert users == [f"{constants.SANDBOX_UID}:{constants.SANDBOX_GID}"]  # numeric, and the last word
     assert [kw for kw, _ in steps][-2:] == ["USER", "ENTRYPOINT"]
+    # the passwd entries of the image cover the operator's default range of per-sandbox UIDs
+    assert int(args["SANDBOX_UID_RANGE_FIRST"]) == constants.SANDBOX_UID_RANGE_FIRST
+    assert int(args["SANDBOX_UID_RANGE_LAST"]) == constants.SANDBOX_UID_RANGE_LAST
     assert not any(kw == "ADD" for kw, _ in steps)
     assert f'"{constants.INIT_PROGRAM}"' in dict(steps)["ENTRYPOINT"]
     assert ("WORKDIR", constants.WORKSPACE_DIR) in steps
@@ -109,6 +138,126 @@ def test_pause_exits_cleanly_on_sigterm_and_sigint(tmp_path: Path) -> None:
         time.sleep(0.1)
         assert proc.poll() is None
         proc.send_signal(sig)
+        assert proc.wait(timeout=5) == 0
+
+
+def init_cflags() -> list[str]:
+    """The compiler flags hack/build-images.sh builds sandbox-init with."""
+    script = (REPO_ROOT / "hack" / "build-images.sh").read_text()
+    flags = re.search(r"^INIT_CFLAGS=\((.*)\)$", script, re.MULTILINE)
+    assert flags is not None
+    words = shlex.split(flags.group(1).replace("$SANDBOX_IMAGE_VERSION", "test"))
+    assert {"-static", "-Werror", "-Wall", "-Wextra"} <= set(words)
+    return words
+
+
+@pytest.fixture(scope="module")
+def sandbox_init() -> Iterator[Path]:
+    """sandbox-init built as the image build does, in a directory any user may enter (for the non-root test)."""
+    if shutil.which("gcc") is None:
+        pytest.skip("no C compiler")
+    with tempfile.TemporaryDirectory(prefix="sandbox-init-") as directory:
+        Path(directory).chmod(0o755)
+        binary = Path(directory) / "sandbox-init"
+        subprocess.run(["gcc", *init_cflags(), "-o", str(binary), str(SANDBOX_INIT_SOURCE)], check=True)
+        yield binary
+
+
+def start_init(binary: Path, setup: str, sweep: str | None = None, **popen: Any) -> subprocess.Popen[bytes]:
+    """sandbox-init in place of a shell that first runs `setup` (so what setup started are its children, as the
+    orphans re-parented to PID 1 are in a container); not PID 1 here, it sweeps its own children the same way."""
+    env = {"PATH": os.environ["PATH"]}
+    if sweep is not None:
+        env["SANDBOX_ORPHAN_SWEEP_SECONDS"] = sweep
+    return subprocess.Popen(["sh", "-c", f'{setup}\nexec "$0"', str(binary)], env=env, **popen)
+
+
+def gone(pid: int) -> bool:
+    """Reaped: no zombie left either."""
+    return not Path(f"/proc/{pid}").exists()
+
+
+def wait_for(predicate: Callable[[], bool], within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_sandbox_init_version_and_usage(sandbox_init: Path) -> None:
+    assert subprocess.run([str(sandbox_init), "--version"], capture_output=True, check=True).stdout \
+        == b"sandbox-init (sandbox-operator) test\n"
+    assert subprocess.run([str(sandbox_init), "extra"], capture_output=True, check=False).returncode == 2
+    bad = subprocess.run([str(sandbox_init)], env={"SANDBOX_ORPHAN_SWEEP_SECONDS": "soon"}, capture_output=True,
+                         check=False)
+    assert bad.returncode == 2
+    assert b"SANDBOX_ORPHAN_SWEEP_SECONDS" in bad.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sandbox_init_exits_cleanly_on_sigterm_and_sigint(sandbox_init: Path, sig: signal.Signals) -> None:
+    proc = subprocess.Popen([str(sandbox_init)])
+    time.sleep(0.1)
+    assert proc.poll() is None
+    proc.send_signal(sig)
+    assert proc.wait(timeout=5) == 0
+
+
+def test_sandbox_init_kills_and_reaps_its_orphans_every_sweep(sandbox_init: Path, tmp_path: Path) -> None:
+    """Including one whose name holds ") Z 1 (": /proc/PID/stat is parsed from the last parenthesis."""
+    pids = tmp_path / "pids"
+    odd = tmp_path / "x) Z 1 (y"
+    shutil.copy(shutil.which("sleep") or "/bin/sleep", odd)
+    init = start_init(sandbox_init, f"sleep 60 & echo $! > {pids}; '{odd}' 60 & echo $! >> {pids}", sweep="1")
+    try:
+        assert wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 2, 5)
+        orphans = [int(p) for p in pids.read_text().split()]
+        assert not any(gone(pid) for pid in orphans)
+        assert wait_for(lambda: all(gone(pid) for pid in orphans), 4), "the orphans outlived the sweep"
+        assert init.poll() is None
+    finally:
+        init.terminate()
+        assert init.wait(timeout=5) == 0
+
+
+def test_sandbox_init_sweep_can_be_turned_off(sandbox_init: Path, tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    init = start_init(sandbox_init, f"sleep 60 & echo $! > {pid_file}", sweep="0")
+    try:
+        assert wait_for(pid_file.exists, 5)
+        time.sleep(1.6)
+        assert not gone(int(pid_file.read_text()))
+    finally:
+        init.terminate()
+        init.wait(timeout=5)
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def test_sandbox_init_reaps_children_that_exit(sandbox_init: Path, tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    init = start_init(sandbox_init, f"sleep 0.3 & echo $! > {pid_file}", sweep="0")
+    try:
+        assert wait_for(pid_file.exists, 5)
+        assert wait_for(lambda: gone(int(pid_file.read_text())), 5), "a zombie was left"
+    finally:
+        init.terminate()
+        init.wait(timeout=5)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run it as another user")
+def test_sandbox_init_is_not_dumpable(sandbox_init: Path) -> None:
+    """Run as an ordinary user from a readable file: prctl(PR_SET_DUMPABLE, 0) alone makes /proc/PID root's."""
+    proc = subprocess.Popen([str(sandbox_init)], user=65534, group=65534, extra_groups=[])
+    try:
+        time.sleep(0.2)
+        assert "\t65534\t" in next(line for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+                                   if line.startswith("Uid:"))
+        assert os.stat(f"/proc/{proc.pid}/fd").st_uid == 0
+        assert os.stat(f"/proc/{proc.pid}/environ").st_uid == 0
+    finally:
+        proc.terminate()
         assert proc.wait(timeout=5) == 0
 
 

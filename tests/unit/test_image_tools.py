@@ -11,12 +11,18 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -137,18 +143,78 @@ def test_background_processes_holding_the_output_past_the_timeout_are_killed(tmp
     assert wait_gone(int(pid_file.read_text()))
 
 
-def test_detached_background_processes_do_not_hold_the_command(tmp_path: Path) -> None:
-    """`nohup server >log 2>&1 &` is how an agent starts a service: the command returns, the service runs."""
+def test_detached_background_processes_end_with_the_command(tmp_path: Path) -> None:
+    """`nohup server >log 2>&1 &` returns at once, and the server ends with the command: background work outlives
+    a command only as a command of its own (the SDK's start())."""
     pid_file = tmp_path / "pid"
     start = time.monotonic()
     result = sandbox_exec("--timeout", "5", "--", "sh", "-c",
                           f"sleep 60 </dev/null >/dev/null 2>&1 & echo $! > {pid_file}; exit 0")
-    try:
-        assert result.returncode == 0
-        assert time.monotonic() - start < 3
-        assert not gone(int(pid_file.read_text()))
-    finally:
-        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    assert result.returncode == 0
+    assert time.monotonic() - start < 3
+    assert wait_gone(int(pid_file.read_text()))
+
+
+def escapes(tmp_path: Path, *, detached_output: bool) -> tuple[str, Path]:
+    """A shell script that leaves five processes behind, each escaping the command's session or process group in
+    its own way (setsid, double fork, both, a cleared environment, nohup), and waits until all have written their
+    pid to the returned file."""
+    pids = tmp_path / "pids"
+    leftover = tmp_path / "leftover.sh"
+    leftover.write_text('#!/bin/sh\necho $$ >> "$1"\nexec sleep 60\n')
+    out = " </dev/null >/dev/null 2>&1" if detached_output else ""
+    run = f"sh {leftover} {pids}{out}"
+    script = (f"setsid {run} & ({run} &); (setsid {run} &); env -i setsid {run} & nohup {run} & "
+              f"while [ \"$(cat {pids} 2>/dev/null | wc -l)\" -lt 5 ]; do sleep 0.05; done; ")
+    return script, pids
+
+
+def read_pids(pids: Path) -> list[int]:
+    found = [int(p) for p in pids.read_text().split()]
+    assert len(found) == 5, found
+    return found
+
+
+@pytest.mark.skipif(shutil.which("setsid") is None, reason="no setsid")
+def test_processes_that_escape_the_session_end_when_the_command_ends(tmp_path: Path) -> None:
+    script, pids = escapes(tmp_path, detached_output=True)
+    start = time.monotonic()
+    result = sandbox_exec("--timeout", "20", "--kill-after", "0.5", "--", "sh", "-c", script + "exit 4")
+    assert result.returncode == 4, result.stderr
+    assert time.monotonic() - start < 8
+    assert all(wait_gone(pid) for pid in read_pids(pids))
+
+
+@pytest.mark.skipif(shutil.which("setsid") is None, reason="no setsid")
+def test_processes_that_escape_the_session_end_at_the_timeout(tmp_path: Path) -> None:
+    script, pids = escapes(tmp_path, detached_output=False)
+    start = time.monotonic()
+    result = sandbox_exec("--timeout", "2", "--kill-after", "0.3", "--", "sh", "-c", script + "sleep 60")
+    assert result.returncode == 124
+    assert result.stderr.startswith(b"sandbox-exec: command timed out after 2s")
+    assert time.monotonic() - start < 8
+    assert all(wait_gone(pid) for pid in read_pids(pids))
+
+
+def test_a_process_that_left_the_session_does_not_hold_the_command(tmp_path: Path) -> None:
+    """Only processes still in the command's session are waited for while they hold its output; one that called
+    setsid() detached itself (it still ends with the command)."""
+    pid_file = tmp_path / "pid"
+    start = time.monotonic()
+    code = ("import os, time\n"
+            "pid = os.fork()\n"
+            "if pid == 0:\n    os.setsid(); time.sleep(60)\n"
+            f"open({str(pid_file)!r}, 'w').write(str(pid))\n")
+    result = sandbox_exec("--timeout", "20", "--kill-after", "0.3", "--", sys.executable, "-I", "-c", code)
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - start < 5
+    assert wait_gone(int(pid_file.read_text()))
+
+
+def test_orphans_are_reaped_without_losing_the_exit_status() -> None:
+    """Adopted orphans exit (and are reaped by the wrapper) before the command does: its status still counts."""
+    result = sandbox_exec("sh", "-c", "for i in 1 2 3 4 5; do (true &); done; sleep 0.3; exit 9")
+    assert result.returncode == 9
 
 
 def test_a_tree_left_behind_is_killed_completely_at_the_timeout(tmp_path: Path) -> None:
@@ -174,6 +240,10 @@ def test_timeout_default_comes_from_the_environment() -> None:
 def test_zero_timeout_means_none() -> None:
     result = sandbox_exec("--timeout", "0", "--", "sh", "-c", "sleep 0.2; exit 3")
     assert result.returncode == 3
+
+
+def test_a_huge_timeout_is_fine() -> None:
+    assert sandbox_exec("--timeout", "1e12", "--", "sh", "-c", "exit 3").returncode == 3
 
 
 def test_killed_by_a_signal_exits_128_plus_n() -> None:
@@ -208,6 +278,15 @@ def test_command_not_executable_is_126(tmp_path: Path) -> None:
     ["--env", "NOEQUALS", "true"],
     ["--cwd", "/no/such/dir", "true"],
     ["--timeout"],
+    ["--id", "bad/id", "true"],
+    ["--id", "x" * 65, "true"],
+    ["--kill"],
+    ["--kill", "bad id"],
+    ["--kill", "abc", "--", "true"],
+    ["--kill", "abc", "--timeout", "5"],
+    ["--kill", "abc", "--signal", "BOGUS"],
+    ["--kill", "abc", "--signal", "0"],
+    ["--signal", "TERM", "true"],
 ])
 def test_usage_errors_are_125(args: list[str]) -> None:
     result = sandbox_exec(*args)
@@ -284,6 +363,24 @@ def test_signals_are_forwarded_to_the_command(tmp_path: Path) -> None:
     assert out == b"got-term\n"
 
 
+def test_a_command_that_ignores_a_forwarded_sigterm_is_killed_after_the_grace_period(tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    script = f"trap '' TERM; touch {ready}; while :; do sleep 0.05; done"
+    proc = subprocess.Popen([sys.executable, "-I", "-S", str(SANDBOX_EXEC), "--kill-after", "0.5", "--", "sh", "-c",
+                             script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env())
+    try:
+        deadline = time.monotonic() + 10
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 128 + signal.SIGKILL
+        assert 0.4 < time.monotonic() - start < 5
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
 def test_command_is_the_likelier_oom_victim() -> None:
     own = int(Path("/proc/self/oom_score_adj").read_text())
     result = sandbox_exec("cat", "/proc/self/oom_score_adj")
@@ -293,6 +390,201 @@ def test_command_is_the_likelier_oom_victim() -> None:
 def test_command_runs_in_its_own_session() -> None:
     result = sandbox_exec(sys.executable, "-I", "-c", "import os; print(os.getsid(0) == os.getpid())")
     assert result.stdout == b"True\n"
+
+
+def wait_for_lines(path: Path, count: int, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if path.exists() and len(path.read_text().split()) >= count:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{path} never had {count} lines")
+
+
+def stop(wrapper: subprocess.Popen[bytes]) -> None:
+    """Ends a wrapper started by a test and its command (SIGTERM: the wrapper ends its subtree)."""
+    if wrapper.poll() is None:
+        wrapper.terminate()
+    wrapper.communicate(timeout=15)
+
+
+@pytest.mark.skipif(shutil.which("setsid") is None, reason="no setsid")
+def test_kill_reaches_every_descendant_and_prints_the_count(tmp_path: Path) -> None:
+    command_id = uuid.uuid4().hex
+    script, pids = escapes(tmp_path, detached_output=False)
+    wrapper = subprocess.Popen([sys.executable, "-I", "-S", str(SANDBOX_EXEC), "--id", command_id, "--timeout", "30",
+                                "--", "sh", "-c", script + "sleep 60"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env())
+    try:
+        wait_for_lines(pids, 5)
+        killed = sandbox_exec("--kill", command_id, env={})
+        assert killed.returncode == 0, killed.stderr
+        assert re.fullmatch(rb"[0-9]+\n", killed.stdout)
+        assert int(killed.stdout) >= 7  # the shell, its sleep and the five that escaped
+        assert killed.stderr == b""
+        assert all(wait_gone(pid) for pid in read_pids(pids))
+        assert wrapper.wait(timeout=10) == 128 + signal.SIGKILL  # the wrapper itself lives on to report it
+    finally:
+        stop(wrapper)
+    again = sandbox_exec("--kill", command_id)
+    assert (again.returncode, again.stdout) == (3, b"0\n")
+
+
+def test_kill_sends_the_signal_asked_for() -> None:
+    command_id = uuid.uuid4().hex
+    wrapper = subprocess.Popen([sys.executable, "-I", "-S", str(SANDBOX_EXEC), f"--id={command_id}", "--",
+                                "sleep", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env())
+    try:
+        deadline = time.monotonic() + 10
+        killed = sandbox_exec("--kill", command_id, "--signal", "SIGTERM")
+        while killed.stdout == b"0\n" and time.monotonic() < deadline:  # until sleep has started
+            time.sleep(0.02)
+            killed = sandbox_exec("--kill", command_id, "--signal", "TERM")
+        assert (killed.returncode, killed.stdout) == (0, b"1\n")
+        assert wrapper.wait(timeout=10) == 128 + signal.SIGTERM
+    finally:
+        stop(wrapper)
+
+
+def test_kill_matches_only_the_wrappers_own_id_option() -> None:
+    """`--id X` among the command's arguments does not make the wrapper (or the command) one labelled X."""
+    command_id = uuid.uuid4().hex
+    wrapper = subprocess.Popen([sys.executable, "-I", "-S", str(SANDBOX_EXEC), "--", "sh", "-c", "sleep 60", "--id",
+                                command_id], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env())
+    try:
+        time.sleep(0.3)
+        missed = sandbox_exec("--kill", command_id)
+        assert (missed.returncode, missed.stdout) == (3, b"0\n")
+        assert wrapper.poll() is None
+    finally:
+        stop(wrapper)
+
+
+LIMITS_ENV = {"SANDBOX_COMMAND_TIMEOUT": "5", "SANDBOX_PIDS_LIMIT": "50", "SANDBOX_FILE_SIZE_LIMIT": "1Mi"}
+
+
+@pytest.mark.parametrize(("option", "value", "line"), [
+    ("--timeout", "10", "--timeout 10 is above this sandbox's limit of 5 seconds (SANDBOX_COMMAND_TIMEOUT)"),
+    ("--timeout", "0", "--timeout 0 (none) is above this sandbox's limit of 5 seconds (SANDBOX_COMMAND_TIMEOUT)"),
+    ("--nproc", "51", "--nproc 51 is above this sandbox's limit of 50 processes (SANDBOX_PIDS_LIMIT)"),
+    ("--nproc", "unlimited",
+     "--nproc unlimited is above this sandbox's limit of 50 processes (SANDBOX_PIDS_LIMIT)"),
+    ("--fsize", "2Mi", "--fsize 2097152 is above this sandbox's limit of 1048576 bytes (SANDBOX_FILE_SIZE_LIMIT)"),
+    ("--fsize", "unlimited",
+     "--fsize unlimited is above this sandbox's limit of 1048576 bytes (SANDBOX_FILE_SIZE_LIMIT)"),
+])
+def test_limits_above_the_sandboxes_own_are_refused(option: str, value: str, line: str) -> None:
+    result = sandbox_exec(option, value, "--", "true", env=clean_env(**LIMITS_ENV))
+    assert result.returncode == 125
+    assert result.stdout == b""
+    assert result.stderr.decode() == f"sandbox-exec: {line}\n"
+
+
+def test_env_option_does_not_raise_the_sandboxes_limits() -> None:
+    result = sandbox_exec("--env", "SANDBOX_COMMAND_TIMEOUT=1000", "--timeout", "10", "--", "true",
+                          env=clean_env(**LIMITS_ENV))
+    assert result.returncode == 125
+    assert b"SANDBOX_COMMAND_TIMEOUT" in result.stderr
+
+
+def test_limits_at_the_sandboxes_own_are_accepted() -> None:
+    limits = read_limits("--timeout", "5", "--nproc", "50", "--fsize", "1048576", env=clean_env(**LIMITS_ENV))
+    assert limits["FSIZE"] == [1 << 20, 1 << 20]
+    assert limits["NPROC"] == [50, 50]
+    lower = read_limits("--timeout", "0.5", "--nproc", "7", "--fsize", "1Ki", env=clean_env(**LIMITS_ENV))
+    assert lower["FSIZE"] == [1024, 1024]
+    assert lower["NPROC"] == [7, 7]
+
+
+def test_without_sandbox_limits_any_limit_is_accepted() -> None:
+    assert sandbox_exec("--timeout", "0", "--nproc", "unlimited", "--fsize", "unlimited", "--", "true",
+                        env=clean_env(SANDBOX_COMMAND_TIMEOUT="0")).returncode == 0
+
+
+def children_of(parent: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text(errors="replace").rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == parent:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture(scope="module")
+def execute_only_tools() -> Iterator[Path]:
+    """The tools as the image installs them: run by an execute-only (root, 0711) copy of this machine's python3,
+    for an ordinary user."""
+    system_python = Path("/usr/bin/python3")
+    if os.geteuid() != 0 or not system_python.exists():
+        pytest.skip("needs root and /usr/bin/python3")
+    with tempfile.TemporaryDirectory(prefix="sandbox-python-") as directory:
+        root = Path(directory)
+        root.chmod(0o755)
+        interpreter = root / "sandbox-python"
+        shutil.copy(system_python.resolve(), interpreter)
+        interpreter.chmod(0o711)
+        for tool in (SANDBOX_EXEC, SANDBOX_FILES):
+            _shebang, body = tool.read_text().split("\n", 1)
+            (root / tool.name).write_text(f"#!{interpreter} -I\n{body}")
+            (root / tool.name).chmod(0o755)
+        yield root
+
+
+def test_tools_run_non_dumpable_and_the_command_still_gets_its_oom_score(execute_only_tools: Path) -> None:
+    """No other process of the same user can open the wrapper's /proc/PID/fd (its output) or trace it; the
+    command it starts is an ordinary process again, with its oom_score_adj raised."""
+    wrapper = subprocess.Popen([str(execute_only_tools / "sandbox-exec"), "--", "sh", "-c",
+                                "echo $$; cat /proc/self/oom_score_adj; exec sleep 30"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env(),
+                               cwd=execute_only_tools, user=65534, group=65534, extra_groups=[])
+    try:
+        assert wrapper.stdout is not None
+        command = int(wrapper.stdout.readline())
+        assert int(wrapper.stdout.readline()) >= 500
+        assert "\t65534\t" in Path(f"/proc/{wrapper.pid}/status").read_text()
+        assert os.stat(f"/proc/{wrapper.pid}/fd").st_uid == 0  # non-dumpable: root's, whoever runs it
+        assert os.stat(f"/proc/{command}/fd").st_uid == 65534
+    finally:
+        stop(wrapper)
+    listing = subprocess.run([str(execute_only_tools / "sandbox-files"), "stat", str(execute_only_tools)],
+                             env=clean_env(SANDBOX_WRITABLE_ROOTS=str(execute_only_tools)), capture_output=True,
+                             user=65534, group=65534, extra_groups=[], check=False)
+    assert listing.returncode == 0, listing.stderr
+    assert json.loads(listing.stdout)["type"] == "dir"
+
+
+def test_a_non_dumpable_tool_started_by_the_wrapper_is_never_dumpable(execute_only_tools: Path) -> None:
+    """`sandbox-exec -- sandbox-files ...` (how the SDK moves files): the child must not turn dumpable to raise its
+    OOM score before it becomes sandbox-files, or another process could grab its stdout meanwhile."""
+    uploads = execute_only_tools / uuid.uuid4().hex
+    uploads.mkdir()
+    os.chown(uploads, 65534, 65534)
+    target = uploads / "upload"
+    wrapper = subprocess.Popen([str(execute_only_tools / "sandbox-exec"), "--",
+                                str(execute_only_tools / "sandbox-files"), "write", str(target), "--size", "10"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=clean_env(SANDBOX_WRITABLE_ROOTS=str(uploads)),
+                               cwd=execute_only_tools, user=65534, group=65534, extra_groups=[])
+    try:
+        deadline = time.monotonic() + 10
+        while not (children := children_of(wrapper.pid)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        [tool] = children  # it waits for its 10 bytes of stdin
+        time.sleep(0.2)  # past its exec
+        assert os.stat(f"/proc/{tool}/fd").st_uid == 0
+        own = Path(f"/proc/{wrapper.pid}/oom_score_adj").read_text()
+        assert Path(f"/proc/{tool}/oom_score_adj").read_text() == own  # left as it was: no dumpable moment
+        assert wrapper.stdin is not None
+        wrapper.stdin.write(b"0123456789")
+        wrapper.stdin.flush()
+        assert wrapper.wait(timeout=10) == 0
+        assert target.read_bytes() == b"0123456789"
+    finally:
+        stop(wrapper)
 
 
 # --- sandbox-files -----------------------------------------------------------------------------------------
@@ -515,6 +807,67 @@ def test_tar_out_streams_a_tree(roots: dict[str, Path]) -> None:
     dotted = files(roots, "tar-out", str(src), "--arcname", ".")
     with tarfile.open(fileobj=io.BytesIO(dotted.stdout)) as tar:
         assert "./sub/f.bin" in tar.getnames()
+
+
+def test_tar_out_skips_fifos_and_sockets_and_never_follows_links(roots: dict[str, Path]) -> None:
+    src = roots["ws"] / "tree"
+    (src / "sub").mkdir(parents=True)
+    (src / "a").write_text("a")
+    (src / "sub" / "b").write_text("b")
+    os.mkfifo(src / "pipe")
+    os.mkfifo(src / "sub" / "deep-pipe")
+    (src / "to-pipe").symlink_to("pipe")
+    (src / "to-outside").symlink_to(roots["outside"])
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(src / "sub" / "sock"))
+        result = files(roots, "tar-out", str(src))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout[:512].rstrip(b"\0")  # a plain tar: a header block, no compression magic
+    with tarfile.open(fileobj=io.BytesIO(result.stdout), mode="r:") as tar:
+        members = {m.name: m for m in tar.getmembers()}
+    assert sorted(members) == ["tree", "tree/a", "tree/sub", "tree/sub/b", "tree/to-outside", "tree/to-pipe"]
+    assert members["tree/to-pipe"].issym() and members["tree/to-pipe"].linkname == "pipe"
+    assert members["tree/to-outside"].issym()
+
+
+def test_tar_out_keeps_hard_links(roots: dict[str, Path]) -> None:
+    src = roots["ws"] / "linked"
+    src.mkdir()
+    (src / "one").write_bytes(b"data")
+    os.link(src / "one", src / "two")
+    result = files(roots, "tar-out", str(src))
+    with tarfile.open(fileobj=io.BytesIO(result.stdout)) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+    assert members["linked/one"].isreg() and members["linked/one"].size == 4
+    assert members["linked/two"].islnk() and members["linked/two"].linkname == "linked/one"
+
+
+def test_read_of_a_fifo_fails_at_once(roots: dict[str, Path]) -> None:
+    os.mkfifo(roots["ws"] / "pipe")
+    report = error_of(files(roots, "read", str(roots["ws"] / "pipe")))
+    assert report["errno"] == "EINVAL"
+
+
+def test_ls_and_stat_print_exactly_one_json_document(roots: dict[str, Path]) -> None:
+    (roots["ws"] / "f").write_text("x")
+    (roots["ws"] / "odd\nname\x1b").write_text("y")
+    for args in (["ls", str(roots["ws"])], ["stat", str(roots["ws"] / "f")], ["ls", str(roots["ws"] / "f")]):
+        result = files(roots, *args)
+        assert result.returncode == 0
+        assert result.stderr == b""
+        assert result.stdout.endswith(b"\n") and result.stdout.count(b"\n") == 1, result.stdout
+        document = json.loads(result.stdout)
+        assert isinstance(document, dict if args[0] == "stat" else list)
+
+
+@pytest.mark.parametrize("args", [["chmod", "x"], [], ["read", "/no/such/file"], ["stat", "{ws}/missing"]])
+def test_failures_print_one_json_line_on_stderr_and_nothing_on_stdout(roots: dict[str, Path],
+                                                                      args: list[str]) -> None:
+    result = files(roots, *[a.format(ws=roots["ws"]) for a in args])
+    assert result.returncode in (1, 2, 64)
+    assert result.stdout == b""
+    assert result.stderr.endswith(b"\n") and result.stderr.count(b"\n") == 1, result.stderr
+    assert set(json.loads(result.stderr)) >= {"error", "message", "path"}
 
 
 def make_tar(*members: tuple[tarfile.TarInfo, bytes | None]) -> bytes:

@@ -77,7 +77,8 @@ def test_defaults_never_exceed_a_short_lifetime() -> None:
     ({"env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}, SETTINGS,
      "spec.env K: Secret references are not allowed"),
     ({"runtimeClassName": "runc"}, OperatorSettings(allowed_runtime_classes=["gvisor"]),
-     "spec.runtimeClassName 'runc' is not allowed"),
+     'spec.runtimeClassName "runc" is not allowed (allowed runtime classes: gvisor; '
+     "SANDBOX_OPERATOR_ALLOWED_RUNTIME_CLASSES)"),
 ])
 def test_operator_settings_reject(spec: dict[str, Any], settings: OperatorSettings, fragment: str) -> None:
     with pytest.raises(InvalidSpecError) as error:
@@ -102,6 +103,78 @@ def test_default_runtime_class_applies() -> None:
     settings = OperatorSettings(default_runtime_class="gvisor", allowed_runtime_classes=["gvisor", "kata"])
     assert resolve(SandboxSpec(), settings).runtime_class_name == "gvisor"
     assert resolve(SandboxSpec.model_validate({"runtimeClassName": "kata"}), settings).runtime_class_name == "kata"
+
+
+def invalid(spec: dict[str, Any], settings: OperatorSettings = SETTINGS) -> str:
+    with pytest.raises(InvalidSpecError) as error:
+        resolve(SandboxSpec.model_validate(spec), settings)
+    return str(error.value)
+
+
+def test_empty_runtime_class_list_allows_only_the_default() -> None:
+    assert resolve(SandboxSpec(), SETTINGS).runtime_class_name is None
+    assert invalid({"runtimeClassName": "anything-goes"}) == (
+        'spec.runtimeClassName "anything-goes" is not allowed (allowed runtime classes: none; '
+        "SANDBOX_OPERATOR_ALLOWED_RUNTIME_CLASSES)")
+    settings = OperatorSettings(default_runtime_class="gvisor")
+    assert settings.runtime_class_allowed("gvisor") and not settings.runtime_class_allowed("runc")
+    assert resolve(SandboxSpec.model_validate({"runtimeClassName": "gvisor"}), settings).runtime_class_name == \
+        "gvisor"
+    assert "(allowed runtime classes: gvisor (the default);" in invalid({"runtimeClassName": "runc"}, settings)
+    anything = OperatorSettings(allowed_runtime_classes=["*"], default_runtime_class="gvisor")
+    assert resolve(SandboxSpec.model_validate({"runtimeClassName": "kata"}), anything).runtime_class_name == "kata"
+
+
+def test_tolerations_need_an_allowed_key() -> None:
+    assert invalid({"tolerations": [{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"}]}) == (
+        'spec.tolerations[0].key "node-role.kubernetes.io/control-plane" is not allowed (allowed toleration keys: '
+        "none; SANDBOX_OPERATOR_ALLOWED_TOLERATION_KEYS)")
+    settings = OperatorSettings(allowed_toleration_keys=["sandbox", "gpu"])
+    spec = resolve(SandboxSpec.model_validate({"tolerations": [{"key": "gpu", "operator": "Exists"},
+                                                               {"key": "sandbox", "value": "x"}]}), settings)
+    assert [t.key for t in spec.tolerations] == ["gpu", "sandbox"]
+    message = invalid({"tolerations": [{"key": "gpu", "operator": "Exists"}, {"key": "dedicated", "value": "x"}]},
+                      settings)
+    assert message.startswith('spec.tolerations[1].key "dedicated" is not allowed (allowed toleration keys: '
+                              "sandbox, gpu;"), message
+
+
+def test_a_toleration_of_every_taint_needs_the_wildcard() -> None:
+    everything = {"tolerations": [{"operator": "Exists"}]}
+    for settings in (SETTINGS, OperatorSettings(allowed_toleration_keys=["sandbox"])):
+        message = invalid(everything, settings)
+        assert message.startswith("spec.tolerations[0] has an empty key and so tolerates every taint"), message
+        assert "SANDBOX_OPERATOR_ALLOWED_TOLERATION_KEYS=*" in message
+    anything = OperatorSettings(allowed_toleration_keys=["*"])
+    assert len(resolve(SandboxSpec.model_validate(everything), anything).tolerations) == 1
+    assert resolve(SandboxSpec.model_validate({"tolerations": [{"key": "x", "operator": "Exists"}]}), anything)
+
+
+@pytest.mark.parametrize("key", ["kubernetes.io/hostname", "node-role.kubernetes.io/control-plane", "pool"])
+def test_node_selector_keys_outside_the_safe_set_are_refused(key: str) -> None:
+    message = invalid({"nodeSelector": {"kubernetes.io/arch": "amd64", key: "x"}})
+    assert message == (f'spec.nodeSelector key "{key}" is not allowed (allowed node selector keys: '
+                       "kubernetes.io/arch, kubernetes.io/os, node.kubernetes.io/instance-type, "
+                       "topology.kubernetes.io/zone, topology.kubernetes.io/region; "
+                       "SANDBOX_OPERATOR_ALLOWED_NODE_SELECTOR_KEYS)")
+
+
+def test_node_selector_keys_the_admin_allows() -> None:
+    safe = {"kubernetes.io/arch": "amd64", "topology.kubernetes.io/zone": "a"}
+    assert resolve(SandboxSpec.model_validate({"nodeSelector": safe}), SETTINGS).node_selector == safe
+    pools = OperatorSettings(allowed_node_selector_keys=["pool"])
+    assert resolve(SandboxSpec.model_validate({"nodeSelector": {"pool": "p"}}), pools).node_selector == {"pool": "p"}
+    assert "spec.nodeSelector" in invalid({"nodeSelector": {"kubernetes.io/os": "linux"}}, pools)
+    anything = OperatorSettings(allowed_node_selector_keys=["*"])
+    assert resolve(SandboxSpec.model_validate({"nodeSelector": {"kubernetes.io/hostname": "n"}}), anything)
+
+
+def test_placement_problems_are_named_together() -> None:
+    message = invalid({"tolerations": [{"key": "a", "operator": "Exists"}], "nodeSelector": {"b": "c"},
+                       "runtimeClassName": "d", "resources": {"cpu": "8"}})
+    for fragment in ("spec.tolerations[0].key", "spec.nodeSelector key", "spec.runtimeClassName",
+                     "spec.resources.cpu"):
+        assert fragment in message
 
 
 def test_invalid_spec_error_names_the_field() -> None:

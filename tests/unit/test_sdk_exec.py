@@ -26,6 +26,7 @@ from sandbox_operator.sdk.exec import (
     ExecConnection,
     StdinPipe,
     _stdin_chunks,
+    kill_argv,
     parse_exec_status,
     shell_argv,
     status_error,
@@ -81,10 +82,29 @@ def test_garbage_exit_code_is_not_trusted() -> None:
 # Argv ------------------------------------------------------------------------------------------------------
 
 def test_wrapper_argv_full() -> None:
-    argv = wrapper_argv(["python3", "-c", "print(1)"], timeout=5, cwd="/tmp", env={"A": "1", "B_2": "x=y"},
-                        nproc=20, fsize=1024)
-    assert argv == [constants.EXEC_WRAPPER, "--timeout", "5", "--cwd", "/tmp", "--env", "A=1", "--env",
-                    "B_2=x=y", "--nproc", "20", "--fsize", "1024", "--", "python3", "-c", "print(1)"]
+    argv = wrapper_argv(["python3", "-c", "print(1)"], command_id="0123abcd", timeout=5, cwd="/tmp",
+                        env={"A": "1", "B_2": "x=y"}, nproc=20, fsize=1024)
+    assert argv == [constants.EXEC_WRAPPER, "--id", "0123abcd", "--timeout", "5", "--cwd", "/tmp", "--env", "A=1",
+                    "--env", "B_2=x=y", "--nproc", "20", "--fsize", "1024", "--", "python3", "-c", "print(1)"]
+
+
+@pytest.mark.parametrize("command_id", ["", "a b", "x" * 65, "id;rm", "--kill", "é"])
+def test_wrapper_argv_rejects_bad_ids(command_id: str) -> None:
+    with pytest.raises(ValueError, match="command id"):
+        wrapper_argv(["true"], command_id=command_id)
+
+
+@pytest.mark.parametrize(("signal", "sent"), [
+    ("KILL", "KILL"), ("term", "TERM"), ("SIGINT", "INT"), ("sigusr1", "USR1"), (15, "15"), ("9", "9"),
+])
+def test_kill_argv(signal: str | int, sent: str) -> None:
+    assert kill_argv("abc_DEF-1", signal) == [constants.EXEC_WRAPPER, "--kill", "abc_DEF-1", "--signal", sent]
+
+
+@pytest.mark.parametrize("signal", ["BOGUS", "SIGSEGV; rm -rf /", "", 0, 65, "-9", True])
+def test_kill_argv_rejects_bad_signals(signal: str | int) -> None:
+    with pytest.raises(ValueError):
+        kill_argv("abc", signal)
 
 
 def test_wrapper_argv_minimal_and_fractional_timeout() -> None:
@@ -287,7 +307,8 @@ def _null_hold() -> _NullHold:
 def test_command_stream_result_and_chunks() -> None:
     ws = ScriptedWebSocket(frames_for(stdout=b"Hello\n", stderr=b"warn\n", status=nonzero(2)))
     stream = CommandStream(lambda: FakeConnection(ws), ["python3", "-c", "x"], client_deadline=10,
-                           hold=_null_hold, sandbox="sbx", namespace="ns", timeout_for_message=None)
+                           hold=_null_hold, sandbox="sbx", namespace="ns", timeout_for_message=None,
+                           max_output=1024)
     chunks = list(stream)
     assert [(c.stream, c.text) for c in chunks] == [("stdout", "Hello\n"), ("stderr", "warn\n")]
     result = stream.wait()
@@ -303,7 +324,8 @@ def test_command_stream_timeout_flag() -> None:
     diag = b"sandbox-exec: command timed out after 1s; killing its process group\n"
     ws = ScriptedWebSocket(frames_for(stdout=b"started\n", stderr=diag, status=nonzero(124)))
     stream = CommandStream(lambda: FakeConnection(ws), ["sleep", "10"], client_deadline=10,
-                           hold=_null_hold, sandbox="sbx", namespace="ns", timeout_for_message=1)
+                           hold=_null_hold, sandbox="sbx", namespace="ns", timeout_for_message=1,
+                           max_output=1024)
     result = stream.wait()
     assert result.timed_out and result.exit_code == 124 and result.stdout == "started\n"
     with pytest.raises(errors.CommandTimeout):
@@ -313,7 +335,8 @@ def test_command_stream_timeout_flag() -> None:
 def test_command_stream_client_deadline_raises_command_timeout() -> None:
     ws = ScriptedWebSocket([(B, bytes([STDOUT]) + b"x")] * 100, delay=0.02)
     stream = CommandStream(lambda: FakeConnection(ws), ["sleep", "100"], client_deadline=0.1,
-                           hold=_null_hold, sandbox="sbx", namespace="ns", timeout_for_message=None)
+                           hold=_null_hold, sandbox="sbx", namespace="ns", timeout_for_message=None,
+                           max_output=1024)
     with pytest.raises(errors.CommandTimeout) as info:
         stream.wait()
     assert info.value.reason == "ClientDeadlineExceeded"
@@ -325,6 +348,11 @@ def test_result_seed_spelling_and_dict() -> None:
     assert result.exitCode == 0 and result.ok and result.stdout == "✓"
     assert result.check() is result
     assert result.to_dict()["exitCode"] == 0
+    assert not result.truncated
+    assert {k: result.to_dict()[k] for k in ("stdoutTruncated", "stderrTruncated", "stdoutDropped",
+                                             "stderrDropped")} == {"stdoutTruncated": False,
+                                                                    "stderrTruncated": False,
+                                                                    "stdoutDropped": 0, "stderrDropped": 0}
 
 
 def test_negotiated_protocol_from_handshake_headers() -> None:

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import tempfile
+import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
 import pytest
 
+from sandbox_operator import constants
 from sandbox_operator.sdk import errors
 from sandbox_operator.sdk.commands import CommandResult, is_wrapper_timeout
 from sandbox_operator.sdk.exec import wrapper_argv
@@ -22,6 +25,16 @@ from sandbox_operator.sdk.files import Files
 
 BIN = Path(__file__).resolve().parents[2] / "images" / "sandbox" / "bin"
 pytestmark = pytest.mark.skipif(not (BIN / "sandbox-files").exists(), reason="the image's tools are not here")
+
+
+def local_argv(argv: list[str]) -> list[str]:
+    """A wrapper argv for this machine: the tools run by this Python (their shebang names the image's)."""
+    python = [sys.executable, "-I", "-S"]
+    out = [*python, str(BIN / "sandbox-exec"), *argv[1:]]
+    cut = out.index("--") + 1
+    if out[cut] == constants.FILES_TOOL:
+        out[cut:cut + 1] = [*python, str(BIN / "sandbox-files")]
+    return out
 
 
 class LocalRunner:
@@ -33,16 +46,20 @@ class LocalRunner:
         self.calls: list[list[str]] = []
 
     def _run_tool(self, args: Sequence[str], *, stdin: bytes | IO[bytes] | None = None,
-                  timeout: float | None = None, max_output: int | None = None) -> CommandResult:
-        argv = wrapper_argv([str(BIN / "sandbox-files"), *args], timeout=timeout)
-        argv[0] = str(BIN / "sandbox-exec")
+                  timeout: float | None = None, max_output: int,
+                  sink: IO[bytes] | None = None) -> CommandResult:
+        argv = local_argv(wrapper_argv([constants.FILES_TOOL, *args], command_id=uuid.uuid4().hex,
+                                       timeout=timeout))
         self.calls.append(list(args))
         data = stdin.read() if stdin is not None and hasattr(stdin, "read") else stdin
         out = subprocess.run(argv, input=data, capture_output=True, env=self.env, check=False, timeout=60)
-        if max_output is not None and len(out.stdout) > max_output:
+        if len(out.stdout) > max_output:
             raise errors.FileTooLarge("over the cap", reason="FileTooLarge")
-        return CommandResult(command=list(args), exit_code=out.returncode, stdout_bytes=out.stdout,
-                             stderr_bytes=out.stderr, timed_out=is_wrapper_timeout(out.returncode, out.stderr))
+        if sink is not None:
+            sink.write(out.stdout)
+        return CommandResult(command=list(args), exit_code=out.returncode,
+                             stdout_bytes=b"" if sink is not None else out.stdout, stderr_bytes=out.stderr,
+                             timed_out=is_wrapper_timeout(out.returncode, out.stderr))
 
 
 @pytest.fixture
@@ -119,7 +136,24 @@ def test_upload_with_escaping_symlink_is_refused(files: Files, root: str, tmp_pa
 
 def test_timeout_in_the_wrapper_is_reported(root: str) -> None:
     runner = LocalRunner(root)
-    argv = wrapper_argv(["sleep", "30"], timeout=1)
-    argv[0] = str(BIN / "sandbox-exec")
+    argv = local_argv(wrapper_argv(["sleep", "30"], command_id="t1", timeout=1))
     out = subprocess.run(argv, capture_output=True, env=runner.env, check=False, timeout=30)
     assert out.returncode == 124 and is_wrapper_timeout(out.returncode, out.stderr)
+
+
+def test_a_symlinked_file_downloads_under_the_name_asked_for(files: Files, root: str, tmp_path: Path) -> None:
+    Path(root, ".bashrc").write_text("rc\n")
+    Path(root, "report.txt").symlink_to(".bashrc")
+    assert files.stat(f"{root}/report.txt").name == ".bashrc"  # what the tool says...
+    written = files.download(f"{root}/report.txt", tmp_path)  # ...does not name the local file
+    assert written == tmp_path / "report.txt" and written.read_text() == "rc\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.txt"]
+
+
+def test_a_tree_with_a_fifo_downloads_without_it(files: Files, root: str, tmp_path: Path) -> None:
+    Path(root, "tree", "sub").mkdir(parents=True)
+    Path(root, "tree", "a").write_text("a")
+    Path(root, "tree", "sub", "b").write_text("b")
+    os.mkfifo(Path(root, "tree", "pipe"))
+    dest = files.download(f"{root}/tree", tmp_path / "tree")
+    assert sorted(str(p.relative_to(dest)) for p in dest.rglob("*")) == ["a", "sub", "sub/b"]

@@ -29,6 +29,15 @@ def test_defaults(clean_env: pytest.MonkeyPatch) -> None:
     assert (settings.default_pids, settings.default_command_seconds, settings.default_idle_seconds,
             settings.default_lifetime_seconds, settings.gc_interval_seconds) == (20, 300, 1800, 3600, 60)
     assert settings.user_namespaces is False and settings.allow_secret_env is False
+    assert settings.sandbox_uids == range(constants.SANDBOX_UID_RANGE_FIRST, constants.SANDBOX_UID_RANGE_LAST + 1)
+    assert len(settings.sandbox_uids) == 65536
+    assert settings.allowed_toleration_keys == [] and not settings.toleration_allowed("anything")
+    assert not settings.toleration_allowed(None)
+    assert settings.node_selector_key_allowed("kubernetes.io/arch")
+    assert not settings.node_selector_key_allowed("kubernetes.io/hostname")
+    assert not settings.node_selector_key_allowed("node-role.kubernetes.io/control-plane")
+    assert settings.avoid_control_plane is True
+    assert settings.allowed_runtime_classes == [] and not settings.runtime_class_allowed("runc")
 
 
 def test_from_environment(clean_env: pytest.MonkeyPatch) -> None:
@@ -45,6 +54,25 @@ def test_from_environment(clean_env: pytest.MonkeyPatch) -> None:
     assert not settings.image_allowed("registry.local/other:1")
 
 
+def test_placement_and_uid_settings_from_environment(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("SANDBOX_OPERATOR_SANDBOX_UID_RANGE", " 2000000-2000009 ")
+    clean_env.setenv("SANDBOX_OPERATOR_ALLOWED_TOLERATION_KEYS", "sandbox, gpu")
+    clean_env.setenv("SANDBOX_OPERATOR_ALLOWED_NODE_SELECTOR_KEYS", "pool")
+    clean_env.setenv("SANDBOX_OPERATOR_AVOID_CONTROL_PLANE", "false")
+    settings = load_settings()
+    assert settings.sandbox_uids == range(2000000, 2000010) and settings.sandbox_uid_range == "2000000-2000009"
+    assert settings.toleration_allowed("gpu") and not settings.toleration_allowed("other")
+    assert not settings.toleration_allowed("") and not settings.toleration_allowed(None)
+    assert settings.node_selector_key_allowed("pool") and not settings.node_selector_key_allowed("kubernetes.io/os")
+    assert settings.avoid_control_plane is False
+    clean_env.setenv("SANDBOX_OPERATOR_ALLOWED_TOLERATION_KEYS", "*")
+    clean_env.setenv("SANDBOX_OPERATOR_ALLOWED_NODE_SELECTOR_KEYS", "*")
+    settings = load_settings()
+    assert settings.toleration_allowed(None) and settings.node_selector_key_allowed("kubernetes.io/hostname")
+    one = OperatorSettings(sandbox_uid_range="1001-1001")
+    assert one.sandbox_uids == range(1001, 1002)
+
+
 @pytest.mark.parametrize(("env", "fragment"), [
     ({"SANDBOX_OPERATOR_GC_INTERVAL_SECONDS": "0"}, "SANDBOX_OPERATOR_GC_INTERVAL_SECONDS"),
     ({"SANDBOX_OPERATOR_MAX_CPU": "lots"}, "SANDBOX_OPERATOR_MAX_CPU"),
@@ -57,6 +85,14 @@ def test_from_environment(clean_env: pytest.MonkeyPatch) -> None:
     ({"SANDBOX_OPERATOR_DEFAULT_RUNTIME_CLASS": "kata", "SANDBOX_OPERATOR_ALLOWED_RUNTIME_CLASSES": "gvisor"},
      "DEFAULT_RUNTIME_CLASS=kata is not in"),
     ({"SANDBOX_OPERATOR_USER_NAMESPACES": "maybe"}, "SANDBOX_OPERATOR_USER_NAMESPACES"),
+    ({"SANDBOX_OPERATOR_SANDBOX_UID_RANGE": "1000-2000"}, "SANDBOX_OPERATOR_SANDBOX_UID_RANGE: '1000-2000' is not "
+     "FIRST-LAST with 1000 < FIRST <= LAST <= 2147483647"),
+    ({"SANDBOX_OPERATOR_SANDBOX_UID_RANGE": "5000-4000"}, "SANDBOX_OPERATOR_SANDBOX_UID_RANGE"),
+    ({"SANDBOX_OPERATOR_SANDBOX_UID_RANGE": "5000-2147483648"}, "SANDBOX_OPERATOR_SANDBOX_UID_RANGE"),
+    ({"SANDBOX_OPERATOR_SANDBOX_UID_RANGE": "5000"}, "SANDBOX_OPERATOR_SANDBOX_UID_RANGE"),
+    ({"SANDBOX_OPERATOR_SANDBOX_UID_RANGE": "-5-9"}, "SANDBOX_OPERATOR_SANDBOX_UID_RANGE"),
+    ({"SANDBOX_OPERATOR_SANDBOX_UID_RANGE": "a-b"}, "SANDBOX_OPERATOR_SANDBOX_UID_RANGE"),
+    ({"SANDBOX_OPERATOR_AVOID_CONTROL_PLANE": "sometimes"}, "SANDBOX_OPERATOR_AVOID_CONTROL_PLANE"),
     ({"SANDBOX_OPERATOR_METRICS_PORT": "70000"}, "SANDBOX_OPERATOR_METRICS_PORT"),
     ({"SANDBOX_OPERATOR_HEALTH_PORT": "9000", "SANDBOX_OPERATOR_METRICS_PORT": "9000"}, "must differ"),
     ({"SANDBOX_OPERATOR_LOG_FORMAT": "xml"}, "SANDBOX_OPERATOR_LOG_FORMAT"),

@@ -15,9 +15,11 @@ from sandbox_operator.builders.status import (
     build_status,
     decide,
     judge_pod,
+    needs_eviction_lookup,
     status_body,
     status_patch,
     transitions,
+    with_eviction,
 )
 from sandbox_operator.models.sandbox import Sandbox
 from sandbox_operator.settings import OperatorSettings
@@ -36,7 +38,8 @@ def iso(seconds: float) -> str:
 
 def pod(phase: str = "Running", *, ready: bool = False, uid: str = "pod-1", reason: str | None = None,
         message: str | None = None, waiting: str | None = None, terminated: str | None = None,
-        exit_code: int = 0, unschedulable: bool = False, deleting: bool = False) -> dict[str, Any]:
+        exit_code: int = 0, unschedulable: bool = False, deleting: bool = False,
+        disruption: tuple[str, str] | None = None) -> dict[str, Any]:
     state: dict[str, Any] = {}
     if waiting:
         state["waiting"] = {"reason": waiting, "message": "details"}
@@ -46,6 +49,9 @@ def pod(phase: str = "Running", *, ready: bool = False, uid: str = "pod-1", reas
     if unschedulable:
         conditions.append({"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                            "message": "0/1 nodes are available: 1 Insufficient memory."})
+    if disruption:
+        conditions.append({"type": "DisruptionTarget", "status": "True", "reason": disruption[0],
+                           "message": disruption[1]})
     status: dict[str, Any] = {"phase": phase, "conditions": conditions, "podIP": "10.1.0.7",
                               "startTime": iso(1),
                               "containerStatuses": [{"name": constants.CONTAINER_NAME, "state": state}]}
@@ -89,6 +95,16 @@ def sandbox(status: dict[str, Any] | None = None, *, spec: dict[str, Any] | None
      "Expired", "DeadlineExceeded"),
     (observe(phase="Failed", reason="Evicted", message="ephemeral local storage usage exceeds"),
      "Failed", "Evicted"),
+    (observe(phase="Succeeded", reason="Evicted", terminated="Completed"), "Failed", "Evicted"),
+    (observe(phase="Succeeded", terminated="Completed", disruption=("TerminationByKubelet", "low on disk")),
+     "Failed", "Evicted"),
+    (observe(phase="Failed", reason="Preempting", terminated="Error", exit_code=143), "Failed", "Preempted"),
+    (observe(phase="Succeeded", terminated="Completed", disruption=("PreemptionByScheduler", "preempted")),
+     "Failed", "Preempted"),
+    (observe(phase="Failed", reason="Terminated", message="Pod was terminated in response to imminent node "
+             "shutdown.", terminated="Completed"), "Failed", "PodFailed"),
+    (observe(phase="Failed", reason="OutOfcpu", message="Node didn't have enough resource: cpu"),
+     "Failed", "PodFailed"),
     (observe(phase="Failed", terminated="Error", exit_code=3), "Failed", "ProcessExited"),
     (observe(phase="Failed", terminated="StartError", exit_code=128), "Failed", "StartError"),
     (observe(phase="Succeeded", terminated="Completed"), "Failed", "ProcessExited"),
@@ -107,6 +123,58 @@ def test_messages_carry_the_kubelets_words() -> None:
                                   recorded_pod_uid=None).message
     assert "code 3" in judge_pod(observe(phase="Failed", terminated="Error", exit_code=3),
                                  recorded_pod_uid=None).message
+
+
+EVICTION_MESSAGE = "Pod ephemeral local storage usage exceeds the total limit of containers 1Gi."
+
+
+def test_an_evicted_pod_is_reported_with_the_kubelets_message() -> None:
+    for phase in ("Failed", "Succeeded"):
+        verdict = judge_pod(observe(phase=phase, reason="Evicted", message=EVICTION_MESSAGE, terminated="Completed"),
+                            recorded_pod_uid="pod-1")
+        assert verdict == Verdict("Failed", "Evicted", EVICTION_MESSAGE)
+    by_condition = judge_pod(observe(phase="Succeeded", terminated="Completed",
+                                     disruption=("TerminationByKubelet", "The node was low on resource: memory.")),
+                             recorded_pod_uid="pod-1")
+    assert by_condition == Verdict("Failed", "Evicted", "The node was low on resource: memory.")
+    other = judge_pod(observe(phase="Failed", reason="OutOfcpu", message="no cpu"), recorded_pod_uid="pod-1")
+    assert other.message == "OutOfcpu: no cpu"
+
+
+def test_a_pod_that_ended_without_a_reason_is_looked_up_once() -> None:
+    """Since Kubernetes 1.27 an evicted pod whose PID 1 exits 0 on SIGTERM ends Succeeded with no reason: only
+    the kubelet's Evicted Event tells, and the reconciler reads it before judging."""
+    silent = observe(phase="Succeeded", terminated="Completed")
+    assert judge_pod(silent, recorded_pod_uid="pod-1").reason == "ProcessExited"
+    assert needs_eviction_lookup(sandbox(), silent)
+    assert needs_eviction_lookup(sandbox(), observe(phase="Failed", terminated="Error", exit_code=1))
+    evicted = with_eviction(silent, EVICTION_MESSAGE)
+    assert judge_pod(evicted, recorded_pod_uid="pod-1") == Verdict("Failed", "Evicted", EVICTION_MESSAGE)
+    assert judge_pod(with_eviction(silent, ""), recorded_pod_uid="pod-1").message == "the kubelet evicted the pod"
+    # Nothing to look up: the pod runs, says why it ended, is being deleted, or the verdict is already final.
+    assert not needs_eviction_lookup(sandbox(), observe(ready=True))
+    assert not needs_eviction_lookup(sandbox(), observe(phase="Failed", reason="DeadlineExceeded"))
+    assert not needs_eviction_lookup(sandbox(), observe(phase="Succeeded", disruption=("TerminationByKubelet", "x")))
+    assert not needs_eviction_lookup(sandbox(), observe(phase="Succeeded", deleting=True))
+    assert not needs_eviction_lookup(sandbox(deleting=True), silent)
+    assert not needs_eviction_lookup(sandbox({"phase": "Failed", "reason": "ProcessExited"}), silent)
+    assert not needs_eviction_lookup(sandbox(), None)
+
+
+def test_an_eviction_makes_a_warning_event() -> None:
+    ready = build_status(sandbox(), Verdict("Ready", "PodReady"), observe(ready=True), lifetime_seconds=60,
+                         now=at(2))
+    verdict = judge_pod(observe(phase="Failed", reason="Evicted", message=EVICTION_MESSAGE), recorded_pod_uid="pod-1")
+    evicted = build_status(sandbox(status_body(ready)), verdict, None, lifetime_seconds=60, now=at(3))
+    assert (evicted.phase, evicted.reason, evicted.message) == ("Failed", "Evicted", EVICTION_MESSAGE)
+    [event] = transitions(ready, evicted)
+    assert (event.type, event.reason) == ("Warning", "Evicted") and EVICTION_MESSAGE in event.message
+
+
+def test_a_disruption_names_the_cause_of_a_deletion() -> None:
+    verdict = judge_pod(observe(deleting=True, disruption=("DeletionByTaintManager", "NoExecute taint")),
+                        recorded_pod_uid="pod-1")
+    assert verdict.reason == "PodDeleted" and "(DeletionByTaintManager: NoExecute taint)" in verdict.message
 
 
 def test_missing_pod_is_creating_until_one_was_recorded() -> None:

@@ -32,9 +32,10 @@ standalone, so it needs no peering objects (kopf.dev).
   resources: ["networkpolicies"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Framework and application: Events about Sandboxes (one per status transition; kopf posts handler errors).
+# list: the kubelet's Evicted Event of a sandbox pod that ended without a reason (docs/operator.md, "Status").
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create"]
+  verbs: ["create", "list"]
 {{- end }}
 
 {{/* Cluster-scoped reads kopf makes (ClusterRole in every mode). */}}

@@ -18,6 +18,7 @@ WORKSPACE_VOLUME = "workspace"
 TMP_VOLUME = "tmp"
 POD_HOSTNAME = "sandbox"  # not the Sandbox's name: nothing about the tenant leaks into the sandbox
 RUNTIME_DEFAULT = client.V1SeccompProfile(type="RuntimeDefault")
+CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"
 
 
 def active_deadline_seconds(sandbox: Sandbox, lifetime_seconds: int, now: datetime.datetime) -> int:
@@ -39,13 +40,11 @@ def _env(spec: EffectiveSpec, settings: OperatorSettings) -> list[client.V1EnvVa
                 secret_key_ref=client.V1SecretKeySelector(name=ref.name, key=ref.key, optional=ref.optional))))
         else:
             env.append(client.V1EnvVar(name=var.name, value=var.value or ""))
-    # Last, and under a prefix users cannot use: the exec wrapper's limits. RLIMIT_NPROC counts per host UID, so
-    # the process limit is handed to the wrapper only where each sandbox has host UIDs of its own (user
-    # namespaces); with a shared UID 1000 it would let one sandbox's processes starve another's, and the
-    # kubelet's podPidsLimit is then the per-sandbox bound.
+    # Last, and under a prefix users cannot use: the exec wrapper's limits. The wrapper turns the process limit
+    # into RLIMIT_NPROC, which counts per host UID: every sandbox has host UIDs of its own (user namespaces, or
+    # a UID from SANDBOX_OPERATOR_SANDBOX_UID_RANGE), so one sandbox's processes never count against another's.
     env.append(client.V1EnvVar(name=constants.ENV_COMMAND_TIMEOUT, value=str(spec.command_seconds)))
-    if settings.user_namespaces:
-        env.append(client.V1EnvVar(name=constants.ENV_PIDS_LIMIT, value=str(spec.pids)))
+    env.append(client.V1EnvVar(name=constants.ENV_PIDS_LIMIT, value=str(spec.pids)))
     env.append(client.V1EnvVar(name=constants.ENV_FILE_SIZE_LIMIT, value=str(settings.file_size_limit_bytes)))
     return env
 
@@ -56,7 +55,16 @@ def _tmp_size(spec: EffectiveSpec, settings: OperatorSettings) -> str:
     return spec.ephemeral_storage
 
 
-def build_container(spec: EffectiveSpec, settings: OperatorSettings) -> client.V1Container:
+def _affinity(settings: OperatorSettings) -> client.V1Affinity | None:
+    if not settings.avoid_control_plane:
+        return None
+    return client.V1Affinity(node_affinity=client.V1NodeAffinity(
+        required_during_scheduling_ignored_during_execution=client.V1NodeSelector(node_selector_terms=[
+            client.V1NodeSelectorTerm(match_expressions=[
+                client.V1NodeSelectorRequirement(key=CONTROL_PLANE_LABEL, operator="DoesNotExist")])])))
+
+
+def build_container(spec: EffectiveSpec, settings: OperatorSettings, *, run_as_user: int) -> client.V1Container:
     amounts = {"cpu": spec.cpu, "memory": spec.memory, "ephemeral-storage": spec.ephemeral_storage}
     return client.V1Container(
         name=constants.CONTAINER_NAME,
@@ -69,7 +77,7 @@ def build_container(spec: EffectiveSpec, settings: OperatorSettings) -> client.V
         resources=client.V1ResourceRequirements(requests=dict(amounts), limits=dict(amounts)),
         security_context=client.V1SecurityContext(
             run_as_non_root=True,
-            run_as_user=constants.SANDBOX_UID,
+            run_as_user=run_as_user,
             run_as_group=constants.SANDBOX_GID,
             allow_privilege_escalation=False,
             privileged=False,
@@ -92,16 +100,18 @@ def build_container(spec: EffectiveSpec, settings: OperatorSettings) -> client.V
     )
 
 
-def build_pod(sandbox: Sandbox, spec: EffectiveSpec, settings: OperatorSettings, *,
+def build_pod(sandbox: Sandbox, spec: EffectiveSpec, settings: OperatorSettings, *, run_as_user: int,
               now: datetime.datetime) -> client.V1Pod:
-    """The one pod of a Sandbox, named after it (a second create of the same Sandbox gets 409)."""
+    """The one pod of a Sandbox, named after it (a second create of the same Sandbox gets 409).
+
+    ``run_as_user`` is the sandbox's host UID (see handlers/uids.py); the group stays the image's 1000."""
     return client.V1Pod(
         api_version="v1",
         kind="Pod",
         metadata=child_metadata(sandbox, constants.pod_name(sandbox.name), labels=dict(spec.pod_labels),
                                 annotations=dict(spec.pod_annotations)),
         spec=client.V1PodSpec(
-            containers=[build_container(spec, settings)],
+            containers=[build_container(spec, settings, run_as_user=run_as_user)],
             restart_policy="Never",
             active_deadline_seconds=active_deadline_seconds(sandbox, spec.lifetime_seconds, now),
             termination_grace_period_seconds=settings.termination_grace_seconds,
@@ -119,7 +129,7 @@ def build_pod(sandbox: Sandbox, spec: EffectiveSpec, settings: OperatorSettings,
             dns_config=client.V1PodDNSConfig(nameservers=["127.0.0.1"]),
             security_context=client.V1PodSecurityContext(
                 run_as_non_root=True,
-                run_as_user=constants.SANDBOX_UID,
+                run_as_user=run_as_user,
                 run_as_group=constants.SANDBOX_GID,
                 fs_group=constants.SANDBOX_GID,
                 seccomp_profile=RUNTIME_DEFAULT,
@@ -133,6 +143,7 @@ def build_pod(sandbox: Sandbox, spec: EffectiveSpec, settings: OperatorSettings,
             runtime_class_name=spec.runtime_class_name,
             priority_class_name=settings.priority_class_name,
             node_selector=dict(spec.node_selector) or None,
+            affinity=_affinity(settings),
             tolerations=[client.V1Toleration(
                 key=t.key, operator=t.operator, value=t.value, effect=t.effect,
                 toleration_seconds=t.toleration_seconds) for t in spec.tolerations] or None,

@@ -8,15 +8,23 @@ Pending     Creating (no pod yet), PodPending, ContainerCreating, Unschedulable,
 Ready       PodReady
 Terminating Deleting
 Expired     LifetimeExpired (the collector), DeadlineExceeded (the kubelet's activeDeadlineSeconds)
-Failed      InvalidSpec, AdmissionRejected, NameConflict, ImageMissing, OOMKilled, Evicted, PodDeleted,
-            ProcessExited, StartError
+Failed      InvalidSpec, AdmissionRejected, NameConflict, ImageMissing, OOMKilled, Evicted, Preempted,
+            PodFailed (another kubelet reason: node shutdown, node admission), PodDeleted, ProcessExited,
+            StartError
 ==========  ======================================================================================
+
+A pod that ended (Succeeded or Failed) is judged by the kubelet's pod-level reason before its exit code: the
+kubelet stops an evicted pod's container with SIGTERM, and since Kubernetes 1.27 a pod whose main process exits 0
+on it ends ``Succeeded`` with the reason lost (kubernetes/kubernetes#118310). The reason is then recovered from
+the pod's DisruptionTarget condition or, failing that, from the kubelet's ``Evicted`` Event
+(:func:`needs_eviction_lookup`, read by the reconciler).
 
 Expired and Failed are terminal: once there, a sandbox never becomes Ready again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,6 +42,9 @@ from sandbox_operator.models.sandbox import (
 
 CONDITION_READY = "Ready"
 
+CONDITION_DISRUPTION_TARGET = "DisruptionTarget"
+ENDED_POD_PHASES = frozenset({"Succeeded", "Failed"})
+KUBELET_REASON_EVICTED = "Evicted"
 IMAGE_MISSING_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName"})
 # How far in the future an activity timestamp may be (clock skew) before it is ignored as bogus.
 ACTIVITY_FUTURE_SKEW = datetime.timedelta(seconds=60)
@@ -72,6 +83,13 @@ class PodObservation:
     terminated_message: str | None = None
     exit_code: int | None = None
     controller_uid: str | None = None
+    disruption_reason: str | None = None
+    """Reason of a true DisruptionTarget condition (TerminationByKubelet, PreemptionByScheduler, ...)."""
+    disruption_message: str | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self.phase in ENDED_POD_PHASES
 
     @classmethod
     def from_pod(cls, pod: Mapping[str, Any]) -> PodObservation:
@@ -81,6 +99,9 @@ class PodObservation:
         conditions = {c.get("type"): c for c in status.get("conditions") or []}
         ready = (conditions.get("Ready") or {}).get("status") == "True"
         scheduled = conditions.get("PodScheduled") or {}
+        disruption = conditions.get(CONDITION_DISRUPTION_TARGET) or {}
+        if disruption.get("status") != "True":
+            disruption = {}
         unschedulable = None
         if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
             unschedulable = scheduled.get("message") or "the pod cannot be scheduled"
@@ -109,6 +130,8 @@ class PodObservation:
             terminated_message=terminated.get("message"),
             exit_code=terminated.get("exitCode"),
             controller_uid=controller.get("uid"),
+            disruption_reason=disruption.get("reason"),
+            disruption_message=disruption.get("message"),
         )
 
 
@@ -137,21 +160,11 @@ def judge_pod(pod: PodObservation | None, *, recorded_pod_uid: str | None) -> Ve
                            "the sandbox pod was deleted outside the operator; its workspace is gone")
         return Verdict("Pending", "Creating", "creating the sandbox pod")
     if pod.deleting:
+        cause = f" ({pod.disruption_reason}: {pod.disruption_message})" if pod.disruption_reason else ""
         return Verdict("Failed", "PodDeleted",
-                       "the sandbox pod is being deleted outside the operator; its workspace is gone")
-    if pod.phase == "Failed":
-        if pod.reason == "DeadlineExceeded":
-            return Verdict("Expired", "DeadlineExceeded",
-                           pod.message or "the pod reached its activeDeadlineSeconds (the sandbox's lifetime)")
-        if pod.reason == "Evicted":
-            return Verdict("Failed", "Evicted", pod.message or "the pod was evicted")
-        if pod.terminated_reason == "OOMKilled":
-            return Verdict("Failed", "OOMKilled", "the sandbox's main process exceeded its memory limit")
-        if pod.terminated_reason in ("StartError", "ContainerCannotRun"):
-            return Verdict("Failed", "StartError", pod.terminated_message or "the container could not start")
-        return Verdict("Failed", "ProcessExited", _exit_message(pod))
-    if pod.phase == "Succeeded":
-        return Verdict("Failed", "ProcessExited", _exit_message(pod))
+                       f"the sandbox pod is being deleted outside the operator{cause}; its workspace is gone")
+    if pod.ended:
+        return _judge_ended(pod)
     if pod.waiting_reason in IMAGE_MISSING_REASONS:
         return Verdict("Failed", "ImageMissing",
                        f"{pod.waiting_reason}: {pod.waiting_message or 'the image is not available on the node'}")
@@ -166,6 +179,37 @@ def judge_pod(pod: PodObservation | None, *, recorded_pod_uid: str | None) -> Ve
     if pod.phase == "Unknown":
         return Verdict("Pending", "PodUnknown", pod.message or "the node stopped reporting the pod's state")
     return Verdict("Pending", "PodPending", "waiting for the pod to start")
+
+
+def _judge_ended(pod: PodObservation) -> Verdict:
+    """A pod that ended: why the kubelet ended it, if it did, else how the main process ended."""
+    if pod.reason == "DeadlineExceeded":
+        return Verdict("Expired", "DeadlineExceeded",
+                       pod.message or "the pod reached its activeDeadlineSeconds (the sandbox's lifetime)")
+    if pod.reason == KUBELET_REASON_EVICTED or (not pod.reason and pod.disruption_reason == "TerminationByKubelet"):
+        return Verdict("Failed", "Evicted", pod.message or pod.disruption_message or "the kubelet evicted the pod")
+    if pod.reason == "Preempting" or pod.disruption_reason == "PreemptionByScheduler":
+        return Verdict("Failed", "Preempted",
+                       pod.message or pod.disruption_message or "the pod was preempted by a higher-priority pod")
+    if pod.terminated_reason == "OOMKilled":
+        return Verdict("Failed", "OOMKilled", "the sandbox's main process exceeded its memory limit")
+    if pod.terminated_reason in ("StartError", "ContainerCannotRun"):
+        return Verdict("Failed", "StartError", pod.terminated_message or "the container could not start")
+    if pod.reason:  # node shutdown ("Terminated"), node admission ("OutOfcpu", "NodeAffinity", ...)
+        return Verdict("Failed", "PodFailed", f"{pod.reason}: {pod.message}" if pod.message else pod.reason)
+    return Verdict("Failed", "ProcessExited", _exit_message(pod))
+
+
+def needs_eviction_lookup(sandbox: Sandbox, pod: PodObservation | None) -> bool:
+    """Whether the pod ended without saying why, so that only the kubelet's Event can tell an eviction from a
+    process that exited (checked once: the verdict is terminal)."""
+    return (pod is not None and pod.ended and not pod.reason and not pod.disruption_reason and not pod.deleting
+            and sandbox.metadata.deletion_timestamp is None and sandbox.status.phase not in TERMINAL_PHASES)
+
+
+def with_eviction(pod: PodObservation, message: str) -> PodObservation:
+    """The pod as the kubelet's Evicted Event describes it."""
+    return dataclasses.replace(pod, reason=KUBELET_REASON_EVICTED, message=message)
 
 
 def _exit_message(pod: PodObservation) -> str:

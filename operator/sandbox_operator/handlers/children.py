@@ -13,10 +13,19 @@ from sandbox_operator.builders.network_policy import build_network_policy
 from sandbox_operator.handlers.errors import counted
 from sandbox_operator.handlers.reconcile import parse_sandbox, post_event, sync_status
 from sandbox_operator.handlers.runtime import runtime
+from sandbox_operator.handlers.uids import Key, pod_run_as_users
 from sandbox_operator.k8s.api import Adoption, controller_uid
 
 CHILD_LABELS: dict[str, Any] = {constants.LABEL_MANAGED_BY: constants.MANAGER_NAME,
                                 constants.LABEL_SANDBOX: kopf.PRESENT}
+
+
+@kopf.index("", "v1", "pods", labels=CHILD_LABELS, id="sandbox_pod_uids")
+def sandbox_pod_uids(body: kopf.Body, **_: Any) -> dict[int, Key]:
+    """The host UIDs sandbox pods run as, by UID (passed to handlers as ``sandbox_pod_uids``)."""
+    meta = body.get("metadata") or {}
+    key = (str(meta.get("namespace")), str((meta.get("labels") or {}).get(constants.LABEL_SANDBOX)))
+    return dict.fromkeys(pod_run_as_users(body), key)
 
 
 @kopf.on.event("", "v1", "pods", labels=CHILD_LABELS, id="pod-status")

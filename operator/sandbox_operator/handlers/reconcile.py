@@ -14,13 +14,16 @@ import kopf
 
 from sandbox_operator import constants
 from sandbox_operator.builders.status import (
+    KUBELET_REASON_EVICTED,
     PodObservation,
     Verdict,
     build_status,
     decide,
+    needs_eviction_lookup,
     status_body,
     status_patch,
     transitions,
+    with_eviction,
 )
 from sandbox_operator.handlers.runtime import Runtime, utcnow
 from sandbox_operator.k8s.api import JSON, controller_uid
@@ -63,6 +66,10 @@ async def sync_status(rt: Runtime, namespace: str, name: str, *, override: Verdi
         pod = None
         if pod_body is not None and controller_uid(pod_body) == sandbox.metadata.uid:
             pod = PodObservation.from_pod(pod_body)
+        if pod is not None and needs_eviction_lookup(sandbox, pod):
+            evicted = await asyncio.to_thread(rt.api.pod_event_message, namespace, pod.uid, KUBELET_REASON_EVICTED)
+            if evicted is not None:
+                pod = with_eviction(pod, evicted)
         verdict = decide(sandbox, pod, override)
         now = utcnow()
         _, _, lifetime = effective_timeouts(sandbox.spec, rt.settings)

@@ -10,13 +10,12 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any
 
+from sandbox_operator.handlers.uids import Key, UidPool
 from sandbox_operator.k8s.api import KubeApi, make_api_client
 from sandbox_operator.metrics import PhaseTracker
 from sandbox_operator.settings import OperatorSettings, get_settings
 
 logger = logging.getLogger(__name__)
-
-Key = tuple[str, str]
 
 
 @dataclass
@@ -24,8 +23,12 @@ class Runtime:
     settings: OperatorSettings
     api: KubeApi
     phases: PhaseTracker = field(default_factory=PhaseTracker)
+    uids: UidPool = field(init=False)
     _locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
     _pod_gone: dict[Key, asyncio.Event] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.uids = UidPool(self.settings.sandbox_uids)
 
     def lock(self, key: Key) -> asyncio.Lock:
         """Serialises status writes per Sandbox (pod events and Sandbox handlers run concurrently)."""
@@ -48,6 +51,7 @@ class Runtime:
 
     def forget(self, key: Key) -> None:
         self._pod_gone.pop(key, None)
+        self.uids.release(key)
         lock = self._locks.get(key)
         if lock is not None and not lock.locked():
             del self._locks[key]

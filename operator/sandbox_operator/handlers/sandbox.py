@@ -26,6 +26,7 @@ from sandbox_operator.builders.status import Verdict
 from sandbox_operator.handlers.errors import counted
 from sandbox_operator.handlers.reconcile import post_event, sync_status
 from sandbox_operator.handlers.runtime import Runtime, failpoint, runtime, utcnow
+from sandbox_operator.handlers.uids import Key, PodUids, UidRangeExhausted, pod_run_as_users
 from sandbox_operator.k8s.api import JSON, Adoption, ChildResult, api_message
 from sandbox_operator.models.effective import EffectiveSpec, effective_timeouts, resolve
 from sandbox_operator.models.sandbox import (
@@ -38,6 +39,7 @@ from sandbox_operator.models.sandbox import (
 
 RESOURCE = (constants.GROUP, constants.VERSION, constants.PLURAL)
 STALE_CHILD_RETRY = 2.0
+UID_RETRY = 30.0
 POD_TERMINATION_PATIENCE = 30.0  # seconds past the pod's grace period before deletion stops waiting for it
 POD_WAIT_SLACK = 10.0
 
@@ -74,8 +76,11 @@ async def _create_child(what: str, create: Callable[[], Awaitable[ChildResult]],
     return result.body
 
 
-async def ensure_sandbox(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger) -> None:
-    """Creates whatever is missing; safe to run any number of times."""
+async def ensure_sandbox(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, pod_uids: PodUids | None) -> None:
+    """Creates whatever is missing; safe to run any number of times. ``pod_uids`` is the index of the host UIDs
+    sandbox pods run as (kopf always passes its indexes; the handlers' default only fits kopf's typed protocol)."""
+    if pod_uids is None:
+        raise RuntimeError("the sandbox_pod_uids index was not passed to the handler")
     rt = runtime(memo)
     raw: JSON = dict(body)
     try:
@@ -93,9 +98,13 @@ async def ensure_sandbox(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger) 
             if not sandbox.status.pod_uid:
                 # Once a pod was recorded it is never created again (a resume after it vanished reports
                 # PodDeleted through the status sync below).
-                await _ensure_pod(rt, sandbox, spec, logger)
+                await _ensure_pod(rt, sandbox, spec, pod_uids, logger)
     except _Refused as refused:
         await _fail(rt, sandbox, refused.reason, refused.message, logger)
+    except UidRangeExhausted as exhausted:
+        await sync_status(rt, sandbox.namespace, sandbox.name,
+                          override=Verdict("Pending", "UidRangeExhausted", str(exhausted)), log=logger)
+        raise kopf.TemporaryError(str(exhausted), delay=UID_RETRY) from None
     await sync_status(rt, sandbox.namespace, sandbox.name, log=logger)
 
 
@@ -105,8 +114,17 @@ async def _ensure_policy(rt: Runtime, sandbox: Sandbox, logger: kopf.Logger) -> 
         rt.api.create_network_policy, policy, sandbox.metadata.uid), logger)
 
 
-async def _ensure_pod(rt: Runtime, sandbox: Sandbox, spec: EffectiveSpec, logger: kopf.Logger) -> None:
-    pod = build_pod(sandbox, spec, rt.settings, now=utcnow())
+def _host_uid(rt: Runtime, sandbox: Sandbox, pod_uids: PodUids) -> int:
+    """With user namespaces the kubelet maps every pod to host UIDs of its own, and the image's user stays;
+    without, the sandbox gets a host UID of its own from the configured range."""
+    if rt.settings.user_namespaces:
+        return constants.SANDBOX_UID
+    return rt.uids.allocate((sandbox.namespace, sandbox.name), pod_uids)
+
+
+async def _ensure_pod(rt: Runtime, sandbox: Sandbox, spec: EffectiveSpec, pod_uids: PodUids,
+                      logger: kopf.Logger) -> None:
+    pod = build_pod(sandbox, spec, rt.settings, run_as_user=_host_uid(rt, sandbox, pod_uids), now=utcnow())
 
     def create() -> ChildResult:
         result = rt.api.create_pod(pod, sandbox.metadata.uid)
@@ -114,7 +132,7 @@ async def _ensure_pod(rt: Runtime, sandbox: Sandbox, spec: EffectiveSpec, logger
         return result
 
     try:
-        await _create_child("Pod", lambda: asyncio.to_thread(create), logger)
+        created = await _create_child("Pod", lambda: asyncio.to_thread(create), logger)
     except ApiException as error:
         if error.status == 403:
             # Admission (Pod Security, a ValidatingAdmissionPolicy, quota) said no: retrying will not help.
@@ -122,18 +140,24 @@ async def _ensure_pod(rt: Runtime, sandbox: Sandbox, spec: EffectiveSpec, logger
         if error.status in (400, 422):
             raise _Refused("InvalidSpec", f"the API server rejected the pod: {api_message(error)}") from error
         raise
+    if not rt.settings.user_namespaces:
+        # A re-run found the pod of an earlier attempt: its UID is the one in use, whatever was picked now.
+        for uid in pod_run_as_users(created):
+            rt.uids.adopt((sandbox.namespace, sandbox.name), uid)
 
 
 @kopf.on.create(*RESOURCE, id="create")
 @counted("create")
-async def create_fn(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    await ensure_sandbox(body, memo, logger)
+async def create_fn(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger,
+                    sandbox_pod_uids: kopf.Index[int, Key] | None = None, **_: Any) -> None:
+    await ensure_sandbox(body, memo, logger, sandbox_pod_uids)
 
 
 @kopf.on.resume(*RESOURCE, id="resume")
 @counted("resume")
-async def resume_fn(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    await ensure_sandbox(body, memo, logger)
+async def resume_fn(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger,
+                    sandbox_pod_uids: kopf.Index[int, Key] | None = None, **_: Any) -> None:
+    await ensure_sandbox(body, memo, logger, sandbox_pod_uids)
 
 
 @kopf.on.update(*RESOURCE, field="spec", id="update")

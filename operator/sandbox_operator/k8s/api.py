@@ -167,6 +167,23 @@ class KubeApi:
                 raise
         return self._judge_existing(self.get_pod(namespace, name), owner_uid)
 
+    def pod_event_message(self, namespace: str, pod_uid: str, reason: str) -> str | None:
+        """The message of the latest Event with ``reason`` about this very pod (by UID), or None."""
+        selector = f"involvedObject.uid={pod_uid},reason={reason}"
+        try:
+            events = _json(self.core.list_namespaced_event(namespace, field_selector=selector,
+                                                           _preload_content=False,
+                                                           _request_timeout=REQUEST_TIMEOUT))
+        except ApiException as error:
+            if error.status == 403:  # an older RBAC without events/list: the status stays less precise
+                logger.warning("cannot list Events in %s: %s", namespace, api_message(error))
+                return None
+            raise
+        items: list[JSON] = events.get("items") or []
+        latest = max(items, default=None,
+                     key=lambda event: str(event.get("lastTimestamp") or event.get("eventTime") or ""))
+        return str(latest.get("message") or "") if latest is not None else None
+
     # NetworkPolicies ---------------------------------------------------------------------------------------
 
     def get_network_policy(self, namespace: str, name: str) -> JSON | None:

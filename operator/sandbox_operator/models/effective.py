@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from sandbox_operator import constants
 from sandbox_operator.models.quantity import parse_quantity
 from sandbox_operator.models.sandbox import EnvVar, InvalidSpecError, SandboxSpec, Timeouts, Toleration
-from sandbox_operator.settings import OperatorSettings
+from sandbox_operator.settings import ENV_PREFIX, OperatorSettings
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,36 @@ def effective_timeouts(spec: SandboxSpec, settings: OperatorSettings) -> tuple[i
                   lifetime)
     idle = min(timeouts.idle_seconds or settings.default_idle_seconds, settings.max_idle_seconds, lifetime)
     return command, idle, lifetime
+
+
+def _allowed(what: str, values: list[str], setting: str) -> str:
+    return f"(allowed {what}: {', '.join(values) or 'none'}; {ENV_PREFIX}{setting})"
+
+
+def placement_problems(spec: SandboxSpec, settings: OperatorSettings) -> list[str]:
+    """Where the tenant asks its pod to run, checked against the administrator's allow-lists: a tenant must not
+    pick a node by name, land on the control plane or on nodes tainted for others, or choose a weaker runtime."""
+    problems: list[str] = []
+    for index, toleration in enumerate(spec.tolerations or ()):
+        if not settings.toleration_allowed(toleration.key):
+            allowed = _allowed("toleration keys", settings.allowed_toleration_keys, "ALLOWED_TOLERATION_KEYS")
+            if toleration.key:
+                problems.append(f'spec.tolerations[{index}].key "{toleration.key}" is not allowed {allowed}')
+            else:
+                problems.append(f"spec.tolerations[{index}] has an empty key and so tolerates every taint, which "
+                                f"only {ENV_PREFIX}ALLOWED_TOLERATION_KEYS=* allows {allowed}")
+    for key in spec.node_selector or {}:
+        if not settings.node_selector_key_allowed(key):
+            allowed = _allowed("node selector keys", settings.allowed_node_selector_keys,
+                               "ALLOWED_NODE_SELECTOR_KEYS")
+            problems.append(f'spec.nodeSelector key "{key}" is not allowed {allowed}')
+    runtime_class = spec.runtime_class_name
+    if runtime_class and not settings.runtime_class_allowed(runtime_class):
+        classes = settings.allowed_runtime_classes or (
+            [f"{settings.default_runtime_class} (the default)"] if settings.default_runtime_class else [])
+        problems.append(f'spec.runtimeClassName "{runtime_class}" is not allowed '
+                        f"{_allowed('runtime classes', classes, 'ALLOWED_RUNTIME_CLASSES')}")
+    return problems
 
 
 def resolve(spec: SandboxSpec, settings: OperatorSettings) -> EffectiveSpec:
@@ -98,10 +128,8 @@ def resolve(spec: SandboxSpec, settings: OperatorSettings) -> EffectiveSpec:
     if len(names) != len(set(names)):
         problems.append("spec.env names must be unique")
 
+    problems.extend(placement_problems(spec, settings))
     runtime_class = spec.runtime_class_name or settings.default_runtime_class
-    if runtime_class and not settings.runtime_class_allowed(runtime_class):
-        problems.append(f"spec.runtimeClassName {runtime_class!r} is not allowed by the operator (allowed: "
-                        f"{', '.join(settings.allowed_runtime_classes)})")
 
     if problems:
         raise InvalidSpecError("; ".join(problems))

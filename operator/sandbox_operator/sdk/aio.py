@@ -116,7 +116,11 @@ class AsyncCommandHandle:
     async def wait(self, timeout: float | None = None) -> CommandResult:
         return await asyncio.to_thread(self.sync.wait, timeout)
 
-    async def kill(self, signal: str = "KILL") -> CommandResult | None:
+    @property
+    def dropped_chunks(self) -> int:
+        return self.sync.dropped_chunks
+
+    async def kill(self, signal: str | int = "KILL") -> CommandResult | None:
         return await asyncio.to_thread(self.sync.kill, signal)
 
     async def send_stdin(self, data: bytes | str) -> None:
@@ -183,14 +187,17 @@ class AsyncSandbox:
 
     async def run(self, command: str | Sequence[str], *, timeout: float | None = None,
                   env: Mapping[str, str] | None = None, cwd: str | None = None,
-                  stdin: bytes | str | None = None, check: bool = False, shell: str | None = None) -> CommandResult:
+                  stdin: bytes | str | None = None, check: bool = False, shell: str | None = None,
+                  max_output: int | None = None) -> CommandResult:
+        """See :meth:`Sandbox.run`: at most ``max_output`` bytes of stdout and of stderr are kept."""
         return await asyncio.to_thread(self.sync.run, command, timeout=timeout, env=env, cwd=cwd, stdin=stdin,
-                                       check=check, shell=shell)
+                                       check=check, shell=shell, max_output=max_output)
 
     async def stream(self, command: str | Sequence[str], *, timeout: float | None = None,
                      env: Mapping[str, str] | None = None, cwd: str | None = None,
                      stdin: StdinSource | None = None, shell: str | None = None) -> AsyncIterator[OutputChunk]:
-        """Output chunks as they arrive; the command's exit is checked at the end (CommandError)."""
+        """Output chunks as they arrive (none of them kept); the command's exit is checked at the end
+        (CommandError)."""
         holder: list[CommandStream] = []
 
         def open_stream() -> CommandStream:
@@ -205,9 +212,10 @@ class AsyncSandbox:
 
     async def start(self, command: str | Sequence[str], *, timeout: float | None = None,
                     env: Mapping[str, str] | None = None, cwd: str | None = None,
-                    stdin: bool | StdinSource = False, shell: str | None = None) -> AsyncCommandHandle:
+                    stdin: bool | StdinSource = False, shell: str | None = None,
+                    max_output: int | None = None) -> AsyncCommandHandle:
         handle = await asyncio.to_thread(self.sync.start, command, timeout=timeout, env=env, cwd=cwd,
-                                         stdin=stdin, shell=shell)
+                                         stdin=stdin, shell=shell, max_output=max_output)
         return AsyncCommandHandle(handle)
 
     async def events(self, *, follow: bool = True, history: bool = True,

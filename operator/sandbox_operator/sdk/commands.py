@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -12,6 +12,7 @@ from typing import Any, Literal
 from sandbox_operator.sdk import errors
 from sandbox_operator.sdk.exec import (
     EXIT_TIMEOUT,
+    EXIT_WRAPPER_USAGE,
     STDERR,
     STDOUT,
     WRAPPER_DIAGNOSTIC_PREFIX,
@@ -20,8 +21,15 @@ from sandbox_operator.sdk.exec import (
     StdinPipe,
     status_error,
 )
+from sandbox_operator.sdk.text import escape_control
 
 StreamName = Literal["stdout", "stderr"]
+
+DEFAULT_MAX_OUTPUT_BYTES = 16 * 1024 * 1024
+# The wrapper's own diagnostics are its first (a refusal) or last (a timeout) stderr lines; these many bytes
+# of each end of stderr are kept for them even when the output itself is not.
+DIAGNOSTIC_BYTES = 4096
+LIMIT_REFUSAL = "above this sandbox's limit"
 
 
 def _decode(data: bytes) -> str:
@@ -46,7 +54,9 @@ class CommandResult:
 
     ``exit_code`` is the command's own (124 when the exec wrapper killed it for running past its timeout,
     128+N when a signal N ended it). ``timed_out`` says the wrapper's timeout fired. ``stdout``/``stderr`` are
-    text (UTF-8, undecodable bytes replaced); ``stdout_bytes``/``stderr_bytes`` are exact.
+    text (UTF-8, undecodable bytes replaced); ``stdout_bytes``/``stderr_bytes`` are exact, and are the head of
+    the output when it was longer than the cap: ``stdout_truncated``/``stderr_truncated`` then say so and
+    ``stdout_dropped``/``stderr_dropped`` count the bytes that were received and not kept.
     """
 
     command: list[str]
@@ -56,6 +66,10 @@ class CommandResult:
     duration: float = 0.0
     timed_out: bool = False
     sandbox: str | None = None
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    stdout_dropped: int = 0
+    stderr_dropped: int = 0
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -65,6 +79,11 @@ class CommandResult:
     @property
     def stderr(self) -> str:
         return _decode(self.stderr_bytes)
+
+    @property
+    def truncated(self) -> bool:
+        """Whether stdout or stderr is only the head of what the command wrote."""
+        return self.stdout_truncated or self.stderr_truncated
 
     @property
     def ok(self) -> bool:
@@ -85,7 +104,7 @@ class CommandResult:
             tail = self.stderr.strip().splitlines()[-1:] or [""]
             raise errors.CommandError(
                 f"command exited with code {self.exit_code}: {_shown(self.command)}"
-                + (f": {tail[0]}" if tail[0] else ""),
+                + (f": {escape_control(tail[0], limit=200)}" if tail[0] else ""),
                 result=self, reason="NonZeroExitCode", name=self.sandbox)
         return self
 
@@ -93,6 +112,8 @@ class CommandResult:
         return {
             "command": self.command, "exitCode": self.exit_code, "stdout": self.stdout, "stderr": self.stderr,
             "durationSeconds": round(self.duration, 6), "timedOut": self.timed_out,
+            "stdoutTruncated": self.stdout_truncated, "stderrTruncated": self.stderr_truncated,
+            "stdoutDropped": self.stdout_dropped, "stderrDropped": self.stderr_dropped,
         }
 
 
@@ -112,12 +133,47 @@ def is_wrapper_timeout(exit_code: int | None, stderr: bytes) -> bool:
     return False
 
 
+def wrapper_refusal(exit_code: int | None, stderr: bytes) -> str | None:
+    """The wrapper's refusal of a limit above the sandbox's own (exit 125, its first stderr line), or None."""
+    if exit_code != EXIT_WRAPPER_USAGE:
+        return None
+    first = _decode(stderr).split("\n", 1)[0]
+    if first.startswith(WRAPPER_DIAGNOSTIC_PREFIX + " ") and LIMIT_REFUSAL in first:
+        return escape_control(first, limit=500)
+    return None
+
+
+class _Kept:
+    """The first ``limit`` bytes of one output stream, and how many bytes past them were dropped."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 0:
+            raise ValueError(f"an output cap cannot be negative, got {limit}")
+        self.limit = limit
+        self.data = bytearray()
+        self.dropped = 0
+
+    def add(self, chunk: bytes) -> None:
+        room = self.limit - len(self.data)
+        if room >= len(chunk):
+            self.data += chunk
+            return
+        if room > 0:
+            self.data += chunk[:room]
+        self.dropped += len(chunk) - max(room, 0)
+
+    def release(self) -> None:
+        self.data = bytearray()
+
+
 class CommandStream:
     """A running command whose output is consumed as it arrives.
 
-    Iterate it for :class:`OutputChunk` objects; when iteration ends, :attr:`result` is set (output in the
-    result is everything that was yielded). Use it as a context manager, or call :meth:`close`, to drop the
-    connection early.
+    Iterate it for :class:`OutputChunk` objects; when iteration ends, :attr:`result` is set. A stream passes
+    output through and keeps none of it (the result's output is empty and its ``*_dropped`` counts say how
+    much went by) unless it was opened with a cap (``run()`` does), then it keeps the head up to the cap.
+    Use it as a context manager, or call :meth:`close`, to drop the connection early; :meth:`kill` signals
+    the command's processes in the sandbox.
     """
 
     def __init__(
@@ -130,20 +186,27 @@ class CommandStream:
         sandbox: str,
         namespace: str,
         timeout_for_message: float | None,
+        max_output: int = 0,
+        max_stderr: int | None = None,
+        command_id: str | None = None,
+        kill: Callable[[str | int], int] | None = None,
     ) -> None:
         self.command = command
+        self.command_id = command_id
         self.sandbox = sandbox
         self.namespace = namespace
         self.result: CommandResult | None = None
+        self._kill = kill
+        self._stdout = _Kept(max_output)
+        self._stderr = _Kept(max_output if max_stderr is None else max_stderr)
+        self._stderr_head = bytearray()
+        self._stderr_tail = b""
         self._hold_cm = hold()
         self._hold_cm.__enter__()
         self._started = time.monotonic()
         self._deadline = None if client_deadline is None else self._started + client_deadline
         self._timeout = timeout_for_message
-        self._stdout = bytearray()
-        self._stderr = bytearray()
         self._cancel = threading.Event()
-        self._iterating = False
         try:
             self._conn = open_connection()
         except BaseException:
@@ -175,6 +238,14 @@ class CommandStream:
         self._iter.close()
         self._release()
 
+    def kill(self, signal: str | int = "KILL") -> int:
+        """Sends ``signal`` to every process of this command in the sandbox; returns how many were signalled
+        (0 when the command had already ended). Output keeps arriving until the command ends."""
+        if self._kill is None:
+            raise errors.SandboxError("this command was started without a command id and cannot be killed",
+                                      reason="NotKillable", name=self.sandbox, namespace=self.namespace)
+        return self._kill(signal)
+
     def wait(self) -> CommandResult:
         """Reads the rest of the output and returns the result."""
         for _ in self:
@@ -184,15 +255,21 @@ class CommandStream:
                                    reason="StreamClosed", name=self.sandbox, namespace=self.namespace)
         return self.result
 
+    def _note_stderr(self, data: bytes) -> None:
+        if len(self._stderr_head) < DIAGNOSTIC_BYTES:
+            self._stderr_head += data[:DIAGNOSTIC_BYTES - len(self._stderr_head)]
+        self._stderr_tail = (self._stderr_tail + data[-DIAGNOSTIC_BYTES:])[-DIAGNOSTIC_BYTES:]
+
     def _run(self) -> Generator[OutputChunk, None, None]:
         try:
             try:
                 for channel, data in self._conn.frames(self._deadline, self._cancel):
                     if channel == STDOUT:
-                        self._stdout += data
+                        self._stdout.add(data)
                         yield OutputChunk("stdout", data)
                     elif channel == STDERR:
-                        self._stderr += data
+                        self._stderr.add(data)
+                        self._note_stderr(data)
                         yield OutputChunk("stderr", data)
             except DeadlineExceeded:
                 partial = self._make_result(exit_code=-1, timed_out=True)
@@ -207,9 +284,15 @@ class CommandStream:
             if status is None or status.exit_code is None:
                 assert status is not None
                 raise status_error(status, name=self.sandbox, namespace=self.namespace)
+            refusal = wrapper_refusal(status.exit_code, bytes(self._stderr_head))
+            if refusal is not None:
+                raise errors.ExecError(refusal, reason="LimitAboveSandbox", name=self.sandbox,
+                                       namespace=self.namespace)
             self.result = self._make_result(
-                exit_code=status.exit_code,
-                timed_out=is_wrapper_timeout(status.exit_code, bytes(self._stderr)))
+                exit_code=status.exit_code, timed_out=is_wrapper_timeout(status.exit_code, self._stderr_tail))
+            # The result holds the output now; keeping the buffers too would hold it twice.
+            self._stdout.release()
+            self._stderr.release()
         finally:
             self._release()
 
@@ -218,34 +301,79 @@ class CommandStream:
 
     def _make_result(self, *, exit_code: int, timed_out: bool) -> CommandResult:
         return CommandResult(
-            command=self.command, exit_code=exit_code, stdout_bytes=bytes(self._stdout),
-            stderr_bytes=bytes(self._stderr), duration=time.monotonic() - self._started, timed_out=timed_out,
-            sandbox=self.sandbox)
+            command=self.command, exit_code=exit_code, stdout_bytes=bytes(self._stdout.data),
+            stderr_bytes=bytes(self._stderr.data), duration=time.monotonic() - self._started, timed_out=timed_out,
+            sandbox=self.sandbox, stdout_truncated=self._stdout.dropped > 0,
+            stderr_truncated=self._stderr.dropped > 0, stdout_dropped=self._stdout.dropped,
+            stderr_dropped=self._stderr.dropped)
+
+
+class _ChunkQueue:
+    """Chunks waiting for :meth:`CommandHandle.chunks`, at most ``max_bytes`` of them.
+
+    Past the bound the OLDEST chunks are dropped (and counted), so output nobody reads cannot grow memory and
+    a reader who comes late follows the most recent output. ``None`` marks the end and is never dropped.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.dropped_chunks = 0
+        self.dropped_bytes = 0
+        self._items: deque[OutputChunk | None] = deque()
+        self._bytes = 0
+        self._ready = threading.Condition()
+
+    def put(self, chunk: OutputChunk) -> None:
+        with self._ready:
+            self._items.append(chunk)
+            self._bytes += len(chunk.data)
+            while self._bytes > self.max_bytes and self._items and self._items[0] is not None:
+                old = self._items.popleft()
+                assert old is not None
+                self._bytes -= len(old.data)
+                self.dropped_chunks += 1
+                self.dropped_bytes += len(old.data)
+            self._ready.notify()
+
+    def end(self) -> None:
+        with self._ready:
+            self._items.append(None)
+            self._ready.notify_all()
+
+    def get(self) -> OutputChunk | None:
+        """The next chunk, waiting for one; None (and again None) once the output has ended."""
+        with self._ready:
+            self._ready.wait_for(lambda: bool(self._items))
+            chunk = self._items[0]
+            if chunk is not None:
+                self._items.popleft()
+                self._bytes -= len(chunk.data)
+            return chunk
 
 
 class CommandHandle:
     """A command running in the background.
 
-    Output is collected as it arrives (:attr:`stdout`, :attr:`stderr` so far; :meth:`chunks` to follow it).
+    :attr:`stdout`/:attr:`stderr` are the output so far, kept up to the command's output cap (the head, as in
+    :class:`CommandResult`). :meth:`chunks` follows the output; chunks not yet taken are held up to the same
+    cap, past which the oldest are dropped and counted in :attr:`dropped_chunks`/:attr:`dropped_chunk_bytes`.
     :meth:`wait` returns the :class:`CommandResult`; :meth:`kill` signals the command's processes in the
     sandbox. With ``stdin=True`` at start, :meth:`send_stdin`/:meth:`close_stdin` feed it.
     """
 
-    def __init__(self, stream: CommandStream, *, kill: Callable[[str], object],
+    def __init__(self, stream: CommandStream, *, max_queued_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
                  stdin: StdinPipe | None = None,
                  on_stdout: Callable[[str], None] | None = None,
                  on_stderr: Callable[[str], None] | None = None) -> None:
         self._stream = stream
-        self._kill = kill
         self._stdin = stdin
         self._on_stdout = on_stdout
         self._on_stderr = on_stderr
-        self._stdout = bytearray()
-        self._stderr = bytearray()
-        self._chunks: queue.Queue[OutputChunk | None] = queue.Queue()
+        self._chunks = _ChunkQueue(max_queued_bytes)
         self._error: BaseException | None = None
         self._done = threading.Event()
         self.command = stream.command
+        self.command_id = stream.command_id
         self._thread = threading.Thread(target=self._pump, name=f"command-{stream.sandbox}", daemon=True)
         self._thread.start()
 
@@ -253,39 +381,43 @@ class CommandHandle:
         try:
             for chunk in self._stream:
                 if chunk.stream == "stdout":
-                    self._stdout += chunk.data
                     if self._on_stdout:
                         self._on_stdout(chunk.text)
-                else:
-                    self._stderr += chunk.data
-                    if self._on_stderr:
-                        self._on_stderr(chunk.text)
+                elif self._on_stderr:
+                    self._on_stderr(chunk.text)
                 self._chunks.put(chunk)
         except BaseException as exc:
             self._error = exc
         finally:
             self._done.set()
-            self._chunks.put(None)
+            self._chunks.end()
 
     @property
     def stdout(self) -> str:
-        return _decode(bytes(self._stdout))
+        result = self._stream.result
+        return result.stdout if result is not None else _decode(bytes(self._stream._stdout.data))
 
     @property
     def stderr(self) -> str:
-        return _decode(bytes(self._stderr))
+        result = self._stream.result
+        return result.stderr if result is not None else _decode(bytes(self._stream._stderr.data))
 
     @property
     def running(self) -> bool:
         return not self._done.is_set()
 
+    @property
+    def dropped_chunks(self) -> int:
+        """Chunks :meth:`chunks` will never deliver because nobody took them in time."""
+        return self._chunks.dropped_chunks
+
+    @property
+    def dropped_chunk_bytes(self) -> int:
+        return self._chunks.dropped_bytes
+
     def chunks(self) -> Iterator[OutputChunk]:
         """Output chunks as they arrive (each chunk is delivered once, to one consumer)."""
-        while True:
-            chunk = self._chunks.get()
-            if chunk is None:
-                self._chunks.put(None)
-                return
+        while (chunk := self._chunks.get()) is not None:
             yield chunk
 
     def send_stdin(self, data: bytes | str) -> None:
@@ -312,12 +444,12 @@ class CommandHandle:
                                    name=self._stream.sandbox)
         return result
 
-    def kill(self, signal: str = "KILL", *, wait: float | None = 30) -> CommandResult | None:
+    def kill(self, signal: str | int = "KILL", *, wait: float | None = 30) -> CommandResult | None:
         """Sends ``signal`` to every process of this command in the sandbox, then waits up to ``wait``
         seconds for the result (None when ``wait`` is 0)."""
         if self._done.is_set():
             return self.wait() if wait != 0 else None
-        self._kill(signal)
+        self._stream.kill(signal)
         if wait == 0:
             return None
         return self.wait(wait)

@@ -108,8 +108,9 @@ class WaitTimeout(SandboxError):
 
 class ExecError(SandboxError):
     """The command could not be run at all: the exec connection failed, the container is not running, the
-    image has no exec wrapper, or the stream broke. A command that ran and failed is *not* an ExecError; see
-    :class:`CommandError`."""
+    image has no exec wrapper, the wrapper refused a limit above the sandbox's own (reason
+    ``LimitAboveSandbox``), or the stream broke; or killing a command failed (reason ``KillFailed``). A command
+    that ran and failed is *not* an ExecError; see :class:`CommandError`."""
 
 
 class CommandError(SandboxError):

@@ -10,9 +10,9 @@ per-command timeout and limits always apply; :func:`wrapper_argv` builds that ar
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
+import re
 import select
 import ssl
 import threading
@@ -52,6 +52,12 @@ EXIT_WRAPPER_USAGE: Final = 125
 EXIT_CANNOT_EXECUTE: Final = 126
 EXIT_NOT_FOUND: Final = 127
 WRAPPER_DIAGNOSTIC_PREFIX: Final = "sandbox-exec:"
+# ``sandbox-exec --kill ID``: 3 when no command with that ID runs (it already ended).
+EXIT_KILL_NO_COMMAND: Final = 3
+MAX_STATUS_BYTES = 64 * 1024  # channel 3 carries one small metav1.Status
+
+COMMAND_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+SIGNAL_NAMES = frozenset({"TERM", "KILL", "INT", "HUP", "QUIT", "USR1", "USR2", "CONT", "STOP"})
 
 @dataclass(frozen=True)
 class ExecStatus:
@@ -98,19 +104,23 @@ def shell_argv(command: str, shell: str = "/bin/bash") -> list[str]:
 def wrapper_argv(
     argv: Sequence[str],
     *,
+    command_id: str | None = None,
     timeout: float | None = None,
     cwd: str | None = None,
     env: Mapping[str, str] | None = None,
     nproc: int | None = None,
     fsize: int | None = None,
 ) -> list[str]:
-    """``sandbox-exec [--timeout S] [--cwd DIR] [--env K=V]... [--nproc N] [--fsize B] -- ARGV...``.
+    """``sandbox-exec [--id ID] [--timeout S] [--cwd DIR] [--env K=V]... [--nproc N] [--fsize B] -- ARGV...``.
 
-    Values are checked here so a bad one fails with a clear message instead of a wrapper usage error.
+    ``command_id`` labels the wrapper so :func:`kill_argv` can find it later. Values are checked here so a bad
+    one fails with a clear message instead of a wrapper usage error.
     """
     if not argv:
         raise ValueError("empty command")
     out = [constants.EXEC_WRAPPER]
+    if command_id is not None:
+        out += ["--id", _checked_command_id(command_id)]
     if timeout is not None:
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
@@ -131,6 +141,37 @@ def wrapper_argv(
     for arg in argv:
         _check_text("argument", arg)
     return [*out, "--", *argv]
+
+
+def kill_argv(command_id: str, signal: str | int = "KILL") -> list[str]:
+    """``sandbox-exec --kill ID --signal SIG``, run without a wrapper around it: it signals every descendant of
+    the wrapper labelled ``ID`` without forking, so it works when a fork bomb fills the process table.
+
+    ``signal`` is a name (``TERM``, ``SIGTERM``, ...) or a number.
+    """
+    return [constants.EXEC_WRAPPER, "--kill", _checked_command_id(command_id), "--signal", _checked_signal(signal)]
+
+
+def _checked_command_id(command_id: str) -> str:
+    # A leading '-' would read as an option of the wrapper.
+    if not isinstance(command_id, str) or not COMMAND_ID.fullmatch(command_id) or command_id.startswith("-"):
+        raise ValueError(f"invalid command id {command_id!r}: 1 to 64 letters, digits, '_' or '-', "
+                         "not starting with '-'")
+    return command_id
+
+
+def _checked_signal(signal: str | int) -> str:
+    if isinstance(signal, int) and not isinstance(signal, bool):
+        if not 1 <= signal <= 64:
+            raise ValueError(f"invalid signal number {signal}")
+        return str(signal)
+    text = str(signal).strip().upper()
+    if text.isdigit():
+        return _checked_signal(int(text))
+    name = text.removeprefix("SIG")
+    if name not in SIGNAL_NAMES:
+        raise ValueError(f"invalid signal {signal!r}: one of {', '.join(sorted(SIGNAL_NAMES))} or a number")
+    return name
 
 
 def _is_env_name(key: str) -> bool:
@@ -356,7 +397,7 @@ class ExecConnection:
                 if channel == CLOSE:
                     continue  # the server closing one of its channels
                 if channel == ERROR:
-                    self._error += payload
+                    self._error += payload[:max(0, MAX_STATUS_BYTES - len(self._error))]
                 elif channel in (STDOUT, STDERR) and payload:
                     yield channel, payload
         finally:
@@ -406,21 +447,7 @@ def status_error(status: ExecStatus, *, name: str, namespace: str) -> errors.Exe
                             details=status.raw or None)
 
 
-def parse_json_line(text: str) -> dict[str, Any] | None:
-    """The last line of ``text`` that is a JSON object (the file tool's error report), or None."""
-    for line in reversed(text.strip().splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                out = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(out, dict):
-                return out
-    return None
-
-
 __all__ = [
     "CLOSE", "ERROR", "STDERR", "STDIN", "STDOUT", "DeadlineExceeded", "ExecConnection", "ExecStatus",
-    "StdinPipe", "StdinSource", "parse_exec_status", "shell_argv", "status_error", "wrapper_argv",
+    "StdinPipe", "StdinSource", "kill_argv", "parse_exec_status", "shell_argv", "status_error", "wrapper_argv",
 ]

@@ -7,52 +7,54 @@ here before anything is sent (:mod:`sandbox_operator.sdk.paths`), and sizes are 
 
 from __future__ import annotations
 
-import io
+import contextlib
 import json
 import os
+import posixpath
 import stat as stat_mod
 import tarfile
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Literal, Protocol, cast
+from typing import IO, Any, Literal, NoReturn, Protocol, cast
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from sandbox_operator import constants
-from sandbox_operator.sdk import errors
+from sandbox_operator.sdk import archive, errors
 from sandbox_operator.sdk.commands import CommandResult
-from sandbox_operator.sdk.exec import EXIT_NOT_FOUND, parse_json_line
+from sandbox_operator.sdk.exec import EXIT_NOT_FOUND, WRAPPER_DIAGNOSTIC_PREFIX
 from sandbox_operator.sdk.paths import sandbox_path
+from sandbox_operator.sdk.text import escape_control
 
 DEFAULT_MAX_FILE_BYTES = 100 * 1024 * 1024
 DEFAULT_MAX_TRANSFER_BYTES = 1024 * 1024 * 1024
-DEFAULT_FILE_TIMEOUT = 300.0
+DEFAULT_MAX_ARCHIVE_MEMBERS = 100_000
+DEFAULT_FILE_TIMEOUT: float | None = None  # the sandbox's own command limit, applied by the wrapper
 SPOOL_IN_MEMORY = 8 * 1024 * 1024
+MAX_LISTING_BYTES = 16 * 1024 * 1024  # the JSON of ls or stat; a longer answer is refused, not parsed
+MAX_QUIET_OUTPUT_BYTES = 64 * 1024  # verbs that print nothing when they succeed
+SHOWN_CHARS = 200  # of the sandbox's own text, in an error message
 
 FileType = Literal["file", "dir", "symlink", "other"]
 
 
-@dataclass(frozen=True)
-class FileInfo:
-    """One entry as the file tool reports it."""
+class FileInfo(BaseModel):
+    """One entry as the file tool reports it, checked strictly (the sandbox writes it)."""
 
-    name: str
-    path: str
+    model_config = ConfigDict(frozen=True, strict=True, extra="forbid")
+
+    name: str = Field(min_length=1)
+    path: str = Field(min_length=1)
     type: FileType
-    size: int
-    mode: int
-    mtime: float
+    size: int = Field(ge=0)
+    mode: int = Field(ge=0, le=0o7777)
+    mtime: float = Field(allow_inf_nan=False)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FileInfo:
-        kind = data.get("type", "other")
-        return cls(
-            name=str(data.get("name", "")), path=str(data.get("path", "")),
-            type=kind if kind in ("file", "dir", "symlink", "other") else "other",
-            size=int(data.get("size") or 0), mode=int(data.get("mode") or 0),
-            mtime=float(data.get("mtime") or 0.0),
-        )
+        return cls.model_validate(data)
 
     @property
     def is_dir(self) -> bool:
@@ -74,8 +76,84 @@ class FileInfo:
         return stat_mod.filemode(bits | (self.mode & 0o7777))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "path": self.path, "type": self.type, "size": self.size,
-                "mode": self.mode, "mtime": self.mtime}
+        return self.model_dump()
+
+
+_LISTING: TypeAdapter[list[FileInfo]] = TypeAdapter(list[FileInfo])
+
+
+class _ToolErrorReport(BaseModel):
+    """The file tool's error line: ``{"error": CLASS, "message": ..., "path": ..., ["errno": ...]}``."""
+
+    model_config = ConfigDict(frozen=True, strict=True, extra="forbid")
+
+    error: str = Field(min_length=1, max_length=100)
+    message: str
+    # Not used (errors name the path the caller asked for); an OSError raised on an open file reports its
+    # descriptor number here.
+    path: str | int | None = None
+    errno: str | None = None
+
+
+class _BadOutput(Exception):  # noqa: N818 - internal, turned into FileError
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise _BadOutput("a key appears twice in one object")
+    return out
+
+
+def _no_constant(name: str) -> NoReturn:
+    raise _BadOutput(f"{name} is not JSON")
+
+
+def strict_json(data: bytes) -> Any:
+    """Exactly one JSON document followed by at most one newline; anything else is :class:`_BadOutput`."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _BadOutput(f"not UTF-8 at byte {exc.start}") from None
+    decoder = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
+    try:
+        value, end = decoder.raw_decode(text)
+    except ValueError as exc:
+        raise _BadOutput(f"not one JSON document: {exc}") from None
+    if text[end:] not in ("", "\n"):
+        raise _BadOutput(f"{len(text) - end} characters after the JSON document")
+    return value
+
+
+def _validation_problem(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(x) for x in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors()[:3])
+
+
+def _bad_output(verb: str, data: bytes, problem: str, path: str, sandbox: str) -> errors.FileError:
+    return errors.FileError(
+        f"the file tool's answer to {verb} is not valid ({escape_control(problem, limit=120)}); it began: "
+        f"{escape_control(data, limit=80)!r}", path=path, reason="BadToolOutput", name=sandbox)
+
+
+def parse_entry(data: bytes, *, path: str, sandbox: str) -> FileInfo:
+    """The answer of ``stat``: one JSON object, validated strictly."""
+    try:
+        return FileInfo.model_validate(strict_json(data))
+    except _BadOutput as exc:
+        raise _bad_output("stat", data, str(exc), path, sandbox) from None
+    except ValidationError as exc:
+        raise _bad_output("stat", data, _validation_problem(exc), path, sandbox) from None
+
+
+def parse_listing(data: bytes, *, path: str, sandbox: str) -> list[FileInfo]:
+    """The answer of ``ls``: one JSON array of entries, validated strictly."""
+    try:
+        return _LISTING.validate_python(strict_json(data))
+    except _BadOutput as exc:
+        raise _bad_output("ls", data, str(exc), path, sandbox) from None
+    except ValidationError as exc:
+        raise _bad_output("ls", data, _validation_problem(exc), path, sandbox) from None
 
 
 class ToolRunner(Protocol):
@@ -85,28 +163,71 @@ class ToolRunner(Protocol):
     namespace: str
 
     def _run_tool(self, args: Sequence[str], *, stdin: bytes | IO[bytes] | None = None,
-                  timeout: float | None = None, max_output: int | None = None) -> CommandResult: ...
+                  timeout: float | None = None, max_output: int,
+                  sink: IO[bytes] | None = None) -> CommandResult: ...
+
+
+def parse_tool_error(stderr: bytes) -> _ToolErrorReport | None:
+    """The tool's error report, only when stderr is exactly one JSON object line, optionally after lines of the
+    exec wrapper's own diagnostics; None for anything else."""
+    try:
+        text = stderr.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    lines = text.removesuffix("\n").split("\n")
+    *wrapper_lines, report_line = lines
+    if any(not line.startswith(WRAPPER_DIAGNOSTIC_PREFIX + " ") for line in wrapper_lines):
+        return None
+    try:
+        return _ToolErrorReport.model_validate(strict_json(report_line.encode()))
+    except (_BadOutput, ValidationError):
+        return None
 
 
 def tool_error(result: CommandResult, *, path: str | None, sandbox: str | None = None) -> errors.SandboxError:
-    """The error a failed file-tool run stands for."""
-    report = parse_json_line(result.stderr) or {}
-    kind = str(report.get("error") or "")
-    message = str(report.get("message") or result.stderr.strip() or f"exit code {result.exit_code}")
-    where = str(report.get("path") or path or "") or None
+    """The error a failed file-tool run stands for. The sandbox's text in it is escaped and shortened."""
     if result.timed_out:
-        return errors.FileError(f"file operation timed out: {message}", path=where, reason="CommandTimeout",
-                                name=sandbox)
-    if not kind and result.exit_code == EXIT_NOT_FOUND:
-        return errors.ExecError(f"the sandbox image has no file tool {constants.FILES_TOOL}: {message}",
-                                reason="FileToolMissing", name=sandbox)
+        return errors.FileError(f"file operation timed out after {result.duration:.0f}s", path=path,
+                                reason="CommandTimeout", name=sandbox)
+    report = None if result.stderr_truncated else parse_tool_error(result.stderr_bytes)
+    if report is None:
+        said = escape_control(result.stderr_bytes.strip(), limit=SHOWN_CHARS) or "nothing on stderr"
+        if result.exit_code == EXIT_NOT_FOUND:
+            return errors.ExecError(f"the sandbox image has no file tool {constants.FILES_TOOL}: {said}",
+                                    reason="FileToolMissing", name=sandbox)
+        return errors.FileError(f"the file tool failed with exit code {result.exit_code}: {said}", path=path,
+                                reason="FileToolFailed", name=sandbox)
+    kind = report.error
+    message = escape_control(report.message, limit=1000)
+    if path and path not in report.message:
+        message = f"{message}: {escape_control(path, limit=SHOWN_CHARS)}"
     if kind in ("PathOutsideSandbox", "UnsafeTarMember"):
-        return errors.PathOutsideSandbox(message, path=where, reason=kind, name=sandbox)
+        return errors.PathOutsideSandbox(message, path=path, reason=kind, name=sandbox)
     if kind in ("FileNotFoundError", "NotFound"):
-        return errors.SandboxFileNotFound(message, path=where, reason=kind, name=sandbox)
-    if kind in ("FileTooLarge", "FileTooLargeError") or report.get("errno") == "EFBIG":
-        return errors.FileTooLarge(message, path=where, reason=kind, name=sandbox)
-    return errors.FileError(message, path=where, reason=kind or "FileToolFailed", name=sandbox)
+        return errors.SandboxFileNotFound(message, path=path, reason=kind, name=sandbox)
+    if kind in ("FileTooLarge", "FileTooLargeError") or report.errno == "EFBIG":
+        return errors.FileTooLarge(message, path=path, reason=kind, name=sandbox)
+    return errors.FileError(message, path=path, reason=escape_control(kind, limit=100), name=sandbox)
+
+
+def _new_file_mode() -> int:
+    """What a newly created file gets (0o666 less the umask), read without changing the umask."""
+    umask = 0o022
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                umask = int(line.split()[1], 8)
+    return 0o666 & ~umask
+
+
+def download_name(remote: str) -> str:
+    """The local name of a downloaded file: the last component of the path the caller asked for (never
+    what the sandbox says about it)."""
+    name = posixpath.basename(remote)
+    if remote in constants.WRITABLE_ROOTS or name in ("", ".", ".."):
+        raise errors.FileError(f"{remote!r} has no file name to save it under; give the local file path",
+                               path=remote, reason="NoFileName")
+    return name
 
 
 class Files:
@@ -114,15 +235,18 @@ class Files:
 
     def __init__(self, runner: ToolRunner, *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
                  max_transfer_bytes: int = DEFAULT_MAX_TRANSFER_BYTES,
-                 timeout: float = DEFAULT_FILE_TIMEOUT) -> None:
+                 timeout: float | None = DEFAULT_FILE_TIMEOUT,
+                 max_archive_members: int = DEFAULT_MAX_ARCHIVE_MEMBERS) -> None:
         self._runner = runner
         self.max_file_bytes = max_file_bytes
         self.max_transfer_bytes = max_transfer_bytes
+        self.max_archive_members = max_archive_members
         self.timeout = timeout
 
     def _run(self, args: Sequence[str], *, path: str | None, stdin: bytes | IO[bytes] | None = None,
-             max_output: int | None = None, ok_codes: tuple[int, ...] = (0,)) -> CommandResult:
-        result = self._runner._run_tool(args, stdin=stdin, timeout=self.timeout, max_output=max_output)
+             max_output: int = MAX_QUIET_OUTPUT_BYTES, sink: IO[bytes] | None = None,
+             ok_codes: tuple[int, ...] = (0,)) -> CommandResult:
+        result = self._runner._run_tool(args, stdin=stdin, timeout=self.timeout, max_output=max_output, sink=sink)
         if result.exit_code not in ok_codes or result.timed_out:
             raise tool_error(result, path=path, sandbox=self._runner.name)
         return result
@@ -180,20 +304,14 @@ class Files:
 
     def stat(self, path: str) -> FileInfo:
         p = sandbox_path(path)
-        return FileInfo.from_dict(_json_object(self._run(["stat", p], path=p), p, self._runner.name))
+        result = self._run(["stat", p], path=p, max_output=MAX_LISTING_BYTES)
+        return parse_entry(result.stdout_bytes, path=p, sandbox=self._runner.name)
 
     def list(self, path: str = constants.WORKSPACE_DIR) -> list[FileInfo]:
         """The entries of a directory (name, type, size, mode, mtime), sorted by name."""
         p = sandbox_path(path)
-        result = self._run(["ls", p], path=p)
-        try:
-            data = json.loads(result.stdout_bytes or b"[]")
-        except ValueError as exc:
-            raise errors.FileError(f"the file tool printed no JSON list: {exc}", path=p,
-                                   reason="BadToolOutput", name=self._runner.name) from exc
-        if isinstance(data, dict):  # a single file
-            data = [data]
-        return sorted((FileInfo.from_dict(d) for d in data if isinstance(d, dict)), key=lambda f: f.name)
+        result = self._run(["ls", p], path=p, max_output=MAX_LISTING_BYTES)
+        return sorted(parse_listing(result.stdout_bytes, path=p, sandbox=self._runner.name), key=lambda f: f.name)
 
     # Trees ---------------------------------------------------------------------------------------------
 
@@ -233,51 +351,75 @@ class Files:
         return p
 
     def download(self, remote: str, local: str | os.PathLike[str]) -> Path:
-        """Copies a sandbox file to the local path, or a directory's contents into the local directory."""
+        """Copies a sandbox file to the local path, or a directory's contents into the local directory.
+
+        When ``local`` is an existing directory, a file lands in it under the last component of ``remote``
+        (``download("/workspace/report.txt", "dl/")`` writes ``dl/report.txt``, whatever the sandbox says
+        the file is). The file is streamed to a temporary file next to the destination, capped at
+        ``max_file_bytes``, and renamed into place only when complete.
+        """
         p = sandbox_path(remote)
         info = self.stat(p)
         if info.is_dir:
             return self.download_dir(p, local)
+        if not info.is_file:
+            raise errors.FileError(f"{p} is not a regular file or a directory", path=p,
+                                   reason="NotARegularFile", name=self._runner.name)
         dest = Path(local)
         if dest.is_dir():
-            dest = dest / info.name
-        data = self.read_bytes(p)
+            dest = dest / download_name(p)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(data)
+        fd, temp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name[:100]}.", suffix=".part")
+        temp = Path(temp_name)
+        try:
+            with os.fdopen(fd, "wb") as sink:
+                self._run(["read", p], path=p, max_output=self.max_file_bytes, sink=sink)
+                os.fchmod(sink.fileno(), _new_file_mode())
+            temp.replace(dest)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            raise
         return dest
 
     def download_dir(self, remote: str, local: str | os.PathLike[str]) -> Path:
-        """Fetches a directory as a tar stream and extracts its contents into ``local`` safely: absolute
-        names are made relative, and ``..``, links leading outside and device files are refused."""
+        """Fetches a directory as a plain tar stream (spooled to disk, capped at ``max_transfer_bytes``) and
+        extracts its contents into ``local``.
+
+        Every member is checked before anything is written, and one unsafe member refuses the whole archive
+        (:class:`PathOutsideSandbox`, reason ``UnsafeArchiveEntry``): absolute or empty names, ``..``,
+        control characters, symlinks leading outside, hard links to anything but an earlier file, devices,
+        FIFOs, more than ``max_archive_members`` members or more than ``max_transfer_bytes`` of files.
+        Modes are kept up to ``0o755`` (never setuid, setgid or sticky); owners are not.
+        """
         p = sandbox_path(remote)
-        data = self._run(["tar-out", p, "--arcname", "."], path=p, max_output=self.max_transfer_bytes).stdout_bytes
         dest = Path(local)
-        dest.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
-            members = []
-            for member in tar.getmembers():
-                name = member.name
-                while name.startswith("./"):
-                    name = name[2:]
-                if name in ("", "."):
-                    continue
-                member.name = name
-                members.append(member)
+        sandbox = self._runner.name
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as spool:
+            self._run(["tar-out", p, "--arcname", "."], path=p, max_output=self.max_transfer_bytes,
+                      sink=cast(IO[bytes], spool))
+            size = spool.tell()
+            spool.seek(0)
+            head = spool.read(8)
+            spool.seek(0)
+            if archive.looks_compressed(head):
+                raise errors.FileError("the file tool sent a compressed archive; a plain tar was asked for",
+                                       path=p, reason="BadToolOutput", name=sandbox)
             try:
-                tar.extractall(dest, members=members, filter="data")
-            except tarfile.FilterError as exc:
-                raise errors.PathOutsideSandbox(f"refusing an unsafe entry in the downloaded archive: {exc}",
-                                                path=p, reason="UnsafeArchiveEntry") from exc
+                archive.scan_headers(cast(IO[bytes], spool))
+                with tarfile.open(fileobj=cast(IO[bytes], spool), mode="r:") as tar:
+                    entries = archive.plan_extraction(tar, max_members=self.max_archive_members,
+                                                      max_bytes=self.max_transfer_bytes, archive_size=size)
+                    archive.check_destination(dest, entries)
+                    archive.extract(tar, entries, dest)
+            except archive.UnsafeMember as exc:
+                raise errors.PathOutsideSandbox(str(exc), path=p, reason="UnsafeArchiveEntry",
+                                                name=sandbox) from None
+            except (tarfile.TarError, UnicodeError) as exc:
+                raise errors.FileError(f"the file tool sent an unreadable archive: "
+                                       f"{escape_control(str(exc), limit=SHOWN_CHARS)}", path=p,
+                                       reason="BadToolOutput", name=sandbox) from None
+            except OSError as exc:
+                raise errors.FileError(f"writing the download under {dest} failed: {exc}", path=str(dest),
+                                       reason="LocalWriteFailed", name=sandbox) from exc
         return dest
-
-
-def _json_object(result: CommandResult, path: str, sandbox: str) -> dict[str, Any]:
-    try:
-        data = json.loads(result.stdout_bytes)
-    except ValueError as exc:
-        raise errors.FileError(f"the file tool printed no JSON: {exc}", path=path, reason="BadToolOutput",
-                               name=sandbox) from exc
-    if not isinstance(data, dict):
-        raise errors.FileError("the file tool printed no JSON object", path=path, reason="BadToolOutput",
-                               name=sandbox)
-    return data

@@ -16,7 +16,7 @@ from sandbox_operator import constants
 from sandbox_operator.sdk import errors
 from sandbox_operator.sdk._kube import KubeApi, load_config
 from sandbox_operator.sdk.activity import DEFAULT_INTERVAL, ActivityRecorder
-from sandbox_operator.sdk.commands import CommandResult
+from sandbox_operator.sdk.commands import DEFAULT_MAX_OUTPUT_BYTES, CommandResult
 from sandbox_operator.sdk.events import EventStream, SandboxEvent, Subscription
 from sandbox_operator.sdk.files import (
     DEFAULT_FILE_TIMEOUT,
@@ -159,11 +159,14 @@ class SandboxManager:
         record_activity: bool = True,
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         max_transfer_bytes: int = DEFAULT_MAX_TRANSFER_BYTES,
-        file_timeout: float = DEFAULT_FILE_TIMEOUT,
+        max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+        file_timeout: float | None = DEFAULT_FILE_TIMEOUT,
         shell: str = "/bin/bash",
         default_spec: Mapping[str, Any] | None = None,
         default_labels: Mapping[str, str] | None = None,
     ) -> None:
+        if max_output_bytes < 0:
+            raise ValueError(f"max_output_bytes cannot be negative, got {max_output_bytes}")
         if api_client is None:
             cfg = load_config(kubeconfig, context, namespace, in_cluster=in_cluster)
             api_client, default_ns = cfg.api_client, cfg.namespace
@@ -177,6 +180,7 @@ class SandboxManager:
         self.default_command_timeout = default_command_timeout
         self.max_file_bytes = max_file_bytes
         self.max_transfer_bytes = max_transfer_bytes
+        self.max_output_bytes = max_output_bytes
         self.file_timeout = file_timeout
         self.shell = shell
         self.default_spec = dict(default_spec or {})
@@ -395,9 +399,9 @@ class SandboxManager:
 
     def execute_command(self, session_id: str, command: str | Sequence[str], *, timeout: float | None = None,
                         env: Mapping[str, str] | None = None, cwd: str | None = None,
-                        stdin: bytes | str | None = None) -> CommandResult:
+                        stdin: bytes | str | None = None, max_output: int | None = None) -> CommandResult:
         return Sandbox(self, session_id, self.namespace).run(command, timeout=timeout, env=env, cwd=cwd,
-                                                              stdin=stdin)
+                                                              stdin=stdin, max_output=max_output)
 
     def read_file(self, session_id: str, path: str) -> str:
         return Sandbox(self, session_id, self.namespace).files.read_text(path)

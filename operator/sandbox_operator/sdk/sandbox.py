@@ -11,29 +11,28 @@ from sandbox_operator import constants
 from sandbox_operator.sdk import errors
 from sandbox_operator.sdk.commands import CommandHandle, CommandResult, CommandStream
 from sandbox_operator.sdk.events import EventStream, SandboxEvent, Subscription
-from sandbox_operator.sdk.exec import ExecConnection, StdinPipe, StdinSource, shell_argv, wrapper_argv
+from sandbox_operator.sdk.exec import (
+    EXIT_KILL_NO_COMMAND,
+    ExecConnection,
+    StdinPipe,
+    StdinSource,
+    kill_argv,
+    shell_argv,
+    wrapper_argv,
+)
 from sandbox_operator.sdk.files import Files
 from sandbox_operator.sdk.health import Health, health_from, readiness
+from sandbox_operator.sdk.text import escape_control
 
 if TYPE_CHECKING:
     from sandbox_operator.sdk.manager import ProgressCallback, SandboxManager
 
-# The environment variable that marks every process of one command, so it can be killed as a group.
-COMMAND_ID_ENV = "SANDBOX_COMMAND_ID"
 CLIENT_GRACE_SECONDS = 30.0
-_SIGNAL = re.compile(r"^(SIG)?[A-Z0-9]+$")
-
-# Signals every process of a command (found by its marker in /proc/PID/environ); prints how many.
-_KILL_SCRIPT = r"""id="$1"; sig="$2"; n=0
-for d in /proc/[0-9]*; do
-  p="${d#/proc/}"
-  [ "$p" = "$$" ] && continue
-  if tr '\0' '\n' < "$d/environ" 2>/dev/null | grep -qx "SANDBOX_COMMAND_ID=$id"; then
-    kill -s "$sig" "$p" 2>/dev/null && n=$((n+1))
-  fi
-done
-echo "$n"
-"""
+# ``sandbox-exec --kill`` gives up on its sweep after 10 s; this leaves room for the exec round trip.
+KILL_DEADLINE_SECONDS = 30.0
+KILL_OUTPUT_BYTES = 4096  # one decimal count on stdout, one diagnostic line on stderr
+TOOL_STDERR_BYTES = 64 * 1024  # the file tool's error report is one short JSON line
+_KILL_COUNT = re.compile(rb"[0-9]{1,9}\n?")
 
 
 class Sandbox:
@@ -188,35 +187,51 @@ class Sandbox:
                        phase=state.phase, reason=state.reason, name=self.name, namespace=self.namespace)
         return exc
 
-    def stream(self, command: str | Sequence[str], *, timeout: float | None = None,
-               env: Mapping[str, str] | None = None, cwd: str | None = None,
-               stdin: StdinSource | None = None, shell: str | None = None,
-               _extra_env: Mapping[str, str] | None = None) -> CommandStream:
-        """Starts a command and returns its output as an iterator of chunks, each delivered as it arrives.
-
-        A string runs under ``shell -c`` (bash by default); a list is an argv. ``timeout`` (seconds) is
-        enforced by the exec wrapper in the sandbox, which kills the command's whole process group.
-        """
+    def _command(self, command: str | Sequence[str], *, timeout: float | None, env: Mapping[str, str] | None,
+                 cwd: str | None, stdin: StdinSource | None, shell: str | None, max_output: int,
+                 max_stderr: int | None = None) -> CommandStream:
+        """Opens one command through the exec wrapper, labelled with a fresh id so it can be killed."""
         user_argv = self._command_argv(command, shell)
-        full_env = {**(env or {}), **(_extra_env or {})}
-        argv = wrapper_argv(user_argv, timeout=timeout, cwd=cwd, env=full_env or None)
+        command_id = uuid.uuid4().hex
+        argv = wrapper_argv(user_argv, command_id=command_id, timeout=timeout, cwd=cwd, env=env or None)
         return CommandStream(
             lambda: self._open(argv, stdin), user_argv, client_deadline=self._client_deadline(timeout),
             hold=lambda: self.manager.activity.hold(self.namespace, self.name), sandbox=self.name,
-            namespace=self.namespace, timeout_for_message=timeout)
+            namespace=self.namespace, timeout_for_message=timeout, max_output=max_output, max_stderr=max_stderr,
+            command_id=command_id, kill=lambda signal: self._kill(command_id, signal))
+
+    def stream(self, command: str | Sequence[str], *, timeout: float | None = None,
+               env: Mapping[str, str] | None = None, cwd: str | None = None,
+               stdin: StdinSource | None = None, shell: str | None = None) -> CommandStream:
+        """Starts a command and returns its output as an iterator of chunks, each delivered as it arrives.
+
+        A string runs under ``shell -c`` (bash by default); a list is an argv. ``timeout`` (seconds) is
+        enforced by the exec wrapper in the sandbox, which kills every process the command started. The
+        stream keeps none of the output (the final :attr:`~CommandStream.result` has empty output and counts
+        the bytes in ``stdout_dropped``/``stderr_dropped``), so any amount can pass through it.
+        """
+        return self._command(command, timeout=timeout, env=env, cwd=cwd, stdin=stdin, shell=shell, max_output=0)
 
     def run(self, command: str | Sequence[str], *, timeout: float | None = None,
             env: Mapping[str, str] | None = None, cwd: str | None = None, stdin: StdinSource | None = None,
             check: bool = False, shell: str | None = None,
             on_stdout: Callable[[str], None] | None = None,
-            on_stderr: Callable[[str], None] | None = None) -> CommandResult:
+            on_stderr: Callable[[str], None] | None = None,
+            max_output: int | None = None) -> CommandResult:
         """Runs a command to completion: stdout, stderr, exit code, duration, timed-out flag.
+
+        At most ``max_output`` bytes of stdout and of stderr are kept (default: the manager's
+        ``max_output_bytes``, 16 MiB), the head of each; ``stdout_truncated``/``stdout_dropped`` (and the
+        stderr twins) say what was dropped. ``on_stdout``/``on_stderr`` see all of it as it arrives.
 
         A non-zero exit or a timeout is a result, not an error, unless ``check=True`` (then
         :class:`CommandError`/:class:`CommandTimeout`). Failing to run the command at all raises
-        (:class:`ExecError`, :class:`SandboxNotReady`, :class:`SandboxNotFound`...).
+        (:class:`ExecError`, :class:`SandboxNotReady`, :class:`SandboxNotFound`...); a ``timeout`` above the
+        sandbox's own limit is refused by the wrapper (:class:`ExecError`, reason ``LimitAboveSandbox``).
         """
-        with self.stream(command, timeout=timeout, env=env, cwd=cwd, stdin=stdin, shell=shell) as stream:
+        cap = self.manager.max_output_bytes if max_output is None else max_output
+        with self._command(command, timeout=timeout, env=env, cwd=cwd, stdin=stdin, shell=shell,
+                           max_output=cap) as stream:
             for chunk in stream:
                 if chunk.stream == "stdout" and on_stdout is not None:
                     on_stdout(chunk.text)
@@ -231,11 +246,14 @@ class Sandbox:
               env: Mapping[str, str] | None = None, cwd: str | None = None,
               stdin: bool | StdinSource = False, shell: str | None = None,
               on_stdout: Callable[[str], None] | None = None,
-              on_stderr: Callable[[str], None] | None = None) -> CommandHandle:
+              on_stderr: Callable[[str], None] | None = None,
+              max_output: int | None = None) -> CommandHandle:
         """Starts a command in the background; the handle can be waited on, followed or killed.
 
         ``stdin=True`` opens a pipe fed by :meth:`CommandHandle.send_stdin`; other values are sent as
-        the command's whole input.
+        the command's whole input. ``max_output`` (default: the manager's ``max_output_bytes``) bounds the
+        output kept for :attr:`CommandHandle.stdout`/``stderr`` and the result, and the chunks held for
+        :meth:`CommandHandle.chunks`.
         """
         pipe: StdinPipe | None = None
         source: StdinSource | None
@@ -246,40 +264,49 @@ class Sandbox:
             source = None
         else:
             source = stdin
-        command_id = uuid.uuid4().hex
-        stream = self.stream(command, timeout=timeout, env=env, cwd=cwd, stdin=source, shell=shell,
-                             _extra_env={COMMAND_ID_ENV: command_id})
-        return CommandHandle(stream, kill=lambda sig: self._kill(command_id, sig), stdin=pipe,
-                             on_stdout=on_stdout, on_stderr=on_stderr)
+        cap = self.manager.max_output_bytes if max_output is None else max_output
+        stream = self._command(command, timeout=timeout, env=env, cwd=cwd, stdin=source, shell=shell,
+                               max_output=cap)
+        return CommandHandle(stream, max_queued_bytes=cap, stdin=pipe, on_stdout=on_stdout, on_stderr=on_stderr)
 
-    def _kill(self, command_id: str, signal: str) -> int:
-        signal = signal.upper()
-        if not _SIGNAL.match(signal):
-            raise ValueError(f"invalid signal {signal!r}")
-        signal = signal.removeprefix("SIG")
-        result = self.run(["/bin/sh", "-c", _KILL_SCRIPT, "sandbox-kill", command_id, signal], timeout=30)
-        if result.exit_code != 0:
-            raise errors.ExecError(f"killing the command failed: {result.stderr.strip()}",
-                                   reason="KillFailed", name=self.name, namespace=self.namespace)
-        try:
-            return int(result.stdout.strip() or 0)
-        except ValueError:
+    def _kill(self, command_id: str, signal: str | int) -> int:
+        """Runs ``sandbox-exec --kill`` (no wrapper around it, nothing forked in the sandbox); returns how many
+        processes were signalled, 0 when the command had already ended."""
+        argv = kill_argv(command_id, signal)
+        with CommandStream(lambda: self._open(argv, None), argv, client_deadline=KILL_DEADLINE_SECONDS,
+                           hold=lambda: self.manager.activity.hold(self.namespace, self.name), sandbox=self.name,
+                           namespace=self.namespace, timeout_for_message=None,
+                           max_output=KILL_OUTPUT_BYTES) as stream:
+            result = stream.wait()
+        if result.exit_code == EXIT_KILL_NO_COMMAND:
             return 0
+        if result.exit_code == 0 and _KILL_COUNT.fullmatch(result.stdout_bytes):
+            return int(result.stdout_bytes)
+        problem = escape_control(result.stderr_bytes.strip() or result.stdout_bytes.strip(), limit=200)
+        raise errors.ExecError(f"killing command {command_id} failed (exit code {result.exit_code}): "
+                               f"{problem or 'no diagnostic'}", reason="KillFailed", name=self.name,
+                               namespace=self.namespace)
 
     def _run_tool(self, args: Sequence[str], *, stdin: bytes | IO[bytes] | None = None,
-                  timeout: float | None = None, max_output: int | None = None) -> CommandResult:
-        """Runs the in-image file tool through the exec wrapper; stops reading past ``max_output`` bytes."""
-        with self.stream([constants.FILES_TOOL, *args], timeout=timeout, stdin=stdin) as stream:
+                  timeout: float | None = None, max_output: int, sink: IO[bytes] | None = None) -> CommandResult:
+        """Runs the in-image file tool through the exec wrapper. Stdout is kept up to ``max_output`` bytes, or
+        written to ``sink`` and not kept; past ``max_output`` the connection is dropped and
+        :class:`FileTooLarge` raised. Stderr is kept up to a small fixed cap."""
+        with self._command([constants.FILES_TOOL, *args], timeout=timeout, env=None, cwd=None,
+                           stdin=stdin, shell=None, max_output=0 if sink is not None else max_output,
+                           max_stderr=TOOL_STDERR_BYTES) as stream:
             size = 0
             for chunk in stream:
                 if chunk.stream == "stdout":
                     size += len(chunk.data)
-                    if max_output is not None and size > max_output:
+                    if size > max_output:
                         stream.close()
                         raise errors.FileTooLarge(
                             f"output is over the cap of {max_output} bytes",
                             path=args[1] if len(args) > 1 else None, reason="FileTooLarge", name=self.name,
                             namespace=self.namespace)
+                    if sink is not None:
+                        sink.write(chunk.data)
             return stream.wait()
 
     # Seed-style conveniences -----------------------------------------------------------------------
