@@ -14,10 +14,10 @@ import posixpath
 import stat as stat_mod
 import tarfile
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Literal, NoReturn, Protocol, cast
+from typing import IO, Any, Literal, NoReturn, Protocol, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -27,6 +27,8 @@ from sandbox_operator.sdk.commands import CommandResult
 from sandbox_operator.sdk.exec import EXIT_NOT_FOUND, WRAPPER_DIAGNOSTIC_PREFIX
 from sandbox_operator.sdk.paths import sandbox_path
 from sandbox_operator.sdk.text import escape_control
+
+T = TypeVar("T")
 
 DEFAULT_MAX_FILE_BYTES = 100 * 1024 * 1024
 DEFAULT_MAX_TRANSFER_BYTES = 1024 * 1024 * 1024
@@ -136,24 +138,23 @@ def _bad_output(verb: str, data: bytes, problem: str, path: str, sandbox: str) -
         f"{escape_control(data, limit=80)!r}", path=path, reason="BadToolOutput", name=sandbox)
 
 
+def _parse_answer(verb: str, validate: Callable[[Any], T], data: bytes, path: str, sandbox: str) -> T:
+    try:
+        return validate(strict_json(data))
+    except _BadOutput as exc:
+        raise _bad_output(verb, data, str(exc), path, sandbox) from None
+    except ValidationError as exc:
+        raise _bad_output(verb, data, _validation_problem(exc), path, sandbox) from None
+
+
 def parse_entry(data: bytes, *, path: str, sandbox: str) -> FileInfo:
     """The answer of ``stat``: one JSON object, validated strictly."""
-    try:
-        return FileInfo.model_validate(strict_json(data))
-    except _BadOutput as exc:
-        raise _bad_output("stat", data, str(exc), path, sandbox) from None
-    except ValidationError as exc:
-        raise _bad_output("stat", data, _validation_problem(exc), path, sandbox) from None
+    return _parse_answer("stat", FileInfo.model_validate, data, path, sandbox)
 
 
 def parse_listing(data: bytes, *, path: str, sandbox: str) -> list[FileInfo]:
     """The answer of ``ls``: one JSON array of entries, validated strictly."""
-    try:
-        return _LISTING.validate_python(strict_json(data))
-    except _BadOutput as exc:
-        raise _bad_output("ls", data, str(exc), path, sandbox) from None
-    except ValidationError as exc:
-        raise _bad_output("ls", data, _validation_problem(exc), path, sandbox) from None
+    return _parse_answer("ls", _LISTING.validate_python, data, path, sandbox)
 
 
 class ToolRunner(Protocol):
