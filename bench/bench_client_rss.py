@@ -124,7 +124,8 @@ def format_rows(rows: list[Row], size: int) -> str:
                                                                           f" (exit {r.exit_code})"),
               f"{r.seconds:.1f}", r.command) for r in rows]
     widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(headers)]
-    lines = [f"# {size / 1024**2:.0f} MiB of output per path; peak RSS of the receiving process alone",
+    lines = [f"# {shlex.join(['python', 'bench/bench_client_rss.py', *sys.argv[1:]])}",
+             f"# {size / 1024**2:.0f} MiB of output per path; peak RSS of the receiving process alone",
              "  ".join(h.ljust(widths[i]) for i, h in enumerate(headers)).rstrip(),
              "  ".join("-" * w for w in widths)]
     lines += ["  ".join(v.ljust(widths[i]) for i, v in enumerate(t)).rstrip() for t in table]
