@@ -55,7 +55,8 @@ image: ## Build the images (docker or buildah) and import them into the local cl
 	bash hack/build-images.sh
 
 .PHONY: lint
-lint: $(VENV_STAMP) ## ruff and mypy (strict)
+lint: $(VENV_STAMP) ## ruff and mypy (strict); installs shellcheck (Debian) for the shell-script test
+	@command -v shellcheck >/dev/null 2>&1 || bash -c 'source hack/lib.sh && source hack/image-lib.sh && need_command shellcheck shellcheck'
 	$(VENV)/bin/ruff check operator tests bench
 	$(VENV)/bin/mypy
 

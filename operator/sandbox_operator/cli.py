@@ -347,8 +347,10 @@ def cmd_create(ctx: Context) -> int:
             spec = loaded
     kwargs: dict[str, Any] = {
         "image": a.image, "cpu": a.cpu, "memory": a.memory, "ephemeral_storage": a.ephemeral_storage,
-        "pids": a.pids, "command_timeout": a.command_timeout, "idle_timeout": a.idle_timeout,
-        "lifetime": a.lifetime, "working_dir": a.working_dir, "runtime_class_name": a.runtime_class,
+        "pids": a.pids, "cpu_request": a.cpu_request, "memory_request": a.memory_request,
+        "ephemeral_storage_request": a.ephemeral_storage_request, "command_timeout": a.command_timeout,
+        "idle_timeout": a.idle_timeout, "lifetime": a.lifetime, "working_dir": a.working_dir,
+        "runtime_class_name": a.runtime_class,
         "env": parse_key_values(a.env, "--env") or None,
         "pod_labels": parse_key_values(a.pod_label, "--pod-label") or None,
         "node_selector": parse_key_values(a.node_selector, "--node-selector") or None,
@@ -599,9 +601,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", help="name (default: generated, sbx-xxxxx)")
     p.add_argument("-f", "--filename", help="a Sandbox manifest or a spec mapping (YAML/JSON; - for stdin)")
     p.add_argument("--image", help="container image (must be allowed by the operator)")
-    p.add_argument("--cpu", help="CPU, e.g. 500m or 2")
-    p.add_argument("--memory", help="memory, e.g. 512Mi")
-    p.add_argument("--ephemeral-storage", help="local disk, e.g. 1Gi")
+    p.add_argument("--cpu", help="CPU limit, e.g. 500m or 2")
+    p.add_argument("--memory", help="memory limit, e.g. 512Mi")
+    p.add_argument("--ephemeral-storage", help="local disk limit, e.g. 1Gi")
+    p.add_argument("--cpu-request", help="CPU the scheduler reserves (at most --cpu), e.g. 100m")
+    p.add_argument("--memory-request", help="memory the scheduler reserves (at most --memory), e.g. 128Mi")
+    p.add_argument("--ephemeral-storage-request",
+                   help="local disk the scheduler reserves (at most --ephemeral-storage), e.g. 256Mi")
     p.add_argument("--pids", type=int, help="maximum number of processes")
     p.add_argument("--command-timeout", type=int, metavar="SECONDS", help="default per-command timeout")
     p.add_argument("--idle-timeout", type=int, metavar="SECONDS", help="delete after this long idle")

@@ -68,13 +68,22 @@ class OperatorSettings(BaseSettings):
     allow_secret_env: bool = False
     """Whether ``spec.env[].valueFrom.secretKeyRef`` is allowed."""
 
-    # Per-sandbox defaults and maximums.
+    # Per-sandbox defaults and maximums. default_*/max_* are limits; default_*_request what the scheduler reserves.
     default_cpu: Quantity = "1"
     max_cpu: Quantity = "4"
     default_memory: Quantity = "512Mi"
     max_memory: Quantity = "8Gi"
     default_ephemeral_storage: Quantity = "1Gi"
     max_ephemeral_storage: Quantity = "10Gi"
+    default_cpu_request: Quantity = "10m"
+    """CPU request of a Sandbox that sets none: an idle sandbox uses next to nothing, and 100 of them fit on a
+    2-core node beside the system pods. Capped at the sandbox's CPU limit."""
+    default_memory_request: Quantity = "64Mi"
+    """Memory request of a Sandbox that sets none: an idle sandbox's ~9 MB plus a small working set. It also
+    bounds how many sandboxes the scheduler packs onto a node (allocatable / 64Mi), so that the node's memory
+    is not wildly overcommitted. Capped at the sandbox's memory limit."""
+    default_ephemeral_storage_request: Quantity = "64Mi"
+    """Ephemeral storage request of a Sandbox that sets none. Capped at the sandbox's ephemeral storage limit."""
     tmp_size_limit: Quantity = "256Mi"
     """Size limit of the /tmp emptyDir (capped at the sandbox's ephemeral storage)."""
     default_pids: int = Field(20, ge=limits.PIDS_MIN, le=limits.PIDS_MAX)
@@ -95,9 +104,6 @@ class OperatorSettings(BaseSettings):
     """Host UIDs ``FIRST-LAST`` handed out one per sandbox pod when user namespaces are off, so that RLIMIT_NPROC
     and the kernel's per-user counters are per sandbox. Operators sharing nodes need disjoint ranges."""
     termination_grace_seconds: int = Field(5, ge=0, le=30)
-    readiness_period_seconds: int = Field(10, ge=1, le=60)
-    """Period of the exec readiness probe. It does not delay Ready: the kubelet probes as soon as the container
-    starts. Every probe is a process exec in the sandbox, so short periods cost node CPU."""
     priority_class_name: str | None = None
     service_account_name: str | None = None
     """Service account of sandbox pods; its token is never mounted. Unset uses the namespace's default."""
@@ -144,13 +150,18 @@ class OperatorSettings(BaseSettings):
             "ephemeral_storage": (limits.EPHEMERAL_STORAGE_MIN, limits.EPHEMERAL_STORAGE_MAX),
         }.items():
             default, maximum = getattr(self, f"default_{name}"), getattr(self, f"max_{name}")
-            for which, value in (("default", default), ("max", maximum)):
+            request = getattr(self, f"default_{name}_request")
+            for variable, value in ((f"DEFAULT_{name}", default), (f"MAX_{name}", maximum),
+                                    (f"DEFAULT_{name}_REQUEST", request)):
                 if not parse_quantity(low) <= parse_quantity(value) <= parse_quantity(high):
-                    problems.append(f"{ENV_PREFIX}{which.upper()}_{name.upper()}={value} is outside "
+                    problems.append(f"{ENV_PREFIX}{variable.upper()}={value} is outside "
                                     f"the CRD's bounds [{low}, {high}]")
             if parse_quantity(default) > parse_quantity(maximum):
                 problems.append(f"{ENV_PREFIX}DEFAULT_{name.upper()}={default} exceeds "
                                 f"{ENV_PREFIX}MAX_{name.upper()}={maximum}")
+            if parse_quantity(request) > parse_quantity(default):
+                problems.append(f"{ENV_PREFIX}DEFAULT_{name.upper()}_REQUEST={request} exceeds the default limit "
+                                f"{ENV_PREFIX}DEFAULT_{name.upper()}={default}")
         for name in ("pids", "command_seconds", "idle_seconds", "lifetime_seconds"):
             default_int, maximum_int = getattr(self, f"default_{name}"), getattr(self, f"max_{name}")
             if default_int > maximum_int:

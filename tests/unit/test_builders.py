@@ -13,6 +13,7 @@ from sandbox_operator.builders.meta import child_labels
 from sandbox_operator.builders.network_policy import build_network_policy
 from sandbox_operator.builders.pod import active_deadline_seconds, build_pod
 from sandbox_operator.models.effective import resolve
+from sandbox_operator.models.quantity import parse_quantity
 from sandbox_operator.models.sandbox import Sandbox
 from sandbox_operator.settings import OperatorSettings
 
@@ -185,20 +186,68 @@ def test_container_hardening() -> None:
         "runAsNonRoot": True, "runAsUser": HOST_UID, "runAsGroup": 1000, "allowPrivilegeEscalation": False,
         "privileged": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"}}
-    assert container["readinessProbe"]["exec"] == {"command": [constants.READY_PROGRAM]}
-    assert container["readinessProbe"]["periodSeconds"] == SETTINGS.readiness_period_seconds
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
 
 
-def test_requests_equal_limits_for_every_resource() -> None:
-    [container] = pod_json({"resources": {"cpu": "250m", "memory": "1Gi", "ephemeralStorage": "2Gi"}})[
-        "spec"]["containers"]
-    expected = {"cpu": "250m", "memory": "1Gi", "ephemeral-storage": "2Gi"}
-    assert container["resources"] == {"requests": expected, "limits": expected}
-
-
-def test_default_resources() -> None:
+def test_no_probe_spawns_processes_in_the_sandbox() -> None:
+    """Readiness comes from PID 1's start-up self-check; an exec probe would be a process per sandbox per period."""
     [container] = pod_json()["spec"]["containers"]
-    assert container["resources"]["limits"] == {"cpu": "1", "memory": "512Mi", "ephemeral-storage": "1Gi"}
+    assert not {"readinessProbe", "livenessProbe", "startupProbe"} & set(container)
+
+
+def qos_class(pod: dict[str, Any]) -> str:
+    """The pod's QoS class as the kubelet computes it (cpu and memory only; ephemeral storage does not count)."""
+    requests: dict[str, list[str]] = {"cpu": [], "memory": []}
+    limits: dict[str, list[str]] = {"cpu": [], "memory": []}
+    guaranteed = True
+    for container in pod["spec"]["containers"]:
+        resources = container.get("resources") or {}
+        for name in ("cpu", "memory"):
+            request, limit = (resources.get("requests") or {}).get(name), (resources.get("limits") or {}).get(name)
+            requests[name] += [request] if request else []
+            limits[name] += [limit] if limit else []
+            if limit is None or (request is not None and parse_quantity(request) != parse_quantity(limit)):
+                guaranteed = False
+    if not any(requests.values()) and not any(limits.values()):
+        return "BestEffort"
+    return "Guaranteed" if guaranteed else "Burstable"
+
+
+def test_default_requests_are_small_and_limits_stay_hard() -> None:
+    pod = pod_json()
+    [container] = pod["spec"]["containers"]
+    assert container["resources"] == {
+        "limits": {"cpu": "1", "memory": "512Mi", "ephemeral-storage": "1Gi"},
+        "requests": {"cpu": "10m", "memory": "64Mi", "ephemeral-storage": "64Mi"}}
+    assert qos_class(pod) == "Burstable"
+
+
+def test_requests_and_limits_from_the_spec() -> None:
+    [container] = pod_json({"resources": {"cpu": "250m", "memory": "1Gi", "ephemeralStorage": "2Gi",
+                                          "requests": {"cpu": "100m"}}})["spec"]["containers"]
+    assert container["resources"] == {
+        "limits": {"cpu": "250m", "memory": "1Gi", "ephemeral-storage": "2Gi"},
+        "requests": {"cpu": "100m", "memory": "64Mi", "ephemeral-storage": "64Mi"}}
+
+
+def test_default_requests_are_capped_at_a_smaller_limit() -> None:
+    [container] = pod_json({"resources": {"cpu": "10m", "memory": "32Mi", "ephemeralStorage": "16Mi"}})[
+        "spec"]["containers"]
+    assert container["resources"]["requests"] == {"cpu": "10m", "memory": "32Mi", "ephemeral-storage": "16Mi"}
+
+
+@pytest.mark.parametrize(("spec", "settings"), [
+    ({"resources": {"cpu": "1", "memory": "1Gi",
+                    "requests": {"cpu": "1000m", "memory": "1Gi", "ephemeralStorage": "1Gi"}}}, SETTINGS),
+    ({}, OperatorSettings(default_cpu_request="1", default_memory_request="512Mi",
+                          default_ephemeral_storage_request="1Gi")),
+], ids=["per-sandbox", "settings"])
+def test_requests_equal_to_limits_give_guaranteed_qos(spec: dict[str, Any], settings: OperatorSettings) -> None:
+    pod = pod_json(spec, settings)
+    [container] = pod["spec"]["containers"]
+    assert qos_class(pod) == "Guaranteed"
+    requests, limits = container["resources"]["requests"], container["resources"]["limits"]
+    assert {k: parse_quantity(v) for k, v in requests.items()} == {k: parse_quantity(v) for k, v in limits.items()}
 
 
 def test_writable_emptydirs_with_size_limits() -> None:

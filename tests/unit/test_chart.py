@@ -511,6 +511,30 @@ def test_values_schema_rejects_bad_placement_values(helm: Path, config: dict[str
     assert "values don't meet the specifications of the schema" in error, error
 
 
+def test_request_values_reach_the_operator(helm: Path, tmp_path: Path) -> None:
+    config = {"defaultCpuRequest": "1", "defaultMemoryRequest": "512Mi", "defaultEphemeralStorageRequest": "1Gi"}
+    env = env_of(render(helm, {"config": config}, tmp_path))
+    assert env[f"{ENV_PREFIX}DEFAULT_CPU_REQUEST"] == "1"
+    with settings_env(env):
+        settings = load_settings()
+    assert (settings.default_cpu_request, settings.default_memory_request,
+            settings.default_ephemeral_storage_request) == ("1", "512Mi", "1Gi")
+
+
+@pytest.mark.parametrize("config", [{"defaultCpuRequest": "lots"}, {"defaultMemoryRequest": -1},
+                                    {"readinessPeriodSeconds": 10}])
+def test_values_schema_rejects_bad_request_values_and_the_removed_readiness_period(
+        helm: Path, config: dict[str, Any], tmp_path: Path) -> None:
+    error = render_error(helm, {"config": config}, tmp_path)
+    assert "values don't meet the specifications of the schema" in error, error
+
+
+def test_a_request_above_the_default_limit_is_caught_by_the_operator(helm: Path, tmp_path: Path) -> None:
+    env = env_of(render(helm, {"config": {"defaultMemoryRequest": "1Gi"}}, tmp_path))
+    with settings_env(env), pytest.raises(SettingsError, match=f"{ENV_PREFIX}DEFAULT_MEMORY_REQUEST=1Gi exceeds"):
+        load_settings()
+
+
 def test_invalid_settings_are_caught_by_the_operator(helm: Path, tmp_path: Path) -> None:
     """What the schema cannot see (cross-field rules) the operator reports by variable name at start."""
     env = env_of(render(helm, {"config": {"defaultCpu": "8", "maxCpu": "4"}}, tmp_path))

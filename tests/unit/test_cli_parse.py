@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+from typing import Any
+
 import pytest
 
 from sandbox_operator import cli
@@ -35,6 +38,33 @@ def test_create_options() -> None:
                  "--no-wait")
     assert args.name == "my-box" and args.memory == "1Gi" and args.idle_timeout == 20  # type: ignore[attr-defined]
     assert args.no_wait and args.label == ["t=x"]  # type: ignore[attr-defined]
+
+
+class _Created:
+    name = "my-box"
+    obj: dict[str, object] = {}
+
+
+class _RecordingManager:
+    def __init__(self) -> None:
+        self.specs: list[dict[str, object]] = []
+
+    def create(self, name: str | None, **kwargs: Any) -> _Created:
+        self.specs.append(kwargs["spec"])
+        return _Created()
+
+
+def test_create_maps_limits_and_requests_into_the_spec(capsys: pytest.CaptureFixture[str]) -> None:
+    args = parse("create", "my-box", "--cpu", "2", "--memory", "1Gi", "--cpu-request", "500m",
+                 "--memory-request", "256Mi", "--ephemeral-storage-request", "128Mi", "--no-wait")
+    assert isinstance(args, argparse.Namespace)
+    ctx = cli.Context(args)
+    manager = _RecordingManager()
+    ctx._manager = manager  # type: ignore[assignment]  # no cluster behind this test
+    assert cli.cmd_create(ctx) == cli.EXIT_OK
+    assert manager.specs == [{"resources": {"cpu": "2", "memory": "1Gi", "requests": {
+        "cpu": "500m", "memory": "256Mi", "ephemeralStorage": "128Mi"}}}]
+    assert capsys.readouterr().out.strip() == "my-box"
 
 
 @pytest.mark.parametrize("command", ["create", "list", "get", "exec", "cp", "ls", "cat", "rm", "events",

@@ -183,7 +183,8 @@ VALID_SPEC: dict[str, Any] = {
     "command": ["/usr/local/bin/sandbox-init"],
     "args": ["--verbose"],
     "env": [{"name": "A", "value": "1"}, {"name": "B", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
-    "resources": {"cpu": "500m", "memory": "512Mi", "ephemeralStorage": "1Gi", "pids": 20},
+    "resources": {"cpu": "500m", "memory": "512Mi", "ephemeralStorage": "1Gi", "pids": 20,
+                  "requests": {"cpu": "100m", "memory": "128Mi", "ephemeralStorage": "256Mi"}},
     "timeouts": {"commandSeconds": 60, "idleSeconds": 600, "lifetimeSeconds": 3600},
     "workingDir": "/workspace/project",
     "podLabels": {"team": "a", "example.com/tier": "x"},
@@ -264,6 +265,31 @@ BAD_CASES = [
          [("spec.resources.ephemeralStorage", "maxLength")]),
     Case("storage-too-small", with_spec(resources__ephemeralStorage="1Ki"), [("spec.resources", CEL)]),
     Case("storage-too-large", with_spec(resources__ephemeralStorage="2Ti"), [("spec.resources", CEL)]),
+    Case("request-cpu-pattern", with_spec(resources__requests__cpu="-1"),
+         [("spec.resources.requests.cpu", "pattern")]),
+    Case("request-cpu-too-long", with_spec(resources__requests__cpu="1" * 33),
+         [("spec.resources.requests.cpu", "maxLength")]),
+    Case("request-cpu-too-small", with_spec(resources__requests__cpu="1m"), [("spec.resources.requests", CEL)]),
+    Case("request-memory-pattern", with_spec(resources__requests__memory="1GB"),
+         [("spec.resources.requests.memory", "pattern")]),
+    Case("request-memory-too-long", with_spec(resources__requests__memory="1" * 33),
+         [("spec.resources.requests.memory", "maxLength")]),
+    Case("request-memory-too-small", with_spec(resources__requests__memory="1Mi"),
+         [("spec.resources.requests", CEL)]),
+    Case("request-memory-too-large", with_spec(resources={"requests": {"memory": "257Gi"}}),
+         [("spec.resources.requests", CEL)]),
+    Case("request-storage-pattern", with_spec(resources__requests__ephemeralStorage="lots"),
+         [("spec.resources.requests.ephemeralStorage", "pattern")]),
+    Case("request-storage-too-long", with_spec(resources__requests__ephemeralStorage="1" * 33),
+         [("spec.resources.requests.ephemeralStorage", "maxLength")]),
+    Case("request-storage-too-small", with_spec(resources__requests__ephemeralStorage="1Ki"),
+         [("spec.resources.requests", CEL)]),
+    Case("request-cpu-above-limit", with_spec(resources__requests__cpu="501m"), [("spec.resources", CEL)]),
+    Case("request-memory-above-limit", with_spec(resources__requests__memory="513Mi"), [("spec.resources", CEL)]),
+    Case("request-storage-above-limit", with_spec(resources__requests__ephemeralStorage="2Gi"),
+         [("spec.resources", CEL)]),
+    Case("request-int-above-limit", with_spec(resources={"memory": 1073741824, "requests": {"memory": 1073741825}}),
+         [("spec.resources", CEL)]),
     Case("pids-too-small", with_spec(resources__pids=4), [("spec.resources.pids", "minimum")]),
     Case("pids-too-large", with_spec(resources__pids=32769), [("spec.resources.pids", "maximum")]),
     Case("pids-not-int", with_spec(resources__pids="20"), []),
@@ -388,6 +414,10 @@ def test_allowed_update_accepted_by_both(new: dict[str, Any]) -> None:
     {"timeouts": {"idleSeconds": 10, "lifetimeSeconds": 10}}, {"workingDir": "/"},
     {"tolerations": [{"operator": "Exists"}]}, {"podLabels": {"a": ""}},
     {"image": "registry.example:5000/team/img@sha256:" + "a" * 64},
+    {"resources": {"cpu": "1", "memory": "512Mi", "ephemeralStorage": "1Gi",
+                   "requests": {"cpu": "1000m", "memory": "512Mi", "ephemeralStorage": "1Gi"}}},
+    {"resources": {"memory": 1073741824, "requests": {"cpu": "10m", "memory": 536870912}}},
+    {"resources": {"requests": {"cpu": "10m", "memory": "16Mi", "ephemeralStorage": "16Mi"}}},
 ], ids=lambda s: ",".join(s) or "empty")
 def test_good_spec_accepted_by_both(spec: dict[str, Any]) -> None:
     assert api_rejections(spec) == []
@@ -400,6 +430,27 @@ def test_the_api_server_would_name_the_field() -> None:
         (".spec.timeouts.idleSeconds", "idleSeconds must not exceed lifetimeSeconds")]
     rejected = api_rejections(with_spec(image="localhost/other:1"), old_spec=VALID_SPEC)
     assert [(r.path, r.message) for r in rejected] == [(".spec.image", "spec.image is immutable")]
+    rejected = api_rejections(with_spec(resources__requests__cpu="2"))
+    assert [(r.path, r.message) for r in rejected] == [
+        (".spec.resources.requests.cpu", "spec.resources.requests.cpu must not exceed spec.resources.cpu")]
+
+
+@pytest.mark.parametrize(("resources", "message"), [
+    ({"requests": {"cpu": "2"}},
+     "spec.resources.requests.cpu 2 exceeds the limit 1 (the operator's default SANDBOX_OPERATOR_DEFAULT_CPU)"),
+    ({"requests": {"memory": "1Gi"}}, "spec.resources.requests.memory 1Gi exceeds the limit 512Mi "
+                                      "(the operator's default SANDBOX_OPERATOR_DEFAULT_MEMORY)"),
+    ({"requests": {"ephemeralStorage": "2Gi"}},
+     "spec.resources.requests.ephemeralStorage 2Gi exceeds the limit 1Gi "
+     "(the operator's default SANDBOX_OPERATOR_DEFAULT_EPHEMERAL_STORAGE)"),
+])
+def test_a_request_above_a_defaulted_limit_is_refused_by_the_operator_alone(resources: dict[str, Any],
+                                                                           message: str) -> None:
+    """The CRD cannot see the operator's defaults, so only the operator's re-check refuses these."""
+    assert api_rejections({"resources": resources}) == []
+    with pytest.raises(InvalidSpecError) as info:
+        resolve(Sandbox.from_body(sandbox({"resources": resources})).spec, OperatorSettings())
+    assert str(info.value) == message
 
 
 # --------------------------------------------------------------------------------------------------------------

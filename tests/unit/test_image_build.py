@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -151,25 +152,60 @@ def init_cflags() -> list[str]:
     return words
 
 
+@dataclass(frozen=True)
+class InitBuild:
+    """sandbox-init compiled as the image build does, except that the programs it checks at start and its
+    termination log are files in its own directory (the host has no /usr/local/bin/sandbox-exec)."""
+
+    binary: Path
+    writable_roots: str
+    exec_wrapper: Path
+    python: Path
+    termination_log: Path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {"PATH": os.environ["PATH"], "SANDBOX_WRITABLE_ROOTS": self.writable_roots, **extra}
+
+
+def build_init(directory: Path) -> InitBuild:
+    """In a directory any user may enter, with world-writable roots (for the tests that run it as nobody)."""
+    directory.chmod(0o755)
+    exec_wrapper, python = directory / "sandbox-exec", directory / "sandbox-python"
+    for program in (exec_wrapper, python):
+        program.write_text("#!/bin/sh\n")
+        program.chmod(0o755)
+    roots = [directory / "workspace", directory / "tmp"]
+    for root in roots:
+        root.mkdir()
+        root.chmod(0o1777)
+    log = directory / "termination-log"
+    log.touch()
+    log.chmod(0o666)
+    binary = directory / "sandbox-init"
+    paths = [f'-DSANDBOX_EXEC_PATH="{exec_wrapper}"', f'-DSANDBOX_PYTHON_PATH="{python}"',
+             f'-DTERMINATION_LOG_PATH="{log}"']
+    subprocess.run(["gcc", *init_cflags(), *paths, "-o", str(binary), str(SANDBOX_INIT_SOURCE)], check=True)
+    return InitBuild(binary, ":".join(map(str, roots)), exec_wrapper, python, log)
+
+
+needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="no C compiler")
+
+
 @pytest.fixture(scope="module")
-def sandbox_init() -> Iterator[Path]:
-    """sandbox-init built as the image build does, in a directory any user may enter (for the non-root test)."""
+def sandbox_init() -> Iterator[InitBuild]:
     if shutil.which("gcc") is None:
         pytest.skip("no C compiler")
     with tempfile.TemporaryDirectory(prefix="sandbox-init-") as directory:
-        Path(directory).chmod(0o755)
-        binary = Path(directory) / "sandbox-init"
-        subprocess.run(["gcc", *init_cflags(), "-o", str(binary), str(SANDBOX_INIT_SOURCE)], check=True)
-        yield binary
+        yield build_init(Path(directory))
 
 
-def start_init(binary: Path, setup: str, sweep: str | None = None, **popen: Any) -> subprocess.Popen[bytes]:
+def start_init(init: InitBuild, setup: str, sweep: str | None = None, **popen: Any) -> subprocess.Popen[bytes]:
     """sandbox-init in place of a shell that first runs `setup` (so what setup started are its children, as the
     orphans re-parented to PID 1 are in a container); not PID 1 here, it sweeps its own children the same way."""
-    env = {"PATH": os.environ["PATH"]}
+    env = init.env()
     if sweep is not None:
         env["SANDBOX_ORPHAN_SWEEP_SECONDS"] = sweep
-    return subprocess.Popen(["sh", "-c", f'{setup}\nexec "$0"', str(binary)], env=env, **popen)
+    return subprocess.Popen(["sh", "-c", f'{setup}\nexec "$0"', str(init.binary)], env=env, **popen)
 
 
 def gone(pid: int) -> bool:
@@ -186,26 +222,29 @@ def wait_for(predicate: Callable[[], bool], within: float) -> bool:
     return predicate()
 
 
-def test_sandbox_init_version_and_usage(sandbox_init: Path) -> None:
-    assert subprocess.run([str(sandbox_init), "--version"], capture_output=True, check=True).stdout \
+def test_sandbox_init_version_and_usage(sandbox_init: InitBuild) -> None:
+    binary = str(sandbox_init.binary)
+    assert subprocess.run([binary, "--version"], capture_output=True, check=True).stdout \
         == b"sandbox-init (sandbox-operator) test\n"
-    assert subprocess.run([str(sandbox_init), "extra"], capture_output=True, check=False).returncode == 2
-    bad = subprocess.run([str(sandbox_init)], env={"SANDBOX_ORPHAN_SWEEP_SECONDS": "soon"}, capture_output=True,
+    assert subprocess.run([binary, "extra"], capture_output=True, check=False).returncode == 2
+    bad = subprocess.run([binary], env=sandbox_init.env(SANDBOX_ORPHAN_SWEEP_SECONDS="soon"), capture_output=True,
                          check=False)
     assert bad.returncode == 2
     assert b"SANDBOX_ORPHAN_SWEEP_SECONDS" in bad.stderr
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_sandbox_init_exits_cleanly_on_sigterm_and_sigint(sandbox_init: Path, sig: signal.Signals) -> None:
-    proc = subprocess.Popen([str(sandbox_init)])
+def test_sandbox_init_exits_cleanly_on_sigterm_and_sigint(sandbox_init: InitBuild, sig: signal.Signals) -> None:
+    proc = subprocess.Popen([str(sandbox_init.binary)], env=sandbox_init.env(), stderr=subprocess.PIPE)
     time.sleep(0.1)
     assert proc.poll() is None
     proc.send_signal(sig)
     assert proc.wait(timeout=5) == 0
+    assert proc.stderr is not None and proc.stderr.read() == b""
+    assert sandbox_init.termination_log.read_text() == "", "a passing self-check wrote a termination message"
 
 
-def test_sandbox_init_kills_and_reaps_its_orphans_every_sweep(sandbox_init: Path, tmp_path: Path) -> None:
+def test_sandbox_init_kills_and_reaps_its_orphans_every_sweep(sandbox_init: InitBuild, tmp_path: Path) -> None:
     """Including one whose name holds ") Z 1 (": /proc/PID/stat is parsed from the last parenthesis."""
     pids = tmp_path / "pids"
     odd = tmp_path / "x) Z 1 (y"
@@ -222,7 +261,7 @@ def test_sandbox_init_kills_and_reaps_its_orphans_every_sweep(sandbox_init: Path
         assert init.wait(timeout=5) == 0
 
 
-def test_sandbox_init_sweep_can_be_turned_off(sandbox_init: Path, tmp_path: Path) -> None:
+def test_sandbox_init_sweep_can_be_turned_off(sandbox_init: InitBuild, tmp_path: Path) -> None:
     pid_file = tmp_path / "pid"
     init = start_init(sandbox_init, f"sleep 60 & echo $! > {pid_file}", sweep="0")
     try:
@@ -235,7 +274,7 @@ def test_sandbox_init_sweep_can_be_turned_off(sandbox_init: Path, tmp_path: Path
         os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
 
-def test_sandbox_init_reaps_children_that_exit(sandbox_init: Path, tmp_path: Path) -> None:
+def test_sandbox_init_reaps_children_that_exit(sandbox_init: InitBuild, tmp_path: Path) -> None:
     pid_file = tmp_path / "pid"
     init = start_init(sandbox_init, f"sleep 0.3 & echo $! > {pid_file}", sweep="0")
     try:
@@ -247,9 +286,10 @@ def test_sandbox_init_reaps_children_that_exit(sandbox_init: Path, tmp_path: Pat
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run it as another user")
-def test_sandbox_init_is_not_dumpable(sandbox_init: Path) -> None:
+def test_sandbox_init_is_not_dumpable(sandbox_init: InitBuild) -> None:
     """Run as an ordinary user from a readable file: prctl(PR_SET_DUMPABLE, 0) alone makes /proc/PID root's."""
-    proc = subprocess.Popen([str(sandbox_init)], user=65534, group=65534, extra_groups=[])
+    proc = subprocess.Popen([str(sandbox_init.binary)], env=sandbox_init.env(), user=65534, group=65534,
+                            extra_groups=[])
     try:
         time.sleep(0.2)
         assert "\t65534\t" in next(line for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
@@ -259,6 +299,75 @@ def test_sandbox_init_is_not_dumpable(sandbox_init: Path) -> None:
     finally:
         proc.terminate()
         assert proc.wait(timeout=5) == 0
+
+
+# --- sandbox-init's start-up self-check ----------------------------------------------------------------------
+
+def run_failing_init(init: InitBuild, **popen: Any) -> str:
+    """Runs sandbox-init expecting the self-check to fail: exit 1 at once, one line on stderr, the same line in
+    the termination log (when that exists). Returns the line."""
+    if init.termination_log.exists():
+        init.termination_log.write_text("")
+    started = time.monotonic()
+    result = subprocess.run([str(init.binary)], capture_output=True, text=True, timeout=5, check=False, **popen)
+    assert result.returncode == 1, result
+    assert time.monotonic() - started < 2, "the self-check must not wait for anything"
+    stderr: str = result.stderr
+    assert stderr.count("\n") == 1 and stderr.startswith("sandbox-init: "), stderr
+    if init.termination_log.exists():
+        assert init.termination_log.read_text() == stderr
+    return stderr.strip()
+
+
+@pytest.mark.parametrize("kind", ["missing", "file"])
+def test_sandbox_init_fails_when_a_writable_root_is_not_a_directory(sandbox_init: InitBuild, tmp_path: Path,
+                                                                     kind: str) -> None:
+    root = tmp_path / "workspace"
+    if kind == "file":
+        root.write_text("")
+    line = run_failing_init(sandbox_init, env=sandbox_init.env(SANDBOX_WRITABLE_ROOTS=f"{tmp_path}::{root}"))
+    expected = "is not a directory" if kind == "file" else "is not a writable directory: No such file or directory"
+    assert line == f"sandbox-init: {root} {expected}"
+
+
+def test_sandbox_init_fails_when_a_writable_root_is_read_only(sandbox_init: InitBuild) -> None:
+    """As root, access(W_OK) ignores the mode bits: the check then runs as nobody, for whom the directory is
+    read-only, as a missing emptyDir leaves /workspace on the read-only root file system. (Not under pytest's
+    tmp_path, whose parents nobody may not enter.)"""
+    as_nobody: dict[str, Any] = {"user": 65534, "group": 65534, "extra_groups": []} if os.geteuid() == 0 else {}
+    with tempfile.TemporaryDirectory(prefix="sandbox-init-root-") as directory:
+        Path(directory).chmod(0o755)
+        root = Path(directory) / "workspace"
+        root.mkdir(mode=0o555)
+        roots = f"{sandbox_init.writable_roots}:{root}"
+        line = run_failing_init(sandbox_init, env=sandbox_init.env(SANDBOX_WRITABLE_ROOTS=roots), **as_nobody)
+    assert line == f"sandbox-init: {root} is not writable: Permission denied"
+
+
+@needs_gcc
+def test_sandbox_init_fails_when_a_tool_cannot_run_and_names_every_problem(tmp_path: Path) -> None:
+    """Its own build, since the test breaks the checked programs. No termination log is created where the kubelet
+    provided none."""
+    init = build_init(tmp_path)
+    init.exec_wrapper.chmod(0o644)
+    init.python.unlink()
+    init.termination_log.unlink()
+    missing = tmp_path / "gone"
+    line = run_failing_init(init, env=init.env(SANDBOX_WRITABLE_ROOTS=f"{init.writable_roots}:{missing}"))
+    assert line == (f"sandbox-init: {missing} is not a writable directory: No such file or directory; "
+                    f"{init.exec_wrapper} is not executable: Permission denied; "
+                    f"{init.python} is missing: No such file or directory")
+    assert not init.termination_log.exists()
+
+
+def test_sandbox_init_checks_the_images_paths_by_default() -> None:
+    """Without the tests' -D overrides it checks what the image installs and writes where the kubelet reads."""
+    source = SANDBOX_INIT_SOURCE.read_text()
+    defines = dict(re.findall(r'^#define (\w+) "([^"]*)"$', source, re.MULTILINE))
+    assert defines["SANDBOX_EXEC_PATH"] == constants.EXEC_WRAPPER
+    assert defines["SANDBOX_PYTHON_PATH"] == SANDBOX_PYTHON
+    assert defines["DEFAULT_WRITABLE_ROOTS"] == ":".join(constants.WRITABLE_ROOTS)
+    assert defines["TERMINATION_LOG_PATH"] == "/dev/termination-log"  # the pod's terminationMessagePath default
 
 
 @pytest.mark.skipif(not (REPO_ROOT / ".venv" / "bin" / "ruff").exists(), reason="no ruff in .venv")

@@ -35,6 +35,7 @@ def test_empty_spec_gets_the_project_defaults() -> None:
     assert spec.command == (constants.INIT_PROGRAM,)
     assert spec.args is None
     assert (spec.cpu, spec.memory, spec.ephemeral_storage, spec.pids) == ("1", "512Mi", "1Gi", 20)
+    assert (spec.cpu_request, spec.memory_request, spec.ephemeral_storage_request) == ("10m", "64Mi", "64Mi")
     assert (spec.command_seconds, spec.idle_seconds, spec.lifetime_seconds) == (300, 1800, 3600)
     assert spec.working_dir == constants.WORKSPACE_DIR
     assert spec.runtime_class_name is None
@@ -56,6 +57,13 @@ def test_spec_values_override_defaults() -> None:
     assert (spec.working_dir, spec.command, spec.args) == ("/tmp", ("sleep",), ("infinity",))
 
 
+def test_requests_from_the_spec_or_defaulted_and_capped_at_the_limit() -> None:
+    spec = resolve(SandboxSpec.model_validate({"resources": {
+        "cpu": "2", "memory": "32Mi", "requests": {"cpu": "2", "ephemeralStorage": "1Gi"}}}), SETTINGS)
+    assert (spec.cpu, spec.memory, spec.ephemeral_storage) == ("2", "32Mi", "1Gi")
+    assert (spec.cpu_request, spec.memory_request, spec.ephemeral_storage_request) == ("2", "32Mi", "1Gi")
+
+
 def test_defaults_never_exceed_a_short_lifetime() -> None:
     spec = resolve(SandboxSpec.model_validate({"timeouts": {"lifetimeSeconds": 60}}), SETTINGS)
     assert (spec.command_seconds, spec.idle_seconds, spec.lifetime_seconds) == (60, 60, 60)
@@ -69,6 +77,13 @@ def test_defaults_never_exceed_a_short_lifetime() -> None:
     ({"resources": {"memory": "9Gi"}}, SETTINGS, "spec.resources.memory 9Gi exceeds"),
     ({"resources": {"ephemeralStorage": "11Gi"}}, SETTINGS, "spec.resources.ephemeralStorage 11Gi exceeds"),
     ({"resources": {"pids": 2000}}, SETTINGS, "spec.resources.pids 2000 exceeds"),
+    ({"resources": {"cpu": "5", "requests": {"cpu": "5"}}}, SETTINGS,
+     "spec.resources.requests.cpu 5 exceeds the operator's maximum 4"),
+    ({"resources": {"requests": {"memory": "1Gi"}}}, SETTINGS,
+     "spec.resources.requests.memory 1Gi exceeds the limit 512Mi (the operator's default "
+     "SANDBOX_OPERATOR_DEFAULT_MEMORY)"),
+    ({"resources": {"requests": {"ephemeralStorage": "2Gi"}}}, OperatorSettings(default_ephemeral_storage="1Gi"),
+     "spec.resources.requests.ephemeralStorage 2Gi exceeds the limit 1Gi"),
     ({"timeouts": {"commandSeconds": 4000}}, OperatorSettings(default_lifetime_seconds=80000),
      "spec.timeouts.commandSeconds 4000 exceeds the operator's maximum 3600"),
     ({"timeouts": {"lifetimeSeconds": 90000}}, SETTINGS, "spec.timeouts.lifetimeSeconds 90000 exceeds"),
@@ -175,6 +190,13 @@ def test_placement_problems_are_named_together() -> None:
     for fragment in ("spec.tolerations[0].key", "spec.nodeSelector key", "spec.runtimeClassName",
                      "spec.resources.cpu"):
         assert fragment in message
+
+
+def test_a_request_above_its_own_limit_is_an_invalid_spec_naming_both_fields() -> None:
+    """Past admission (the CRD's CEL rule refuses it first), the model's re-check does."""
+    with pytest.raises(InvalidSpecError) as error:
+        Sandbox.from_body(body({"resources": {"cpu": "500m", "requests": {"cpu": "1"}}}))
+    assert "spec.resources.requests.cpu must not exceed spec.resources.cpu" in str(error.value)
 
 
 def test_invalid_spec_error_names_the_field() -> None:

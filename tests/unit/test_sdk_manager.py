@@ -29,6 +29,16 @@ def test_build_spec_only_sets_what_is_given() -> None:
     }
 
 
+def test_build_spec_puts_requests_under_resources() -> None:
+    assert build_spec(cpu_request="100m") == {"resources": {"requests": {"cpu": "100m"}}}
+    spec = build_spec(cpu="1", memory="512Mi", ephemeral_storage="1Gi", cpu_request="1", memory_request="512Mi",
+                      ephemeral_storage_request="1Gi")
+    assert spec == {"resources": {"cpu": "1", "memory": "512Mi", "ephemeralStorage": "1Gi",
+                                  "requests": {"cpu": "1", "memory": "512Mi", "ephemeralStorage": "1Gi"}}}
+    merged = build_spec(cpu_request="100m", spec={"resources": {"requests": {"memory": "64Mi"}}})
+    assert merged == {"resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}
+
+
 def test_raw_spec_is_merged_last() -> None:
     spec = build_spec(memory="1Gi", idle_timeout=20, spec={"timeouts": {"lifetimeSeconds": 60},
                                                            "resources": {"memory": "2Gi"}})

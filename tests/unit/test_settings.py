@@ -26,6 +26,8 @@ def test_defaults(clean_env: pytest.MonkeyPatch) -> None:
     assert settings.default_image == constants.SANDBOX_IMAGE and settings.image_allowed(constants.SANDBOX_IMAGE)
     assert (settings.default_cpu, settings.default_memory, settings.default_ephemeral_storage) == (
         "1", "512Mi", "1Gi")
+    assert (settings.default_cpu_request, settings.default_memory_request,
+            settings.default_ephemeral_storage_request) == ("10m", "64Mi", "64Mi")
     assert (settings.default_pids, settings.default_command_seconds, settings.default_idle_seconds,
             settings.default_lifetime_seconds, settings.gc_interval_seconds) == (20, 300, 1800, 3600, 60)
     assert settings.user_namespaces is False and settings.allow_secret_env is False
@@ -79,6 +81,16 @@ def test_placement_and_uid_settings_from_environment(clean_env: pytest.MonkeyPat
     ({"SANDBOX_OPERATOR_DEFAULT_MEMORY": "1Gi", "SANDBOX_OPERATOR_MAX_MEMORY": "512Mi"},
      "SANDBOX_OPERATOR_DEFAULT_MEMORY=1Gi exceeds SANDBOX_OPERATOR_MAX_MEMORY=512Mi"),
     ({"SANDBOX_OPERATOR_MAX_MEMORY": "1Ti"}, "outside the CRD's bounds"),
+    ({"SANDBOX_OPERATOR_DEFAULT_CPU_REQUEST": "2"},
+     "SANDBOX_OPERATOR_DEFAULT_CPU_REQUEST=2 exceeds the default limit SANDBOX_OPERATOR_DEFAULT_CPU=1"),
+    ({"SANDBOX_OPERATOR_DEFAULT_MEMORY_REQUEST": "256Mi", "SANDBOX_OPERATOR_DEFAULT_MEMORY": "128Mi"},
+     "SANDBOX_OPERATOR_DEFAULT_MEMORY_REQUEST=256Mi exceeds the default limit SANDBOX_OPERATOR_DEFAULT_MEMORY=128Mi"),
+    ({"SANDBOX_OPERATOR_DEFAULT_EPHEMERAL_STORAGE_REQUEST": "2Gi"},
+     "SANDBOX_OPERATOR_DEFAULT_EPHEMERAL_STORAGE_REQUEST=2Gi exceeds the default limit "
+     "SANDBOX_OPERATOR_DEFAULT_EPHEMERAL_STORAGE=1Gi"),
+    ({"SANDBOX_OPERATOR_DEFAULT_CPU_REQUEST": "1m"},
+     "SANDBOX_OPERATOR_DEFAULT_CPU_REQUEST=1m is outside the CRD's bounds [10m, 64]"),
+    ({"SANDBOX_OPERATOR_DEFAULT_MEMORY_REQUEST": "lots"}, "SANDBOX_OPERATOR_DEFAULT_MEMORY_REQUEST"),
     ({"SANDBOX_OPERATOR_DEFAULT_IDLE_SECONDS": "7200"}, "DEFAULT_IDLE_SECONDS must not exceed"),
     ({"SANDBOX_OPERATOR_ALLOWED_IMAGES": "registry.local/*"}, "SANDBOX_OPERATOR_DEFAULT_IMAGE="),
     ({"SANDBOX_OPERATOR_ALLOWED_IMAGES": ""}, "must name at least one image pattern"),
@@ -103,6 +115,20 @@ def test_bad_settings_name_the_variable(clean_env: pytest.MonkeyPatch, env: dict
     with pytest.raises(SettingsError) as error:
         load_settings()
     assert fragment in str(error.value)
+
+
+def test_requests_equal_to_the_default_limits_are_allowed(clean_env: pytest.MonkeyPatch) -> None:
+    """The way back to Guaranteed QoS for every Sandbox that sets no requests."""
+    clean_env.setenv("SANDBOX_OPERATOR_DEFAULT_CPU_REQUEST", "1000m")
+    clean_env.setenv("SANDBOX_OPERATOR_DEFAULT_MEMORY_REQUEST", "512Mi")
+    clean_env.setenv("SANDBOX_OPERATOR_DEFAULT_EPHEMERAL_STORAGE_REQUEST", "1Gi")
+    settings = load_settings()
+    assert (settings.default_cpu_request, settings.default_memory_request,
+            settings.default_ephemeral_storage_request) == ("1000m", "512Mi", "1Gi")
+
+
+def test_the_removed_readiness_period_is_not_a_setting() -> None:
+    assert "readiness_period_seconds" not in OperatorSettings.model_fields
 
 
 def test_main_exits_non_zero_before_touching_the_cluster() -> None:

@@ -38,13 +38,15 @@ def iso(seconds: float) -> str:
 
 def pod(phase: str = "Running", *, ready: bool = False, uid: str = "pod-1", reason: str | None = None,
         message: str | None = None, waiting: str | None = None, terminated: str | None = None,
-        exit_code: int = 0, unschedulable: bool = False, deleting: bool = False,
-        disruption: tuple[str, str] | None = None) -> dict[str, Any]:
+        exit_code: int = 0, termination_message: str | None = None, unschedulable: bool = False,
+        deleting: bool = False, disruption: tuple[str, str] | None = None) -> dict[str, Any]:
     state: dict[str, Any] = {}
     if waiting:
         state["waiting"] = {"reason": waiting, "message": "details"}
     if terminated:
         state["terminated"] = {"reason": terminated, "exitCode": exit_code}
+        if termination_message is not None:
+            state["terminated"]["message"] = termination_message
     conditions = [{"type": "Ready", "status": "True" if ready else "False"}]
     if unschedulable:
         conditions.append({"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
@@ -123,6 +125,31 @@ def test_messages_carry_the_kubelets_words() -> None:
                                   recorded_pod_uid=None).message
     assert "code 3" in judge_pod(observe(phase="Failed", terminated="Error", exit_code=3),
                                  recorded_pod_uid=None).message
+
+
+def test_a_failed_self_check_of_pid_1_is_the_sandboxs_message() -> None:
+    """sandbox-init exits 1 naming what is wrong, in the termination log the kubelet reports."""
+    said = "sandbox-init: /workspace is not writable: Read-only file system\n"
+    verdict = judge_pod(observe(phase="Failed", terminated="Error", exit_code=1, termination_message=said),
+                        recorded_pod_uid="pod-1")
+    assert verdict == Verdict("Failed", "ProcessExited", "the sandbox's main process exited with code 1 (Error): "
+                              "sandbox-init: /workspace is not writable: Read-only file system")
+    status = build_status(sandbox(), verdict, observe(phase="Failed"), lifetime_seconds=3600, now=at(10))
+    assert (status.phase, status.reason) == ("Failed", "ProcessExited")
+    assert status.message is not None and status.message.endswith("/workspace is not writable: Read-only file system")
+
+
+@pytest.mark.parametrize("said", [None, "", " \n"])
+def test_an_exit_without_a_termination_message_says_only_the_code(said: str | None) -> None:
+    verdict = judge_pod(observe(phase="Failed", terminated="Error", exit_code=3, termination_message=said),
+                        recorded_pod_uid="pod-1")
+    assert verdict.message == "the sandbox's main process exited with code 3 (Error)"
+
+
+def test_running_but_not_yet_reported_ready_is_pending() -> None:
+    verdict = judge_pod(observe(phase="Running", ready=False), recorded_pod_uid="pod-1")
+    assert (verdict.phase, verdict.reason) == ("Pending", "NotReady")
+    assert "readiness check" not in verdict.message
 
 
 EVICTION_MESSAGE = "Pod ephemeral local storage usage exceeds the total limit of containers 1Gi."

@@ -11,6 +11,13 @@
  *   were started by a raw exec that bypassed it. Nothing would bound them any more. Processes started by
  *   `kubectl exec` have a parent outside the container (PPid 0 here), so they are never touched.
  *
+ * - Checks at start, before its main loop, that commands can run: each directory in $SANDBOX_WRITABLE_ROOTS
+ *   (colon-separated, default /workspace:/tmp) is a directory it can write to, and the exec wrapper and the tools'
+ *   interpreter are executable. If not, it writes one line naming every problem to the termination log and to
+ *   stderr and exits 1, so the pod fails and the Sandbox says why. The pod has no readiness probe (an exec probe
+ *   spawns a process in every sandbox every period): a running sandbox-init is the sign that the sandbox works.
+ *   The checked paths are compile-time constants; only tests build it with others (-DSANDBOX_EXEC_PATH=...).
+ *
  * Signals are blocked and taken with sigtimedwait, so a sweep never races with reaping: a child cannot be
  * reaped (and its pid reused) between reading its /proc entry and killing it. An idle sandbox costs one wake-up
  * and one scan of a near-empty /proc per period. Built with `gcc -Os -static` by hack/build-images.sh.
@@ -24,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -36,6 +44,20 @@
 #define SWEEP_ENV "SANDBOX_ORPHAN_SWEEP_SECONDS"
 #define DEFAULT_SWEEP_SECONDS 1
 #define MAX_SWEEP_SECONDS 86400
+
+#define WRITABLE_ROOTS_ENV "SANDBOX_WRITABLE_ROOTS"
+#define DEFAULT_WRITABLE_ROOTS "/workspace:/tmp"
+/* Overridable at compile time for the unit tests only, which run it on a host without these files. */
+#ifndef SANDBOX_EXEC_PATH
+#define SANDBOX_EXEC_PATH "/usr/local/bin/sandbox-exec"
+#endif
+#ifndef SANDBOX_PYTHON_PATH
+#define SANDBOX_PYTHON_PATH "/usr/local/libexec/sandbox-python"
+#endif
+#ifndef TERMINATION_LOG_PATH
+#define TERMINATION_LOG_PATH "/dev/termination-log"
+#endif
+#define PROBLEMS_MAX 1024
 
 /* The parent pid and state of the process in /proc/PID/stat text "PID (COMM) STATE PPID ...". COMM may hold
  * spaces and parentheses: the fields start after its last ')'. Returns 0, or -1 when the text does not parse. */
@@ -129,6 +151,72 @@ static long sweep_seconds(void) {
     return value;
 }
 
+/* Appends "PATH WHAT[: strerror(ERROR)]" to the problem line, "; "-separated; a line that no longer fits ends
+ * truncated. */
+static void add_problem(char *line, const char *path, const char *what, int error) {
+    size_t used = strlen(line);
+    if (used + 1 >= PROBLEMS_MAX) {
+        return;
+    }
+    snprintf(line + used, PROBLEMS_MAX - used, "%s%s %s%s%s", used ? "; " : "", path, what, error ? ": " : "",
+             error ? strerror(error) : "");
+}
+
+static void check_writable_dir(char *line, const char *dir) {
+    struct stat st;
+    if (stat(dir, &st) < 0) {
+        add_problem(line, dir, "is not a writable directory", errno);
+    } else if (!S_ISDIR(st.st_mode)) {
+        add_problem(line, dir, "is not a directory", 0);
+    } else if (access(dir, W_OK) < 0) {
+        add_problem(line, dir, "is not writable", errno);
+    }
+}
+
+static void check_executable(char *line, const char *path) {
+    struct stat st;
+    if (stat(path, &st) < 0) {
+        add_problem(line, path, "is missing", errno);
+    } else if (!S_ISREG(st.st_mode)) {
+        add_problem(line, path, "is not a regular file", 0);
+    } else if (access(path, X_OK) < 0) {
+        add_problem(line, path, "is not executable", errno);
+    }
+}
+
+/* 0 when commands can run here; else 1 after reporting why on the termination log (when the kubelet provided
+ * one: it is never created here) and on stderr. A handful of system calls: microseconds. */
+static int self_check(void) {
+    char line[PROBLEMS_MAX] = "";
+    char roots[PROBLEMS_MAX];
+    const char *configured = getenv(WRITABLE_ROOTS_ENV);
+    char *dir, *rest;
+    int fd;
+
+    if (configured == NULL || *configured == '\0') {
+        configured = DEFAULT_WRITABLE_ROOTS;
+    }
+    if (snprintf(roots, sizeof roots, "%s", configured) >= (int)sizeof roots) {
+        add_problem(line, "$" WRITABLE_ROOTS_ENV, "is too long", 0);
+    } else {
+        for (dir = strtok_r(roots, ":", &rest); dir != NULL; dir = strtok_r(NULL, ":", &rest)) {
+            check_writable_dir(line, dir);
+        }
+    }
+    check_executable(line, SANDBOX_EXEC_PATH);
+    check_executable(line, SANDBOX_PYTHON_PATH);
+    if (line[0] == '\0') {
+        return 0;
+    }
+    fd = open(TERMINATION_LOG_PATH, O_WRONLY | O_TRUNC | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW);
+    if (fd >= 0) {
+        dprintf(fd, "sandbox-init: %s\n", line);
+        close(fd);
+    }
+    fprintf(stderr, "sandbox-init: %s\n", line);
+    return 1;
+}
+
 static double now_seconds(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -155,6 +243,9 @@ int main(int argc, char **argv) {
         fprintf(stderr, "sandbox-init: %s must be a whole number of seconds from 0 to %d\n", SWEEP_ENV,
                 MAX_SWEEP_SECONDS);
         return 2;
+    }
+    if (self_check() != 0) {
+        return 1;
     }
 
     sigemptyset(&waited);

@@ -65,7 +65,15 @@ def _affinity(settings: OperatorSettings) -> client.V1Affinity | None:
 
 
 def build_container(spec: EffectiveSpec, settings: OperatorSettings, *, run_as_user: int) -> client.V1Container:
-    amounts = {"cpu": spec.cpu, "memory": spec.memory, "ephemeral-storage": spec.ephemeral_storage}
+    """The sandbox container. Limits are hard; requests are what the scheduler reserves, small by default so that
+    idle sandboxes pack a node (Burstable QoS; Guaranteed when the requests equal the limits).
+
+    There is no readiness probe: an exec probe is a process spawned in every sandbox every period. PID 1
+    (sandbox-init) checks at start that commands can run and exits 1 if not, so a running container is a usable
+    one."""
+    limits = {"cpu": spec.cpu, "memory": spec.memory, "ephemeral-storage": spec.ephemeral_storage}
+    requests = {"cpu": spec.cpu_request, "memory": spec.memory_request,
+                "ephemeral-storage": spec.ephemeral_storage_request}
     return client.V1Container(
         name=constants.CONTAINER_NAME,
         image=spec.image,
@@ -74,7 +82,7 @@ def build_container(spec: EffectiveSpec, settings: OperatorSettings, *, run_as_u
         args=list(spec.args) if spec.args is not None else None,
         working_dir=spec.working_dir,
         env=_env(spec, settings),
-        resources=client.V1ResourceRequirements(requests=dict(amounts), limits=dict(amounts)),
+        resources=client.V1ResourceRequirements(requests=requests, limits=limits),
         security_context=client.V1SecurityContext(
             run_as_non_root=True,
             run_as_user=run_as_user,
@@ -89,13 +97,6 @@ def build_container(spec: EffectiveSpec, settings: OperatorSettings, *, run_as_u
             client.V1VolumeMount(name=WORKSPACE_VOLUME, mount_path=constants.WORKSPACE_DIR),
             client.V1VolumeMount(name=TMP_VOLUME, mount_path=constants.TMP_DIR),
         ],
-        readiness_probe=client.V1Probe(  # "exec" is spelled "_exec" in the client's constructor
-            **{"_exec": client.V1ExecAction(command=[constants.READY_PROGRAM])},
-            period_seconds=settings.readiness_period_seconds,
-            timeout_seconds=2,
-            failure_threshold=3,
-            success_threshold=1,
-        ),
         termination_message_policy="FallbackToLogsOnError",
     )
 

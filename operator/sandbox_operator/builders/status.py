@@ -171,7 +171,7 @@ def judge_pod(pod: PodObservation | None, *, recorded_pod_uid: str | None) -> Ve
     if pod.phase == "Running":
         if pod.ready:
             return Verdict("Ready", "PodReady", "")
-        return Verdict("Pending", "NotReady", "the sandbox's readiness check has not passed")
+        return Verdict("Pending", "NotReady", "the kubelet has not reported the sandbox container ready yet")
     if pod.unschedulable:
         return Verdict("Pending", "Unschedulable", pod.unschedulable)
     if pod.waiting_reason:
@@ -213,8 +213,11 @@ def with_eviction(pod: PodObservation, message: str) -> PodObservation:
 
 
 def _exit_message(pod: PodObservation) -> str:
+    """With the container's termination message: what sandbox-init's start-up check found wrong, or the last
+    lines of the log (terminationMessagePolicy FallbackToLogsOnError) of another main process that failed."""
     detail = f" ({pod.terminated_reason})" if pod.terminated_reason else ""
-    return f"the sandbox's main process exited with code {pod.exit_code}{detail}"
+    said = (pod.terminated_message or "").strip()
+    return f"the sandbox's main process exited with code {pod.exit_code}{detail}" + (f": {said}" if said else "")
 
 
 def activity_time(sandbox: Sandbox, now: datetime.datetime) -> datetime.datetime | None:

@@ -21,6 +21,9 @@ class EffectiveSpec:
     cpu: str
     memory: str
     ephemeral_storage: str
+    cpu_request: str
+    memory_request: str
+    ephemeral_storage_request: str
     pids: int
     command_seconds: int
     idle_seconds: int
@@ -87,6 +90,7 @@ def resolve(spec: SandboxSpec, settings: OperatorSettings) -> EffectiveSpec:
                         f"{', '.join(settings.allowed_images)})")
 
     quantities: dict[str, str] = {}
+    requests = resources.requests if resources else None
     for field, api_name in (("cpu", "cpu"), ("memory", "memory"), ("ephemeral_storage", "ephemeralStorage")):
         value = getattr(resources, field, None) if resources else None
         chosen = value if value is not None else str(getattr(settings, f"default_{field}"))
@@ -94,6 +98,22 @@ def resolve(spec: SandboxSpec, settings: OperatorSettings) -> EffectiveSpec:
         if parse_quantity(chosen) > parse_quantity(maximum):
             problems.append(f"spec.resources.{api_name} {chosen} exceeds the operator's maximum {maximum}")
         quantities[field] = chosen
+        requested = getattr(requests, field, None) if requests else None
+        if requested is None:
+            # A default request never exceeds the limit: a sandbox asking for 32Mi of memory gets a 32Mi
+            # request, not an error.
+            default_request = str(getattr(settings, f"default_{field}_request"))
+            smaller = parse_quantity(default_request) <= parse_quantity(chosen)
+            quantities[f"{field}_request"] = default_request if smaller else chosen
+            continue
+        quantities[f"{field}_request"] = requested
+        if parse_quantity(requested) > parse_quantity(maximum):
+            problems.append(f"spec.resources.requests.{api_name} {requested} exceeds the operator's maximum "
+                            f"{maximum}")
+        elif parse_quantity(requested) > parse_quantity(chosen):
+            source = (f"spec.resources.{api_name}" if value is not None
+                      else f"the operator's default {ENV_PREFIX}DEFAULT_{field.upper()}")
+            problems.append(f"spec.resources.requests.{api_name} {requested} exceeds the limit {chosen} ({source})")
 
     pids = resources.pids if resources and resources.pids is not None else settings.default_pids
     if pids > settings.max_pids:
@@ -142,6 +162,9 @@ def resolve(spec: SandboxSpec, settings: OperatorSettings) -> EffectiveSpec:
         cpu=quantities["cpu"],
         memory=quantities["memory"],
         ephemeral_storage=quantities["ephemeral_storage"],
+        cpu_request=quantities["cpu_request"],
+        memory_request=quantities["memory_request"],
+        ephemeral_storage_request=quantities["ephemeral_storage_request"],
         pids=pids,
         command_seconds=command_seconds,
         idle_seconds=idle_seconds,

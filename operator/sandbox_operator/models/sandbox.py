@@ -113,29 +113,76 @@ def _quantity_rule(field: str, low: str, high: str) -> CelRule:
     )
 
 
-class Resources(_Model):
-    """Compute resources of the sandbox. Requests equal limits (Guaranteed QoS). Unset fields take the
-    operator's defaults (1 CPU, 512Mi memory, 1Gi ephemeral storage, 20 processes unless configured
-    otherwise); values above the operator's configured maximums make the Sandbox fail with InvalidSpec."""
+_REQUEST_FIELDS = ("cpu", "memory", "ephemeralStorage")
+
+
+def _request_rule(field: str) -> CelRule:
+    request, limit = f"self.requests.{field}", f"self.{field}"
+    return CelRule(
+        rule=(f"!has(self.requests) || !has({request}) || !has({limit}) || !isQuantity(string({request})) || "
+              f"!isQuantity(string({limit})) || "
+              f"quantity(string({request})).compareTo(quantity(string({limit}))) <= 0"),
+        message=f"spec.resources.requests.{field} must not exceed spec.resources.{field}",
+        field_path=f".requests.{field}",
+    )
+
+
+def _check_bounds(model: BaseModel) -> None:
+    for field, (low, high) in _QUANTITY_BOUNDS.items():
+        value = getattr(model, to_snake(field))
+        if value is not None and not parse_quantity(low) <= parse_quantity(value) <= parse_quantity(high):
+            raise ValueError(f"{field} must be between {low} and {high}")
+
+
+class ResourceRequests(_Model):
+    """What the scheduler reserves for the sandbox on its node (pod requests). Unset fields take the operator's
+    defaults (10m CPU, 64Mi memory, 64Mi ephemeral storage unless configured otherwise), capped at the
+    sandbox's limits. Requests equal to the limits give the pod Guaranteed QoS."""
 
     cel_rules = tuple(_quantity_rule(field, low, high) for field, (low, high) in _QUANTITY_BOUNDS.items())
 
     cpu: Quantity | None = None
-    """CPU cores as a Kubernetes quantity, for example "500m" or 2."""
+    """CPU cores reserved, for example "100m"; at most the CPU limit."""
     memory: Quantity | None = None
-    """Memory as a Kubernetes quantity, for example "512Mi". The sandbox is OOM-killed beyond it."""
+    """Memory reserved, for example "128Mi"; at most the memory limit."""
     ephemeral_storage: Quantity | None = None
-    """Local disk for the workspace, /tmp, logs and the container's writable layer, for example "1Gi".
+    """Local disk reserved, for example "256Mi"; at most the ephemeral storage limit."""
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ResourceRequests:
+        _check_bounds(self)
+        return self
+
+
+class Resources(_Model):
+    """Compute resources of the sandbox. cpu, memory, ephemeralStorage and pids are hard limits; requests (what
+    the scheduler reserves) are separate and small by default, so idle sandboxes pack a node (Burstable QoS).
+    Unset fields take the operator's defaults (1 CPU, 512Mi memory, 1Gi ephemeral storage, 20 processes unless
+    configured otherwise); values above the operator's configured maximums make the Sandbox fail with
+    InvalidSpec."""
+
+    cel_rules = (*(_quantity_rule(field, low, high) for field, (low, high) in _QUANTITY_BOUNDS.items()),
+                 *(_request_rule(field) for field in _REQUEST_FIELDS))
+
+    cpu: Quantity | None = None
+    """CPU limit in cores as a Kubernetes quantity, for example "500m" or 2. The sandbox is throttled beyond it."""
+    memory: Quantity | None = None
+    """Memory limit as a Kubernetes quantity, for example "512Mi". The sandbox is OOM-killed beyond it."""
+    ephemeral_storage: Quantity | None = None
+    """Local disk limit for the workspace, /tmp, logs and the container's writable layer, for example "1Gi".
     Beyond it the pod is evicted."""
     pids: int | None = Field(None, ge=limits.PIDS_MIN, le=limits.PIDS_MAX)
     """Most processes the sandbox user may run at once (enforced per sandbox by the in-image exec wrapper)."""
+    requests: ResourceRequests | None = None
+    """What the scheduler reserves; each at most the corresponding limit (given here or defaulted)."""
 
     @model_validator(mode="after")
     def _bounds(self) -> Resources:
-        for field, (low, high) in _QUANTITY_BOUNDS.items():
-            value = getattr(self, to_snake(field))
-            if value is not None and not parse_quantity(low) <= parse_quantity(value) <= parse_quantity(high):
-                raise ValueError(f"{field} must be between {low} and {high}")
+        _check_bounds(self)
+        for field in _REQUEST_FIELDS if self.requests else ():
+            request, limit = getattr(self.requests, to_snake(field)), getattr(self, to_snake(field))
+            if request is not None and limit is not None and parse_quantity(request) > parse_quantity(limit):
+                raise ValueError(f"spec.resources.requests.{field} must not exceed spec.resources.{field}")
         return self
 
 
@@ -300,7 +347,7 @@ class SandboxSpec(_Model):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]})
     """Environment of the main process. Names starting with SANDBOX_ are reserved. Immutable."""
     resources: Resources | None = None
-    """CPU, memory, ephemeral storage and process limits. Immutable."""
+    """CPU, memory, ephemeral storage and process limits, and the requests the scheduler reserves. Immutable."""
     timeouts: Timeouts | None = None
     """Command, idle and lifetime limits."""
     working_dir: str | None = Field(None, min_length=1, max_length=limits.MAX_PATH_LENGTH,

@@ -72,6 +72,9 @@ def build_spec(
     memory: str | None = None,
     ephemeral_storage: str | None = None,
     pids: int | None = None,
+    cpu_request: str | None = None,
+    memory_request: str | None = None,
+    ephemeral_storage_request: str | None = None,
     command_timeout: int | None = None,
     idle_timeout: int | None = None,
     lifetime: int | None = None,
@@ -85,6 +88,10 @@ def build_spec(
 ) -> dict[str, Any]:
     """A Sandbox ``spec`` as a plain dict; only what is given is set (the operator defaults the rest).
 
+    ``cpu``, ``memory`` and ``ephemeral_storage`` are limits; the ``*_request`` keywords set what the scheduler
+    reserves (``spec.resources.requests``), each at most its limit. Requests equal to the limits give the pod
+    Guaranteed QoS.
+
     ``spec`` is merged last, so any field the keywords do not cover can still be set.
     """
     out: dict[str, Any] = {}
@@ -96,8 +103,13 @@ def build_spec(
         out["args"] = list(args)
     if env:
         out["env"] = [{"name": k, "value": str(v)} for k, v in env.items()]
-    resources = {k: v for k, v in (("cpu", cpu), ("memory", memory), ("ephemeralStorage", ephemeral_storage),
-                                   ("pids", pids)) if v is not None}
+    resources: dict[str, Any] = {
+        k: v for k, v in (("cpu", cpu), ("memory", memory), ("ephemeralStorage", ephemeral_storage),
+                          ("pids", pids)) if v is not None}
+    requests = {k: v for k, v in (("cpu", cpu_request), ("memory", memory_request),
+                                  ("ephemeralStorage", ephemeral_storage_request)) if v is not None}
+    if requests:
+        resources["requests"] = requests
     if resources:
         out["resources"] = resources
     timeouts = {k: v for k, v in (("commandSeconds", command_timeout), ("idleSeconds", idle_timeout),
