@@ -63,11 +63,16 @@ def free_port() -> int:
         return port
 
 
-def peak_rss_kib(pid: int) -> int:
+def status_kib(pid: int, field: str) -> int:
+    """A size field of /proc/PID/status in KiB: ``VmRSS`` now, ``VmHWM`` the high-water mark."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1])
     return 0
+
+
+def peak_rss_kib(pid: int) -> int:
+    return status_kib(pid, "VmHWM")
 
 
 class Recorder:

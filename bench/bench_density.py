@@ -35,7 +35,7 @@ from pathlib import Path
 
 from kubernetes import client, config
 
-from bench_create import DEFAULT_KUBECONFIG, Recorder, peak_rss_kib, percentile, start_operator
+from bench_create import DEFAULT_KUBECONFIG, Recorder, peak_rss_kib, percentile, start_operator, status_kib
 from sandbox_operator import constants
 
 CLIENT_THREADS = 20
@@ -64,13 +64,6 @@ def busy_cores(seconds: float) -> tuple[float, int]:
     cpus = os.cpu_count() or 1
     share = (last.busy_jiffies - first.busy_jiffies) / max(1, last.total_jiffies - first.total_jiffies)
     return share * cpus, last.used_memory_kib
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 class Bench:
@@ -159,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
 
         time.sleep(10)  # let the start-up work settle before sampling the idle cost
         idle_cores, idle_memory = busy_cores(args.idle_seconds)
-        operator_rss = rss_kib(proc.pid)
+        operator_rss = status_kib(proc.pid, "VmRSS")
     finally:
         bench.recorder.stop()
         bench.delete_all()
