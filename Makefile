@@ -11,7 +11,7 @@ PYTEST := $(VENV)/bin/pytest
 
 .PHONY: help
 help: ## List the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(VENV_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,14 +55,18 @@ image: ## Build the images (docker or buildah) and import them into the local cl
 	bash hack/build-images.sh
 
 .PHONY: lint
-lint: $(VENV_STAMP) ## ruff and mypy (strict); installs shellcheck (Debian) for the shell-script test
+lint: $(VENV_STAMP) ## ruff, mypy (strict) and the static checks (tests/static): chart, images, shell scripts
 	@command -v shellcheck >/dev/null 2>&1 || bash -c 'source hack/lib.sh && source hack/image-lib.sh && need_command shellcheck shellcheck'
 	$(VENV)/bin/ruff check operator tests bench
 	$(VENV)/bin/mypy
+	$(PYTEST) tests/static
 
 .PHONY: test-unit
-test-unit: $(VENV_STAMP) ## Unit tests only: no cluster, seconds
+test-unit: $(VENV_STAMP) ## Unit tests only: no cluster and no binaries beyond Python, under a minute
 	$(PYTEST) tests/unit
+
+.PHONY: check
+check: lint test-unit ## Everything that needs no cluster: lint, then the unit tests
 
 .PHONY: test-integration
 test-integration: $(VENV_STAMP) ## Operator against the real cluster (brought up if needed)
@@ -75,7 +79,8 @@ test-e2e: $(VENV_STAMP) ## Images, SDK, CLI and chart against the real cluster
 .PHONY: test
 test: $(VENV_STAMP) ## The whole suite: lint, unit, then cluster tests (brings the cluster up if needed)
 	$(MAKE) lint
-	$(PYTEST) tests
+	$(PYTEST) tests/unit
+	$(PYTEST) tests/integration tests/e2e
 
 .PHONY: operator-image
 operator-image: ## Build the operator image (wheels on the host, cached) and import it into the local cluster
@@ -87,4 +92,4 @@ demo: ## Build what is missing, bring up the cluster, helm install the operator,
 
 .PHONY: chart-lint
 chart-lint: $(VENV_STAMP) ## helm lint --strict, helm template checks and a checkov scan of the chart
-	$(PYTEST) tests/unit/test_chart.py tests/unit/test_chart_image.py
+	$(PYTEST) tests/static/test_chart.py tests/static/test_chart_image.py

@@ -1,6 +1,6 @@
 """Peak memory of the client while a sandbox floods it with output: ``run()``, ``stream()`` and ``sandboxctl exec``.
 
-    python bench/bench_client_rss.py --kubeconfig /var/lib/sandbox-operator-cluster/admin.kubeconfig \\
+    python -m bench.bench_client_rss --kubeconfig /var/lib/sandbox-operator-cluster/admin.kubeconfig \\
         --namespace bench --start-operator [--bytes 2000M]
 
 A sandbox is created (or ``--sandbox`` names a Ready one), then ``head -c BYTES /dev/zero`` runs in it three
@@ -26,13 +26,11 @@ import sys
 import time
 import uuid
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH_DIR))
+from tests.kit import REPO_ROOT, invocation, kubectl_binary
 
-from bench_exec import REPO_ROOT, find_kubectl, operator_for  # noqa: E402
-from sandbox_operator.sdk import SandboxManager  # noqa: E402
+from bench.bench_exec import operator_for
+from sandbox_operator.sdk import SandboxManager
 
 GOAL_MB = 300
 PATHS = ("run", "stream", "sandboxctl")
@@ -89,7 +87,8 @@ def measure(argv: list[str], path: str, shown: str, *, parse_output: bool) -> Ro
     """Runs one child, waits for it with wait4 and reads its own peak RSS (KiB on Linux)."""
     started = time.monotonic()
     stdout = subprocess.PIPE if parse_output else subprocess.DEVNULL
-    proc = subprocess.Popen(argv, stdout=stdout, env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "operator")})
+    proc = subprocess.Popen(argv, stdout=stdout, cwd=REPO_ROOT,
+                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "operator")})
     out = proc.stdout.read() if proc.stdout is not None else b""
     _pid, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -111,7 +110,7 @@ def bench(a: argparse.Namespace, sandbox: str) -> list[Row]:
             shown = f"{shlex.join(['sandboxctl', *argv[3:]])} > /dev/null"
             rows.append(measure(argv, path, shown, parse_output=False))
         else:
-            argv = [sys.executable, str(Path(__file__).resolve()), "--child", path, *common]
+            argv = [sys.executable, "-m", "bench.bench_client_rss", "--child", path, *common]
             shown = f"sandbox.{path}({flood_command(a.bytes)!r}, timeout={a.command_timeout})"
             rows.append(measure(argv, path, shown, parse_output=True))
     return rows
@@ -124,7 +123,7 @@ def format_rows(rows: list[Row], size: int) -> str:
                                                                           f" (exit {r.exit_code})"),
               f"{r.seconds:.1f}", r.command) for r in rows]
     widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(headers)]
-    lines = [f"# {shlex.join(['python', 'bench/bench_client_rss.py', *sys.argv[1:]])}",
+    lines = [f"# {invocation()}",
              f"# {size / 1024**2:.0f} MiB of output per path; peak RSS of the receiving process alone",
              "  ".join(h.ljust(widths[i]) for i, h in enumerate(headers)).rstrip(),
              "  ".join("-" * w for w in widths)]
@@ -156,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(a.paths) - set(PATHS)
     if unknown:
         p.error(f"unknown paths {sorted(unknown)}; choose from {', '.join(PATHS)}")
-    subprocess.run([find_kubectl(a.kubectl), "--kubeconfig", a.kubeconfig, "create", "namespace", a.namespace],
+    subprocess.run([kubectl_binary(a.kubectl), "--kubeconfig", a.kubeconfig, "create", "namespace", a.namespace],
                    capture_output=True, check=False)
     with operator_for(a.namespace, a.kubeconfig, a.start_operator), \
             SandboxManager(a.namespace, kubeconfig=a.kubeconfig) as manager:
@@ -171,9 +170,9 @@ def main(argv: list[str] | None = None) -> int:
             rows = bench(a, name)
         finally:
             if created is not None:
-                created.destroy(wait=True, timeout=120)
+                created.delete(wait=True, timeout=120)
     if a.output == "json":
-        print(json.dumps({"bytes": a.bytes, "goal_mb": GOAL_MB,
+        print(json.dumps({"command": invocation(), "bytes": a.bytes, "goal_mb": GOAL_MB,
                           "rows": [{**asdict(r), "within_goal": r.within_goal} for r in rows]}, indent=2))
     else:
         print(format_rows(rows, a.bytes))

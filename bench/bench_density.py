@@ -1,6 +1,6 @@
 """Density, idle cost and burst start of default sandboxes on one node, measured side by side in one run.
 
-    python bench/bench_density.py [--count 100] [--serial 5] [--idle-seconds 60] [--kubeconfig PATH]
+    python -m bench.bench_density [--count 100] [--serial 5] [--idle-seconds 60] [--kubeconfig PATH]
 
 Starts the operator from this checkout for a fresh namespace, then, with Sandboxes of ``spec: {}`` (the
 operator's defaults, exactly what a new user gets):
@@ -13,6 +13,9 @@ operator's defaults, exactly what a new user gets):
 4. the same node figures with all of them Ready and idle: CPU cores and memory per idle sandbox, baseline
    subtracted; the operator's RSS with them all.
 
+Under the table, the profile of the burst (see bench/node_profile.py): CPU seconds by cluster component, and the
+API requests made, by kind, per sandbox, with the API server's own mean latency for each.
+
 It prints one table with each figure next to its goal and the command line on top. The node is this machine
 (the project's local cluster), so /proc is the node's. Nothing but the cluster's API server is contacted.
 """
@@ -23,20 +26,15 @@ import argparse
 import concurrent.futures
 import datetime
 import os
-import shlex
-import signal
-import subprocess
-import sys
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from kubernetes import client, config
+from kubernetes import client
+from tests.kit import Cluster, CreationTimes, default_kubeconfig, invocation, percentile, served_namespace
 
-from bench_create import DEFAULT_KUBECONFIG, Recorder, peak_rss_kib, percentile, start_operator, status_kib
-from sandbox_operator import constants
+from bench.node_profile import COMPONENTS, ApiUse, api_use, cpu_by_component, process_times
 
 CLIENT_THREADS = 20
 
@@ -66,46 +64,29 @@ def busy_cores(seconds: float) -> tuple[float, int]:
     return share * cpus, last.used_memory_kib
 
 
-class Bench:
-    def __init__(self, api: client.ApiClient, namespace: str) -> None:
-        self.custom = client.CustomObjectsApi(api)
-        self.namespace = namespace
-        self.recorder = Recorder(api, namespace)
-        self.started: dict[str, float] = {}
-
-    def create(self, name: str) -> None:
-        body = {"apiVersion": constants.API_VERSION, "kind": constants.KIND,
-                "metadata": {"name": name, "namespace": self.namespace}, "spec": {}}
-        self.started[name] = time.monotonic()
-        self.custom.create_namespaced_custom_object(constants.GROUP, constants.VERSION, self.namespace,
-                                                    constants.PLURAL, body)
-
-    def wait(self, names: list[str], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if all(n in self.recorder.ready_seen or n in self.recorder.failed for n in names):
-                return all(n in self.recorder.ready_seen for n in names)
-            time.sleep(0.05)
-        return False
-
-    def delete_all(self, timeout: float = 180) -> None:
-        self.custom.delete_collection_namespaced_custom_object(constants.GROUP, constants.VERSION, self.namespace,
-                                                               constants.PLURAL)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.custom.list_namespaced_custom_object(
-                constants.GROUP, constants.VERSION, self.namespace, constants.PLURAL)["items"]:
-            time.sleep(0.5)
-
-    def to_ready(self, names: list[str]) -> list[float]:
-        return [self.recorder.ready_seen[n] - self.started[n] for n in names if n in self.recorder.ready_seen]
-
-    def to_pod(self, names: list[str]) -> list[float]:
-        return [self.recorder.pod_seen[n] - self.started[n] for n in names if n in self.recorder.pod_seen]
-
-
 def row(measure: str, value: str, goal: str, met: bool | None) -> str:
     verdict = "-" if met is None else ("yes" if met else "NO")
     return f"| {measure} | {value} | {goal} | {verdict} |"
+
+
+def api_metrics(cluster: Cluster) -> str:
+    return cluster.kubectl("get", "--raw", "/metrics").stdout
+
+
+def print_profile(count: int, cpu: dict[str, float], api: list[ApiUse]) -> None:
+    print("\nNode CPU during the burst, by component (own + reaped children, from /proc/PID/stat):\n")
+    print("| component | CPU s | per sandbox |")
+    print("|---|---:|---:|")
+    for name, seconds in sorted(cpu.items(), key=lambda item: -item[1]):
+        print(f"| {COMPONENTS.get(name, 'everything else (the operator, this benchmark, ...)')} | {seconds:.1f} | "
+              f"{seconds / max(1, count) * 1000:.0f} ms |")
+    print(f"| total | {sum(cpu.values()):.1f} | {sum(cpu.values()) / max(1, count) * 1000:.0f} ms |")
+    print("\nAPI requests during the burst, every client (from the API server's /metrics):\n")
+    print("| request | code | count | per sandbox | server mean latency |")
+    print("|---|---|---:|---:|---:|")
+    for use in api:
+        print(f"| {use.verb} {use.resource} | {use.code} | {use.requests} | {use.requests / max(1, count):.1f} | "
+              f"{use.mean_seconds * 1000:.0f} ms |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,57 +95,52 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serial", type=int, default=5, help="single sandboxes created one at a time (default 5)")
     parser.add_argument("--idle-seconds", type=float, default=60.0, help="CPU sampling window (default 60)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the burst to be Ready")
-    parser.add_argument("--kubeconfig", default=os.environ.get("SANDBOX_KUBECONFIG")
-                        or os.environ.get("KUBECONFIG") or DEFAULT_KUBECONFIG)
+    parser.add_argument("--kubeconfig", type=Path, default=None,
+                        help="default: $SANDBOX_KUBECONFIG, $KUBECONFIG, else the local cluster's")
     args = parser.parse_args(argv)
 
-    print("$ " + shlex.join(["python", "bench/bench_density.py", *(sys.argv[1:] if argv is None else argv)]))
-    api = config.new_client_from_config(config_file=args.kubeconfig)
-    core = client.CoreV1Api(api)
-    version = client.VersionApi(api).get_code().git_version
+    print(f"$ {invocation()}")
+    cluster = Cluster.connect(args.kubeconfig or default_kubeconfig())
+    core = client.CoreV1Api(cluster.api)
+    version = client.VersionApi(cluster.api).get_code().git_version
     print(f"# {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, Kubernetes {version}, "
           f"{len(core.list_node().items)} node(s), {os.cpu_count()} CPUs; Sandboxes with spec: {{}}")
 
-    namespace = f"bench-density-{uuid.uuid4().hex[:6]}"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace, labels={
-        "pod-security.kubernetes.io/enforce": "restricted"})))
-    log_path = Path(tempfile.gettempdir()) / f"{namespace}-operator.log"
-    proc, _health = start_operator(args.kubeconfig, namespace, log_path)
-    bench = Bench(api, namespace)
     ok = True
-    try:
-        time.sleep(1.0)  # let the recorder's watches open before the first create
-        serial = [f"single-{i}" for i in range(args.serial)]
-        for name in serial:
-            bench.create(name)
-            bench.wait([name], 120)
-            bench.delete_all()
-        single = bench.to_ready(serial)
-
-        baseline_cores, baseline_memory = busy_cores(args.idle_seconds)
-
-        burst = [f"sbx-{i:03d}" for i in range(args.count)]
-        with concurrent.futures.ThreadPoolExecutor(CLIENT_THREADS) as pool:
-            list(pool.map(bench.create, burst))
-        all_ready = bench.wait(burst, args.timeout)
-        burst_seconds = max(bench.to_ready(burst), default=float("nan")) if all_ready else float("nan")
-        ready_count = len(bench.to_ready(burst))
-
-        time.sleep(10)  # let the start-up work settle before sampling the idle cost
-        idle_cores, idle_memory = busy_cores(args.idle_seconds)
-        operator_rss = status_kib(proc.pid, "VmRSS")
-    finally:
-        bench.recorder.stop()
-        bench.delete_all()
-        operator_peak = peak_rss_kib(proc.pid)
-        proc.send_signal(signal.SIGTERM)
+    with served_namespace(cluster, "bench-density", Path(tempfile.gettempdir())) as served:
+        operator = served.operator
+        assert operator is not None
+        times = CreationTimes(cluster.api, served.name)
         try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        core.delete_namespace(namespace)
+            serial = [f"single-{i}" for i in range(args.serial)]
+            for name in serial:
+                times.create(name, {})
+                times.wait_settled([name], 120)
+                times.delete_all()
+            single = times.to_ready(serial)
 
-    to_pod = bench.to_pod(burst)
+            baseline_cores, baseline_memory = busy_cores(args.idle_seconds)
+
+            burst = [f"sbx-{i:03d}" for i in range(args.count)]
+            metrics_before, cpu_before = api_metrics(cluster), process_times()
+            with concurrent.futures.ThreadPoolExecutor(CLIENT_THREADS) as pool:
+                list(pool.map(lambda name: times.create(name, {}), burst))
+            all_ready = times.wait_settled(burst, args.timeout)
+            burst_cpu = cpu_by_component(cpu_before, process_times())
+            burst_api = api_use(metrics_before, api_metrics(cluster), minimum=max(1, args.count // 10))
+            burst_seconds = max(times.to_ready(burst), default=float("nan")) if all_ready else float("nan")
+            ready_count = len(times.to_ready(burst))
+
+            time.sleep(10)  # let the start-up work settle before sampling the idle cost
+            idle_cores, idle_memory = busy_cores(args.idle_seconds)
+            operator_rss = operator.rss_kib()
+        finally:
+            times.stop()
+            times.delete_all()
+            operator_peak = operator.peak_rss_kib()
+        log_path = operator.log_path
+
+    to_pod = times.to_pod(burst)
     per_sandbox_cores = idle_cores - baseline_cores
     per_sandbox_memory_mb = (idle_memory - baseline_memory) / 1024 / max(1, ready_count)
     p50_pod = percentile(to_pod, 50) if to_pod else float("nan")
@@ -191,9 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     for measure, value, goal, met in figures:
         print(row(measure, value, goal, met))
         ok = ok and bool(met)
-    if bench.recorder.failed:
-        print(f"\n{len(bench.recorder.failed)} failed: " + "; ".join(
-            f"{k}: {v}" for k, v in sorted(bench.recorder.failed.items())[:5]))
+    print_profile(args.count, burst_cpu, burst_api)
+    if times.failed:
+        print(f"\n{len(times.failed)} failed: " + "; ".join(
+            f"{k}: {v}" for k, v in sorted(times.failed.items())[:5]))
     print(f"\noperator log: {log_path}")
     return 0 if ok else 1
 

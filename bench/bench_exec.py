@@ -1,7 +1,7 @@
 """Exec round-trip latency and file throughput: the sandbox SDK next to plain ``kubectl exec`` (and
 llm-sandbox's Kubernetes backend when it is installed), in the same run, on the same cluster and node.
 
-    python bench/bench_exec.py --kubeconfig /var/lib/sandbox-operator-cluster/admin.kubeconfig \\
+    python -m bench.bench_exec --kubeconfig /var/lib/sandbox-operator-cluster/admin.kubeconfig \\
         --namespace bench --start-operator [--llm-sandbox-python /path/to/venv/bin/python]
 
 Measured:
@@ -11,7 +11,8 @@ Measured:
 * write then read back a file of 1 MB and 50 MB (random bytes, checked byte-exact): the SDK file API, and
   ``kubectl exec -i ... cat > FILE`` / ``kubectl exec ... cat FILE``.
 
-Nothing here talks to anything but the cluster's API server. Prints a table (``--output json`` for machines).
+Nothing here talks to anything but the cluster's API server. Prints a table (``--output json`` for machines) under
+the command line that produced it.
 """
 
 from __future__ import annotations
@@ -20,22 +21,20 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT / "operator"))
+from tests.kit import invocation, kubectl_binary, percentile, running_operator
 
-from sandbox_operator import constants  # noqa: E402
-from sandbox_operator.sdk import Sandbox, SandboxManager  # noqa: E402
+from sandbox_operator import constants
+from sandbox_operator.sdk import Sandbox, SandboxManager
 
 MB = 1_000_000
 
@@ -49,15 +48,6 @@ class Row:
     p95_ms: float
     mb_per_s: float | None = None
     note: str = ""
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    if len(ordered) == 1:
-        return ordered[0]
-    k = (len(ordered) - 1) * pct / 100
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 def timed(fn: Callable[[], object], n: int, warmup: int = 2) -> list[float]:
@@ -91,39 +81,12 @@ class Kubectl:
         return out.stdout
 
 
-def find_kubectl(given: str | None) -> str:
-    if given:
-        return given
-    with contextlib.suppress(Exception):
-        bin_dir = subprocess.run(["make", "-s", "--no-print-directory", "bin-dir"], cwd=REPO_ROOT, check=True,
-                                 capture_output=True, text=True).stdout.strip().splitlines()[-1]
-        if (Path(bin_dir) / "kubectl").exists():
-            return str(Path(bin_dir) / "kubectl")
-    found = shutil.which("kubectl")
-    if not found:
-        raise SystemExit("kubectl not found: pass --kubectl")
-    return found
-
-
-@contextlib.contextmanager
-def operator_for(namespace: str, kubeconfig: str, enabled: bool) -> Iterator[None]:
+def operator_for(namespace: str, kubeconfig: str, enabled: bool) -> contextlib.AbstractContextManager[object]:
+    """The operator from this checkout for ``namespace`` while the block runs (``--start-operator``), else none."""
     if not enabled:
-        yield
-        return
-    env = {**os.environ, "KUBECONFIG": kubeconfig, "SANDBOX_OPERATOR_NAMESPACES": namespace,
-           "SANDBOX_OPERATOR_HEALTH_PORT": "0", "SANDBOX_OPERATOR_METRICS_PORT": "0",
-           "PYTHONPATH": str(REPO_ROOT / "operator")}
-    log = tempfile.NamedTemporaryFile(prefix="bench-operator-", suffix=".log", delete=False)  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "sandbox_operator"], env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    try:
-        time.sleep(2)
-        if proc.poll() is not None:
-            raise SystemExit(f"the operator exited: see {log.name}")
-        yield
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        return contextlib.nullcontext()
+    log_path = Path(tempfile.gettempdir()) / f"bench-operator-{namespace}.log"
+    return running_operator(kubeconfig, namespace, log_path)
 
 
 def bench_sdk_and_kubectl(sbx: Sandbox, kubectl: Kubectl, iterations: int, sizes_mb: list[int]) -> list[Row]:
@@ -256,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", choices=("table", "json"), default="table")
     a = p.parse_args(argv)
     sizes = [int(s) for s in a.sizes.split(",") if s]
-    kubectl_bin = find_kubectl(a.kubectl)
+    kubectl_bin = kubectl_binary(a.kubectl)
     subprocess.run([kubectl_bin, "--kubeconfig", a.kubeconfig, "create", "namespace", a.namespace],
                    capture_output=True, check=False)
     notes: list[str] = []
@@ -276,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if created is not None:
                 # Wait while the operator still runs: it removes its finalizer from the Sandbox.
-                created.destroy(wait=True, timeout=120)
+                created.delete(wait=True, timeout=120)
     if a.llm_sandbox_python:
         llm_rows, error = bench_llm_sandbox(a.llm_sandbox_python, a.kubeconfig, a.namespace, a.iterations, sizes)
         rows += llm_rows
@@ -286,8 +249,9 @@ def main(argv: list[str] | None = None) -> int:
         notes.append("llm-sandbox: not run (pass --llm-sandbox-python)")
     rows.sort(key=lambda r: (r.case.startswith("write"), r.case, r.client))
     if a.output == "json":
-        print(json.dumps({"rows": [asdict(r) for r in rows], "notes": notes}, indent=2))
+        print(json.dumps({"command": invocation(), "rows": [asdict(r) for r in rows], "notes": notes}, indent=2))
     else:
+        print(f"# {invocation()}")
         print(format_rows(rows))
         for note in notes:
             print(f"# {note}")

@@ -2,7 +2,12 @@
 # Builds the pinned cluster binaries from Go modules into the machine-wide cache.
 # One Go module per tool lives under hack/tools/<tool>; its go.mod/go.sum pin the whole graph.
 # A second run finds every binary in place and builds nothing.
+#
+#   hack/build-binaries.sh [TOOL...]    TOOL: kubernetes, etcd, helm, kube-router, containerd (default: all)
+set -euo pipefail
+# shellcheck source=hack/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=hack/image-lib.sh
 source "$HACK_DIR/image-lib.sh"   # apt_install
 
 KUBE_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
@@ -40,13 +45,6 @@ build_one() { # tool-dir output-name package [ldflags]
   (cd "$HACK_DIR/tools/$dir" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w $ldflags" -o "$BIN_DIR/$name" "$pkg")
 }
 
-build_kubernetes
-build_one etcd etcd go.etcd.io/etcd/server/v3
-build_one helm helm helm.sh/helm/v3/cmd/helm "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
-build_one kube-router kube-router github.com/cloudnativelabs/kube-router/v2/cmd/kube-router \
-  "-X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$KUBE_ROUTER_VERSION"
-log "binaries in $BIN_DIR"
-
 # containerd 2.x + runc, into their own cache dir; the cluster's default runtime (SANDBOX_CONTAINERD=1 skips them
 # and uses Debian's containerd 1.6). runc needs cgo + libseccomp.
 build_containerd2() {
@@ -74,4 +72,20 @@ build_containerd2() {
   log "containerd 2 binaries in $out"
 }
 
-if [ "${SANDBOX_CONTAINERD:-}" = "2" ]; then build_containerd2; fi
+ALL_TOOLS=(kubernetes etcd helm kube-router containerd)
+tools=("$@")
+[ ${#tools[@]} -gt 0 ] || tools=("${ALL_TOOLS[@]}")
+for tool in "${tools[@]}"; do
+  case "$tool" in
+    kubernetes) build_kubernetes ;;
+    etcd) build_one etcd etcd go.etcd.io/etcd/server/v3 ;;
+    helm) build_one helm helm helm.sh/helm/v3/cmd/helm "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" ;;
+    kube-router)
+      build_one kube-router kube-router github.com/cloudnativelabs/kube-router/v2/cmd/kube-router \
+        "-X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$KUBE_ROUTER_VERSION" ;;
+    # Only for the default runtime; SANDBOX_CONTAINERD=1 uses Debian's containerd 1.6.
+    containerd) if [ "${SANDBOX_CONTAINERD:-}" = "2" ]; then build_containerd2; fi ;;
+    *) die "unknown tool $tool (choose from: ${ALL_TOOLS[*]})" ;;
+  esac
+done
+log "binaries in $BIN_DIR"

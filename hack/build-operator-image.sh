@@ -82,8 +82,11 @@ ENGINE="$(image_engine)"
 PYTHON="$(pick_python)"
 PY_TAG="$("$PYTHON" -c 'import platform, sys; print("%s-%d.%d-%s" % (sys.implementation.name, *sys.version_info[:2], platform.machine()))')"
 
-# The project's runtime requirements (project.dependencies of pyproject.toml), one a line.
-REQUIREMENTS="$("$PYTHON" -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' \
+# The operator's runtime requirements, one a line (sorted, so the cache key ignores their order in the file): the
+# base dependencies of pyproject.toml (the client's) and those of its `operator` extra.
+REQUIREMENTS="$("$PYTHON" -c 'import sys, tomllib
+project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+print("\n".join(sorted([*project["dependencies"], *project["optional-dependencies"]["operator"]], key=str.lower)))' \
   "$REPO_ROOT/pyproject.toml")"
 # The dependencies' wheels depend on those and the interpreter (not on dev tools); the image on the sources too.
 DEPS_KEY="$(printf '%s\n%s\n' "$REQUIREMENTS" "$PY_TAG" | sha256sum | cut -c1-16)"
@@ -117,7 +120,7 @@ build_deps_wheels() {
   log "wheels: building the dependencies' wheels with $PYTHON ($PY_TAG) into $DEPS_DIR"
   rm -rf "$DEPS_DIR.partial"
   mkdir -p "$DEPS_DIR.partial"
-  # The project's runtime dependencies (from pyproject.toml), pip (run from its wheel inside the image) and the
+  # The operator's runtime dependencies (from pyproject.toml), pip (run from its wheel inside the image) and the
   # build backend (so that the project's own wheel is then built with --no-index).
   printf '%s\n' "$REQUIREMENTS" >"$DEPS_DIR.partial/requirements.txt"
   if [ "$(minor_of "$PYTHON")" = "$BASE_PYTHON_MINOR" ]; then

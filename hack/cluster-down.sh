@@ -3,7 +3,10 @@
 # containers and their shims, pod mounts and network namespaces, the CNI bridge, the iptables chains and
 # ipsets of kube-proxy, kube-router and the bridge plugin, the kubepods cgroups, and restores the sysctls.
 # Safe to run at any time, also after the cluster was killed with SIGKILL. Keeps certificates and images.
+set -euo pipefail
+# shellcheck source=hack/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=hack/cluster-lib.sh
 source "$HACK_DIR/cluster-lib.sh"
 
 quiet=false

@@ -1,4 +1,6 @@
+# shellcheck shell=bash
 # Functions shared by cluster-up.sh and cluster-down.sh. Source lib.sh first.
+set -euo pipefail
 # shellcheck source=hack/image-lib.sh
 source "$HACK_DIR/image-lib.sh"   # apt_install, ctr_bin
 
@@ -35,10 +37,10 @@ start_component() { # name binary args...
 }
 
 stop_component() { # name: SIGTERM, then SIGKILL after 15 s
-  local name="$1" pid i
+  local name="$1" pid
   if pid="$(component_pid "$name")"; then
     kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 150); do
+    for _ in $(seq 1 150); do
       component_pid "$name" > /dev/null || break
       sleep 0.1
     done
@@ -107,7 +109,7 @@ restore_sysctls() {
   [ -f "$SYSCTL_SAVE" ] || return 0
   local line
   while IFS= read -r line; do
-    [ -n "${line#*=}" ] && sysctl -qw "$line" 2>/dev/null || true
+    if [ -n "${line#*=}" ]; then sysctl -qw "$line" 2>/dev/null || true; fi
   done < "$SYSCTL_SAVE"
   rm -f "$SYSCTL_SAVE"
 }

@@ -3,7 +3,10 @@
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler, containerd, kubelet, kube-proxy (iptables)
 # and kube-router (NetworkPolicy only). Idempotent: a healthy cluster is left alone; whatever a killed cluster
 # left behind is cleaned first. Every listener binds to loopback or the machine's own address.
+set -euo pipefail
+# shellcheck source=hack/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=hack/cluster-lib.sh
 source "$HACK_DIR/cluster-lib.sh"
 
 [ "$(id -u)" = 0 ] || die "cluster-up needs root (it runs containerd and the kubelet)"

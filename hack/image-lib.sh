@@ -3,6 +3,7 @@
 #
 # Reusable by other image builds (the operator image): image_engine, image_bud, image_save, image_load_storage,
 # image_import, image_size, inputs_key, containerd_running.
+set -euo pipefail
 
 # Label carrying the hash of an image's inputs, on the image in buildah's storage and in containerd.
 INPUTS_LABEL="io.sandbox-operator.inputs"

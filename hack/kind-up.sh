@@ -2,6 +2,8 @@
 # For machines with Docker: a kind cluster instead of the project's own, loaded with the same images.
 # (It cannot run on the project's CI machines, which have no Docker engine.) Afterwards point the tests at it:
 #   SANDBOX_KUBECONFIG="$(make -s kubeconfig CLUSTER=kind)" make test
+set -euo pipefail
+# shellcheck source=hack/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 KIND_CLUSTER="${KIND_CLUSTER:-sandbox-operator}"

@@ -1,5 +1,7 @@
+# shellcheck shell=bash
 # Shared settings for the hack/ scripts. Source it; do not run it.
 # Versions are pinned here and nowhere else.
+# shellcheck disable=SC2034  # the settings are for the scripts that source this file
 set -euo pipefail
 
 HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -1,68 +1,42 @@
-"""Shared fixtures. Tests that need a cluster carry the `cluster` marker and use the `cluster` fixture.
+"""Shared fixtures and the test tiers.
 
-The cluster is whatever `SANDBOX_KUBECONFIG` (or `KUBECONFIG`) points at; with neither set, the project's own
-local cluster is brought up by `make cluster-up` when it is not running.
+Tiers, by directory: ``tests/unit`` (marker ``unit``: pure, no binaries beyond Python, seconds), ``tests/static``
+(``static``: checks of the chart, the images and the scripts with helm, checkov, gcc, shellcheck and ruff),
+``tests/integration`` and ``tests/e2e`` (``integration``/``e2e``, both ``cluster``). Tests that need a cluster
+use the ``cluster`` fixture: whatever ``SANDBOX_KUBECONFIG`` (or ``KUBECONFIG``) points at; with neither set,
+the project's own local cluster, brought up by ``make cluster-up`` when it is not running. The helpers they
+share are in ``tests/kit``.
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from kubernetes import client, config
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.kit import REPO_ROOT, Cluster, configured_kubeconfig, make_var
 
-
-@dataclass(frozen=True)
-class Cluster:
-    kubeconfig: Path
-    api: client.ApiClient
-    bin_dir: Path
-
-    def kubectl(self, *args: str, check: bool = True, input: str | None = None,
-                timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        """Runs the cluster's own kubectl against this cluster."""
-        return subprocess.run(
-            [str(self.bin_dir / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args],
-            check=check, capture_output=True, text=True, input=input, timeout=timeout,
-        )
-
-
-def _make_var(name: str) -> str:
-    out = subprocess.run(["make", "-s", "--no-print-directory", name], cwd=REPO_ROOT, check=True,
-                         capture_output=True, text=True)
-    return out.stdout.strip().splitlines()[-1]
+TIER_MARKERS = {"unit": ("unit",), "static": ("static",), "integration": ("integration", "cluster"),
+                "e2e": ("e2e", "cluster")}
 
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
-    explicit = os.environ.get("SANDBOX_KUBECONFIG") or os.environ.get("KUBECONFIG")
-    if explicit:
-        kubeconfig = Path(explicit)
-    else:
+    kubeconfig = configured_kubeconfig()
+    if kubeconfig is None:
         subprocess.run(["make", "-s", "--no-print-directory", "cluster-up"], cwd=REPO_ROOT, check=True)
-        kubeconfig = Path(_make_var("kubeconfig"))
-    bin_dir = Path(_make_var("bin-dir"))
-    api = config.new_client_from_config(config_file=str(kubeconfig))
-    yield Cluster(kubeconfig=kubeconfig, api=api, bin_dir=bin_dir)
-    api.close()
+        kubeconfig = Path(make_var("kubeconfig"))
+    connected = Cluster.connect(kubeconfig)
+    yield connected
+    connected.api.close()  # type: ignore[no-untyped-call]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests under tests/unit are `unit`; integration and e2e tests need the cluster; disruptive ones go last."""
+    """Each test gets its tier's markers (from its directory under tests/); disruptive ones go last."""
     items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)
     for item in items:
-        parts = Path(str(item.fspath)).parts
-        if "unit" in parts:
-            item.add_marker(pytest.mark.unit)
-        elif "integration" in parts:
-            item.add_marker(pytest.mark.integration)
-            item.add_marker(pytest.mark.cluster)
-        elif "e2e" in parts:
-            item.add_marker(pytest.mark.e2e)
-            item.add_marker(pytest.mark.cluster)
+        tier = Path(str(item.fspath)).relative_to(REPO_ROOT / "tests").parts[0]
+        for marker in TIER_MARKERS.get(tier, ()):
+            item.add_marker(marker)

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         FileTooLarge,
         Health,
         InvalidSandboxSpec,
+        NamespaceNotServed,
         OutputChunk,
         PathOutsideSandbox,
         Sandbox,
@@ -49,7 +50,8 @@ __version__ = PROJECT_VERSION
 __all__ = [
     "ApiError", "AsyncSandbox", "AsyncSandboxManager", "CommandError", "CommandHandle", "CommandResult",
     "CommandStream", "CommandTimeout", "ConfigError", "EventStream", "ExecError", "FileError", "FileInfo",
-    "FileTooLarge", "Health", "InvalidSandboxSpec", "OutputChunk", "PathOutsideSandbox", "Sandbox",
+    "FileTooLarge", "Health", "InvalidSandboxSpec", "NamespaceNotServed", "OutputChunk", "PathOutsideSandbox",
+    "Sandbox",
     "SandboxAlreadyExists", "SandboxError", "SandboxEvent", "SandboxFailed", "SandboxFileNotFound",
     "SandboxForbidden", "SandboxManager", "SandboxNotFound", "SandboxNotReady", "WaitTimeout", "__version__",
 ]

@@ -2,21 +2,30 @@
 
 A thin shim: it exits with status 2 and a message naming the bad environment variable before touching the
 cluster, configures logging, and runs the handlers in :mod:`sandbox_operator.handlers` in standalone mode with
-kopf's liveness endpoint.
+kopf's liveness endpoint. The operator's dependencies are the ``operator`` extra; a client-only install gets a
+message saying so instead of a traceback.
 """
 
 from __future__ import annotations
 
 import sys
 
-import kopf
-
-from sandbox_operator.settings import SettingsError, get_settings
-
 EXIT_BAD_SETTINGS = 2
+OPERATOR_MODULES = ("kopf", "prometheus_client", "pydantic_settings")
 
 
 def main() -> int:
+    try:
+        import kopf
+
+        from sandbox_operator.settings import SettingsError, get_settings
+    except ImportError as error:
+        if error.name not in OPERATOR_MODULES:
+            raise
+        print(f"sandbox-operator: {error.name} is missing: the operator needs `pip install "
+              f"'sandbox-operator[operator]'` (a plain `pip install sandbox-operator` is the client only)",
+              file=sys.stderr)
+        return EXIT_BAD_SETTINGS
     try:
         settings = get_settings()
     except SettingsError as error:

@@ -7,7 +7,7 @@ Run ``sandboxctl --help`` or ``sandboxctl COMMAND --help``. Exit codes (also in 
 1     any other error (Kubernetes API, exec transport, configuration)
 2     usage error (bad arguments)
 3     not found: the sandbox, or the file in the sandbox
-4     not ready: the sandbox failed, is not Ready, or waiting timed out
+4     not ready: the sandbox failed, is not Ready, no operator serves its namespace, or waiting timed out
 5     refused: forbidden (RBAC, quota, admission), invalid spec, path outside the sandbox, too large, a
       command limit above the sandbox's own
 130   interrupted (Ctrl-C)
@@ -56,7 +56,7 @@ EXIT_CODES_HELP = """exit codes:
   1    any other error (Kubernetes API, exec transport, configuration)
   2    usage error
   3    not found (the sandbox, or the file in the sandbox)
-  4    not ready (the sandbox failed, is not Ready, or waiting timed out)
+  4    not ready (the sandbox failed, is not Ready, no operator serves its namespace, or waiting timed out)
   5    refused (forbidden, invalid spec, path outside the sandbox, too large, a limit above the sandbox's)
   130  interrupted
   exec exits with the command's own code (124 = timed out and killed)."""
@@ -103,29 +103,21 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 def _since(value: datetime | None, now: datetime) -> float | None:
     return None if value is None else (now - value).total_seconds()
 
 
 def sandbox_row(obj: dict[str, Any], now: datetime | None = None) -> list[str]:
     """NAME, PHASE, REASON, NODE, IDLE, EXPIRES, AGE of one Sandbox object."""
+    from sandbox_operator.models.timestamps import parse_time
     from sandbox_operator.sdk.health import last_activity_of
 
     now = now or datetime.now(UTC)
     meta = obj.get("metadata") or {}
     status = obj.get("status") or {}
-    created = _parse_time(meta.get("creationTimestamp"))
-    expires = _parse_time(status.get("expiresAt"))
-    activity = last_activity_of(obj) or _parse_time(status.get("readyTime"))
+    created = parse_time(meta.get("creationTimestamp"))
+    expires = parse_time(status.get("expiresAt"))
+    activity = last_activity_of(obj) or parse_time(status.get("readyTime"))
     phase = status.get("phase") or "-"
     if meta.get("deletionTimestamp") and phase != "Terminating":
         phase = f"{phase} (deleting)"
@@ -143,6 +135,8 @@ SANDBOX_HEADERS = ("NAME", "PHASE", "REASON", "NODE", "IDLE", "EXPIRES", "AGE")
 
 def health_lines(health: Health, now: datetime | None = None) -> str:
     """``kubectl describe``-like key/value lines."""
+    from sandbox_operator.models.timestamps import format_time
+
     now = now or datetime.now(UTC)
 
     def when(value: datetime | None) -> str:
@@ -150,7 +144,7 @@ def health_lines(health: Health, now: datetime | None = None) -> str:
             return "-"
         delta = (now - value).total_seconds()
         rel = f"{human_duration(delta)} ago" if delta >= 0 else f"in {human_duration(-delta)}"
-        return f"{value.isoformat().replace('+00:00', 'Z')} ({rel})"
+        return f"{format_time(value)} ({rel})"
 
     rows = [
         ("Name", health.name), ("Namespace", health.namespace), ("Phase", health.phase or "-"),
@@ -595,7 +589,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("create", cmd_create, "create a sandbox and wait until it is Ready",
             "Create a sandbox and wait until it is Ready (a progress line shows on a terminal). Prints the "
-            "name (or the object with -o json|yaml).",
+            "name (or the object with -o json|yaml). When no running operator serves the namespace it says so "
+            "within seconds, names the namespaces that are served, and deletes the sandbox it created.",
             "examples:\n  sandboxctl create\n  sandboxctl create my-box --memory 1Gi --idle-timeout 600 "
             "--env MODE=test\n  sandboxctl create -f sandbox.yaml")
     p.add_argument("name", nargs="?", help="name (default: generated, sbx-xxxxx)")

@@ -27,6 +27,17 @@ RESERVED_KEY_PREFIXES: Final = (f"{GROUP}/", "app.kubernetes.io/", "kubernetes.i
 # The activity record. The SDK and CLI write an RFC 3339 UTC timestamp here (throttled); the collector reads it.
 # An annotation rather than a status field, so clients need only `patch` on sandboxes, not on sandboxes/status.
 ANNOTATION_LAST_ACTIVITY: Final = f"{GROUP}/last-activity"
+# The operator's finalizer on every Sandbox it handles: a client that sees it knows an operator picked it up.
+FINALIZER: Final = f"{GROUP}/finalizer"
+
+# Which namespaces the running operators serve: each keeps one annotation, REGISTRY_ANNOTATION_PREFIX/<id>, on the
+# Sandbox CRD (cluster-scoped, so a client can read it with a ClusterRole that grants nothing else), refreshed
+# every REGISTRY_HEARTBEAT_SECONDS; an entry older than REGISTRY_STALE_SECONDS is an operator that is gone.
+# See sandbox_operator.registry.
+REGISTRY_ANNOTATION_PREFIX: Final = f"operators.{GROUP}"
+REGISTRY_HEARTBEAT_SECONDS: Final = 60
+REGISTRY_STALE_SECONDS: Final = 180
+ALL_NAMESPACES: Final = "*"
 
 # The sandbox container and the paths inside the sandbox image.
 CONTAINER_NAME: Final = "sandbox"

@@ -32,6 +32,8 @@ SAFE_NODE_SELECTOR_KEYS = ("kubernetes.io/arch", "kubernetes.io/os", "node.kuber
                            "topology.kubernetes.io/zone", "topology.kubernetes.io/region")
 UID_MIN_EXCLUSIVE = 1000  # the image's own users (sandbox is 1000) stay out of the per-sandbox range
 UID_MAX = 2**31 - 1
+INSTANCE_NAME_PATTERN = r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?"
+INSTANCE_NAME_MAX_LENGTH = 253
 
 
 class SettingsError(Exception):
@@ -120,8 +122,12 @@ class OperatorSettings(BaseSettings):
     bind_address: str = "0.0.0.0"  # noqa: S104 - in a pod the probes come from the node
     log_format: Literal["plain", "full", "json"] = "full"
     verbose: bool = False
-    api_workers: int = Field(16, ge=1, le=256)
-    """Threads (and HTTP connections) for the blocking Kubernetes client."""
+    api_workers: int = Field(64, ge=1, le=256)
+    """Threads (and HTTP connections) for the blocking Kubernetes client: enough that a burst of creates (two
+    blocking calls each) does not queue behind a small pool."""
+    instance_name: str = ""
+    """This operator's name in the registry of served namespaces on the Sandbox CRD, after its pod's namespace
+    (the chart sets the Deployment's name). Empty: the host name and process ID."""
     failpoint: Literal["", "after-pod-create"] = ""
     """Test-only: hang (so that a test can kill the process) at the named point."""
 
@@ -140,6 +146,14 @@ class OperatorSettings(BaseSettings):
         if not (match and UID_MIN_EXCLUSIVE < int(match[1]) <= int(match[2]) <= UID_MAX):
             raise ValueError(f"{value!r} is not FIRST-LAST with {UID_MIN_EXCLUSIVE} < FIRST <= LAST <= {UID_MAX}")
         return f"{int(match[1])}-{int(match[2])}"
+
+    @field_validator("instance_name")
+    @classmethod
+    def _instance_name(cls, value: str) -> str:
+        if value and not (len(value) <= INSTANCE_NAME_MAX_LENGTH and re.fullmatch(INSTANCE_NAME_PATTERN, value)):
+            raise ValueError(f"{value!r} is not a Kubernetes object name (lower-case letters, digits, '-' and '.', "
+                             f"alphanumeric at both ends, at most {INSTANCE_NAME_MAX_LENGTH} characters)")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> OperatorSettings:

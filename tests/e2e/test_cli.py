@@ -1,12 +1,10 @@
-"""sandboxctl against the real cluster, with the real operator (issue 5, acceptance 1 through the CLI)."""
+"""sandboxctl against the real cluster, with the real operator."""
 
 from __future__ import annotations
 
 import filecmp
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,50 +13,27 @@ import pytest
 import yaml
 
 from sandbox_operator import constants
-from tests.conftest import Cluster
-from tests.e2e.test_sdk import sandbox_environment
+from tests.kit import Cluster, Sandboxctl, operator_namespace
 
 MiB = 1024 * 1024
 SMALL = ("--cpu", "250m", "--memory", "256Mi")  # fits next to other suites' sandboxes on the test node
 
 
-class Ctl:
-    """Runs ``sandboxctl`` (this checkout's) against the test cluster and namespace."""
-
-    def __init__(self, cluster: Cluster, namespace: str) -> None:
-        self.base = [sys.executable, "-m", "sandbox_operator.cli", "--kubeconfig", str(cluster.kubeconfig),
-                     "-n", namespace]
-        self.env = {**os.environ, "PYTHONPATH": str(Path(constants.__file__).resolve().parents[1])}
-
-    def __call__(self, *args: str, input: bytes | None = None, timeout: float = 240,
-                 check: bool = True) -> subprocess.CompletedProcess[bytes]:
-        out = subprocess.run([*self.base, *args], input=input, capture_output=True, timeout=timeout,
-                             env=self.env, check=False)
-        if check and out.returncode != 0:
-            raise AssertionError(f"sandboxctl {' '.join(args)} exited {out.returncode}: "
-                                 f"{out.stderr.decode(errors='replace')}")
-        return out
-
-    def popen(self, *args: str) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([*self.base, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env=self.env)
+@pytest.fixture(scope="module")
+def ctl(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandboxctl]:
+    with operator_namespace(cluster, "cli-e2e", tmp_path_factory.mktemp("logs")) as namespace:
+        yield Sandboxctl(cluster.kubeconfig, namespace)
 
 
 @pytest.fixture(scope="module")
-def ctl(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ctl]:
-    with sandbox_environment(cluster, "cli-e2e", tmp_path_factory.mktemp("logs")) as namespace:
-        yield Ctl(cluster, namespace)
-
-
-@pytest.fixture(scope="module")
-def box(ctl: Ctl) -> Iterator[str]:
+def box(ctl: Sandboxctl) -> Iterator[str]:
     name = ctl("create", *SMALL, "--timeout", "240", "--label", "e2e=cli").stdout.decode().strip()
     assert name.startswith("sbx-")
     yield name
     ctl("delete", name, "--ignore-not-found")
 
 
-def test_create_list_get(ctl: Ctl, box: str) -> None:
+def test_create_list_get(ctl: Sandboxctl, box: str) -> None:
     table = ctl("list").stdout.decode()
     assert table.splitlines()[0].split()[:2] == ["NAME", "PHASE"]
     assert any(line.split()[:2] == [box, "Ready"] for line in table.splitlines())
@@ -71,7 +46,7 @@ def test_create_list_get(ctl: Ctl, box: str) -> None:
     assert health["health"]["ready"] is True and health["sandbox"]["metadata"]["name"] == box
 
 
-def test_exec_hello_exit_codes_stderr_stdin_env_cwd(ctl: Ctl, box: str) -> None:
+def test_exec_hello_exit_codes_stderr_stdin_env_cwd(ctl: Sandboxctl, box: str) -> None:
     out = ctl("exec", box, "--", "python3", "-c", 'print("Hello")')
     assert out.stdout == b"Hello\n"
     failed = ctl("exec", box, "--", "sh", "-c", "echo out; echo err >&2; exit 7", check=False)
@@ -84,14 +59,14 @@ def test_exec_hello_exit_codes_stderr_stdin_env_cwd(ctl: Ctl, box: str) -> None:
     assert as_json["exitCode"] == 0 and as_json["timedOut"] is False
 
 
-def test_exec_timeout_kills_and_reports(ctl: Ctl, box: str) -> None:
+def test_exec_timeout_kills_and_reports(ctl: Sandboxctl, box: str) -> None:
     started = time.monotonic()
     out = ctl("exec", box, "-t", "2", "--", "sh", "-c", "sleep 300; echo never", check=False)
     assert out.returncode == 124 and b"never" not in out.stdout and b"timed out" in out.stderr
     assert time.monotonic() - started < 30
 
 
-def test_exec_streams_first_chunk_before_the_end(ctl: Ctl, box: str) -> None:
+def test_exec_streams_first_chunk_before_the_end(ctl: Sandboxctl, box: str) -> None:
     started = time.monotonic()
     proc = ctl.popen("exec", box, "--", "sh", "-c", "echo first; sleep 4; echo second")
     assert proc.stdout is not None
@@ -103,7 +78,7 @@ def test_exec_streams_first_chunk_before_the_end(ctl: Ctl, box: str) -> None:
     assert first_at < ended - 3
 
 
-def test_cp_binary_round_trip_cat_ls_rm(ctl: Ctl, box: str, tmp_path: Path) -> None:
+def test_cp_binary_round_trip_cat_ls_rm(ctl: Sandboxctl, box: str, tmp_path: Path) -> None:
     data = os.urandom(MiB)
     src = tmp_path / "data.bin"
     src.write_bytes(data)
@@ -124,7 +99,7 @@ def test_cp_binary_round_trip_cat_ls_rm(ctl: Ctl, box: str, tmp_path: Path) -> N
     assert missing.returncode == 3 and b"FileNotFoundError" in missing.stderr
 
 
-def test_cp_directories_both_ways(ctl: Ctl, box: str, tmp_path: Path) -> None:
+def test_cp_directories_both_ways(ctl: Sandboxctl, box: str, tmp_path: Path) -> None:
     src = tmp_path / "tree"
     (src / "a" / "b").mkdir(parents=True)
     (src / "top.txt").write_text("top\n")
@@ -138,7 +113,7 @@ def test_cp_directories_both_ways(ctl: Ctl, box: str, tmp_path: Path) -> None:
     assert (dest / "a" / "b" / "deep.bin").read_bytes() == (src / "a" / "b" / "deep.bin").read_bytes()
 
 
-def test_traversal_and_oversize_rejected(ctl: Ctl, box: str, tmp_path: Path) -> None:
+def test_traversal_and_oversize_rejected(ctl: Sandboxctl, box: str, tmp_path: Path) -> None:
     small = tmp_path / "small.txt"
     small.write_text("x")
     for dest in (f"{box}:../etc/x", f"{box}:/etc/passwd", f"{box}:/workspace/../../x"):
@@ -155,7 +130,7 @@ def test_traversal_and_oversize_rejected(ctl: Ctl, box: str, tmp_path: Path) -> 
     assert out.returncode == 5 and b"cap" in out.stderr
 
 
-def test_errors_have_exit_codes(ctl: Ctl) -> None:
+def test_errors_have_exit_codes(ctl: Sandboxctl) -> None:
     missing = ctl("get", "no-such-sandbox", check=False)
     assert missing.returncode == 3 and b"not found" in missing.stderr
     assert ctl("exec", "no-such-sandbox", "--", "true", check=False).returncode == 3
@@ -169,8 +144,10 @@ def test_errors_have_exit_codes(ctl: Ctl) -> None:
     assert failed.returncode == 4 and b"ImageMissing" in failed.stderr
 
 
-def test_events_create_ready_delete_and_wait(ctl: Ctl) -> None:
+def test_events_create_ready_delete_and_wait(ctl: Sandboxctl) -> None:
     watcher = ctl.popen("events", "--watch", "-o", "json", "--timeout", "400")
+    # The watcher lists the namespace before it watches, and says nothing when it has: a sandbox created before
+    # that list would arrive as history, not as Created.
     time.sleep(2)
     name = ctl("create", *SMALL, "--no-wait").stdout.decode().strip()
     ctl("wait", name, "--timeout", "240")

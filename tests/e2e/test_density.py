@@ -9,7 +9,6 @@ not from here.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -17,8 +16,7 @@ import pytest
 
 from sandbox_operator import constants
 from sandbox_operator.sdk import Sandbox, SandboxManager
-from tests.conftest import Cluster
-from tests.e2e.test_sdk import READY_TIMEOUT, sandbox_environment
+from tests.kit import READY_TIMEOUT, Cluster, operator_namespace, sandbox_manifest, wait_until
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -33,8 +31,7 @@ class Env:
 
     def create_all(self, prefix: str, count: int) -> list[str]:
         names = [f"{prefix}-{i:02d}" for i in range(count)]
-        documents = [{"apiVersion": constants.API_VERSION, "kind": constants.KIND,
-                      "metadata": {"name": name, "namespace": self.namespace}, "spec": {}} for name in names]
+        documents = [sandbox_manifest(self.namespace, name, {}) for name in names]
         self.cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
                                                                     "items": documents}))
         return names
@@ -45,18 +42,19 @@ class Env:
         return {item["metadata"]["name"]: f"{(item.get('status') or {}).get('phase')} "
                 f"{(item.get('status') or {}).get('reason')}" for item in listed}
 
+    def not_ready(self, names: list[str]) -> dict[str, str | None]:
+        phases = self.phases()
+        return {name: phases.get(name) for name in names if not phases.get(name, "").startswith("Ready")}
+
     def wait_all_ready(self, names: list[str], timeout: float = READY_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        phases: dict[str, str] = {}
-        while time.monotonic() < deadline:
-            phases = self.phases()
-            if all(phases.get(name, "").startswith("Ready") for name in names):
-                return
-            if any(phases.get(name, "").startswith(("Failed", "Expired")) for name in names):
-                break
-            time.sleep(1)
-        not_ready = {name: phases.get(name) for name in names if not phases.get(name, "").startswith("Ready")}
-        pytest.fail(f"{len(not_ready)} of {len(names)} not Ready: {dict(list(not_ready.items())[:5])}")
+        def all_ready() -> bool:
+            waiting = self.not_ready(names)
+            ended = {name: phase for name, phase in waiting.items() if (phase or "").startswith(("Failed", "Expired"))}
+            assert not ended, f"{len(ended)} of {len(names)} ended: {dict(list(ended.items())[:5])}"
+            return not waiting
+
+        wait_until(all_ready, timeout, interval=1, message=lambda: f"all {len(names)} Sandboxes Ready; not yet: "
+                   f"{dict(list(self.not_ready(names).items())[:5])}")
 
     def delete_all(self) -> None:
         self.cluster.kubectl("delete", constants.CRD_NAME, "--all", "-n", self.namespace, "--wait=true",
@@ -65,7 +63,7 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    with sandbox_environment(cluster, "density", tmp_path_factory.mktemp("logs")) as namespace, \
+    with operator_namespace(cluster, "density", tmp_path_factory.mktemp("logs")) as namespace, \
             SandboxManager(namespace, kubeconfig=cluster.kubeconfig, ready_timeout=READY_TIMEOUT) as manager:
         yield Env(cluster, namespace, manager)
 
@@ -91,7 +89,7 @@ def default_box(env: Env) -> Iterator[Sandbox]:
     env.wait_all_ready([name])
     sandbox = env.manager.get(name)
     yield sandbox
-    sandbox.destroy(missing_ok=True)
+    sandbox.delete(missing_ok=True)
 
 
 def test_a_default_sandbox_is_still_killed_at_512mi(default_box: Sandbox) -> None:

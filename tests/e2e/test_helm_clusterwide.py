@@ -1,6 +1,6 @@
 """The chart with `clusterWide: true` on the real cluster: one ClusterRole instead of Roles, and the in-cluster
-operator still brings a Sandbox to Ready and cleans up after it (issue 6, "cluster-wide or per-namespace by a
-value").
+operator still brings a Sandbox to Ready and cleans up after it: the chart is cluster-wide or per-namespace by
+one value.
 
 Other suites run their own operators in namespaces of their own at the same time, so this operator is scoped
 with `watchPatterns` to its own sandbox namespace: cluster-wide RBAC, but it reconciles nothing of theirs.
@@ -12,20 +12,18 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import Cluster
-from tests.e2e.test_helm import Release, build_operator_image, installed_release
+from tests.kit import Cluster
+from tests.kit.helm import Release, installed_release
 
 pytestmark = pytest.mark.timeout(1200)
 
 
 @pytest.fixture(scope="module")
 def release(cluster: Cluster) -> Iterator[Release]:
-    build_operator_image(cluster)
     with installed_release(
             cluster, "e2e-helmcw",
             "--set", "clusterWide=true",
-            "--set-json", "watchPatterns=[\"{release.sandbox_namespace}\"]",
-            "--set-json", "sandboxNamespaces.names=[\"{release.sandbox_namespace}\"]") as rel:
+            "--set-json", "watchPatterns=[\"{release.sandbox_namespace}\"]") as rel:
         yield rel
 
 

@@ -26,17 +26,14 @@ import pytest
 
 from sandbox_operator import constants
 from sandbox_operator.sdk import ExecError, PathOutsideSandbox, Sandbox, SandboxManager
-from tests.conftest import Cluster
-from tests.e2e.test_cli import Ctl
-from tests.e2e.test_sandbox_image import node_supports_user_namespaces
-from tests.e2e.test_sdk import READY_TIMEOUT, SMALL, sandbox_environment
+from tests.kit import READY_TIMEOUT, SMALL_SPEC, Cluster, Sandboxctl, operator_namespace, sandbox_manifest, wait_until
 
 pytestmark = pytest.mark.timeout(900)
 
 MB = 1000 * 1000
 CLIENT_RSS_LIMIT_MB = 300
 COMMAND_SECONDS = 120  # the sandboxes' own per-command limit; the wrapper refuses more
-SPEC = {**SMALL, "timeouts": {"commandSeconds": COMMAND_SECONDS}}
+SPEC = {**SMALL_SPEC, "timeouts": {"commandSeconds": COMMAND_SECONDS}}
 
 
 @dataclass(frozen=True)
@@ -46,18 +43,13 @@ class Env:
     manager: SandboxManager
     user_namespaces: bool
 
-    def kubectl_exec(self, pod: str, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return self.cluster.kubectl("exec", "-n", self.namespace, pod, "-c", constants.CONTAINER_NAME, "--",
-                                    *argv, check=False, timeout=timeout)
-
-    def ctl(self) -> Ctl:
-        return Ctl(self.cluster, self.namespace)
+    def ctl(self) -> Sandboxctl:
+        return Sandboxctl(self.cluster.kubeconfig, self.namespace)
 
 
 def _environment(cluster: Cluster, tmp: Path, user_namespaces: bool) -> Iterator[Env]:
-    settings = {"SANDBOX_OPERATOR_USER_NAMESPACES": "true" if user_namespaces else "false"}
     prefix = "hostile-userns" if user_namespaces else "hostile"
-    with sandbox_environment(cluster, prefix, tmp, settings) as namespace, \
+    with operator_namespace(cluster, prefix, tmp, user_namespaces=str(user_namespaces).lower()) as namespace, \
             SandboxManager(namespace, kubeconfig=cluster.kubeconfig, ready_timeout=READY_TIMEOUT,
                            default_spec=SPEC) as manager:
         yield Env(cluster, namespace, manager, user_namespaces)
@@ -75,7 +67,7 @@ def any_env(request: pytest.FixtureRequest, cluster: Cluster, env: Env,
     if request.param == "userns-off":
         yield env
         return
-    if not node_supports_user_namespaces(cluster):
+    if not cluster.supports_user_namespaces():
         pytest.skip("the node's runtime reports no user-namespace support (containerd 1.x): nothing to prove")
     yield from _environment(cluster, tmp_path_factory.mktemp("logs-userns"), user_namespaces=True)
 
@@ -111,13 +103,9 @@ def processes(sandbox: Sandbox, pattern: str) -> list[str]:
     return result.stdout.splitlines()
 
 
-def wait_until_gone(sandbox: Sandbox, pattern: str, timeout: float = 20) -> list[str]:
-    deadline = time.monotonic() + timeout
-    left = processes(sandbox, pattern)
-    while left and time.monotonic() < deadline:
-        time.sleep(0.5)
-        left = processes(sandbox, pattern)
-    return left
+def wait_until_gone(sandbox: Sandbox, pattern: str, timeout: float = 20) -> None:
+    wait_until(lambda: not processes(sandbox, pattern), timeout, interval=0.5,
+               message=lambda: f"every process matching {pattern!r} to end; left: {processes(sandbox, pattern)}")
 
 
 # --- 1. output size -------------------------------------------------------------------------------------------
@@ -250,7 +238,7 @@ def test_a_leftover_process_cannot_forge_or_read_the_tools_output(env: Env, box:
     box.run(["bash", "-c", "mkdir -p /workspace/dl && echo real > /workspace/dl/x.py"]).check()
     box.files.write("/workspace/attacker.py", ATTACKER)
     attacker = box.start(["python3", "/workspace/attacker.py"], env={"ATTACK_SECONDS": "25"})
-    time.sleep(1)
+    wait_until(lambda: processes(box, "attacker.py"), 30, message="the attacker running")
     dest = tmp_path / "dl"
     dest.mkdir()
     deadline = time.monotonic() + 20
@@ -302,27 +290,26 @@ ESCAPES = ("setsid sleep 1001 & (setsid sleep 1002 &) ; env -i setsid sh -c 'sle
 def test_a_timeout_ends_every_descendant(box: Sandbox) -> None:
     result = box.run(["bash", "-c", ESCAPES + " sleep 1000"], timeout=3)
     assert result.timed_out and result.exit_code == 124
-    assert wait_until_gone(box, "sleep 100", timeout=10) == []
+    wait_until_gone(box, "sleep 100", timeout=10)
 
 
 def test_a_finished_command_leaves_nothing_behind(box: Sandbox) -> None:
     result = box.run(["bash", "-c", ESCAPES + " exit 0"])
     assert result.exit_code == 0
-    assert wait_until_gone(box, "sleep 100", timeout=10) == []
+    wait_until_gone(box, "sleep 100", timeout=10)
 
 
 def test_a_command_that_kills_its_own_wrapper_leaves_nothing_behind(box: Sandbox) -> None:
     """The wrapper runs as the same UID, so a command can SIGKILL it; what it started then ends anyway."""
     box.run(["bash", "-c", "setsid sleep 1006 & (setsid sleep 1007 &); kill -9 $PPID; sleep 5"])
-    assert wait_until_gone(box, "sleep 100", timeout=15) == []
+    wait_until_gone(box, "sleep 100", timeout=15)
 
 
 def test_kill_reaches_every_descendant_of_a_background_command(box: Sandbox) -> None:
     handle = box.start(["bash", "-c", ESCAPES + " sleep 1000"])
-    time.sleep(2)
-    assert len(processes(box, "sleep 100")) >= 5
+    wait_until(lambda: len(processes(box, "sleep 100")) >= 5, 30, message="the escaped sleeps running")
     handle.kill()
-    assert wait_until_gone(box, "sleep 100", timeout=15) == []
+    wait_until_gone(box, "sleep 100", timeout=15)
     assert not handle.running
 
 
@@ -335,7 +322,7 @@ def test_the_wrapper_refuses_limits_above_the_sandboxes_own(env: Env, box: Sandb
     for option, value, variable in (("--timeout", "0", constants.ENV_COMMAND_TIMEOUT),
                                     ("--nproc", "100000", constants.ENV_PIDS_LIMIT),
                                     ("--fsize", str(1 << 40), constants.ENV_FILE_SIZE_LIMIT)):
-        raw = env.kubectl_exec(box.pod_name, constants.EXEC_WRAPPER, option, value, "--", "true")
+        raw = env.cluster.pod_exec(env.namespace, box.pod_name, constants.EXEC_WRAPPER, option, value, "--", "true")
         assert raw.returncode == 125, (option, raw.stderr)
         assert variable in raw.stderr
 
@@ -348,9 +335,9 @@ FORK_BOMB = ":(){ :|:& };:"
 def test_kill_works_under_a_fork_bomb(any_env: Env) -> None:
     with any_env.manager.create(labels={"e2e": "bomb"}) as victim:
         bomb = victim.start(["bash", "-c", FORK_BOMB])
-        time.sleep(5)
+        time.sleep(5)  # the bomb at its process limit (nothing inside can be asked: every fork fails)
         bomb.kill()
-        assert wait_until_gone(victim, "bash -c", timeout=60) == [], "the bomb outlived kill()"
+        wait_until_gone(victim, "bash -c", timeout=60)  # the bomb, all of it
         assert victim.run(["echo", "alive"]).stdout == "alive\n"
 
 
@@ -366,7 +353,7 @@ def test_the_process_limit_holds_per_sandbox(any_env: Env) -> None:
         assert "fork" in over.stderr.lower() or "resource temporarily unavailable" in over.stderr.lower(), over
         bomb = first.start(["bash", "-c", FORK_BOMB])
         try:
-            time.sleep(3)
+            time.sleep(3)  # the bomb at its process limit (nothing inside can be asked: every fork fails)
             fine = second.run(["bash", "-c", "for i in $(seq 15); do sleep 2 & done; wait; echo done"], timeout=60)
             assert fine.exit_code == 0 and fine.stdout == "done\n", fine
         finally:
@@ -384,9 +371,7 @@ def test_per_user_kernel_counters_are_per_sandbox(any_env: Env) -> None:
             any_env.manager.create(labels={"e2e": "inotify-b"}) as neighbour:
         handle = hog.start(["python3", "-c", INOTIFY_HOG])
         try:
-            deadline = time.monotonic() + 60
-            while not handle.stdout.strip() and time.monotonic() < deadline:
-                time.sleep(0.5)
+            wait_until(lambda: handle.stdout.strip(), 60, message="the hog's count of inotify instances")
             assert int(handle.stdout.split()[0]) > 0
             check = neighbour.run(["python3", "-c", "import ctypes; print(ctypes.CDLL(None).inotify_init())"])
             assert int(check.stdout) >= 0, "the neighbour got no inotify instance: the counter is shared"
@@ -397,28 +382,26 @@ def test_per_user_kernel_counters_are_per_sandbox(any_env: Env) -> None:
 # --- 8. disk --------------------------------------------------------------------------------------------------------
 
 def test_filling_the_disk_is_reported_as_an_eviction(env: Env) -> None:
-    resources = {**SMALL["resources"], "ephemeralStorage": "200Mi"}
+    resources = {**SMALL_SPEC["resources"], "ephemeralStorage": "200Mi"}
     sandbox = env.manager.create(labels={"e2e": "disk"}, spec={"resources": resources})
     try:
         script = ("for i in $(seq 8); do dd if=/dev/zero of=/workspace/fill$i bs=1M count=40 status=none; done; "
                   "sleep 300")
         handle = sandbox.start(["sh", "-c", script])
         start = time.monotonic()
-        deadline = start + 240
-        status: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            status = sandbox.refresh().status
-            if status.get("phase") == "Failed":
-                break
-            time.sleep(2)
+
+        def failed() -> dict[str, Any] | None:
+            status: dict[str, Any] = sandbox.refresh().status
+            return status if status.get("phase") == "Failed" else None
+
+        status = wait_until(failed, 240, interval=2, message=lambda: f"the sandbox Failed: {sandbox.refresh().status}")
         print(f"evicted {time.monotonic() - start:.0f}s after the writes began: {status.get('reason')}: "
               f"{status.get('message')}")
-        assert status.get("phase") == "Failed", status
         assert status.get("reason") == "Evicted", status
         assert "ephemeral" in str(status.get("message")).lower() or "exceeds" in str(status.get("message")), status
         handle.disconnect()
     finally:
-        sandbox.destroy(missing_ok=True)
+        sandbox.delete(missing_ok=True)
 
 
 # --- 9. tenant placement --------------------------------------------------------------------------------------------
@@ -432,18 +415,17 @@ def test_filling_the_disk_is_reported_as_an_eviction(env: Env) -> None:
 def test_tenant_placement_outside_the_allow_lists_is_refused(env: Env, field: str, spec: dict[str, Any],
                                                               names: str) -> None:
     name = f"place-{field}-{uuid.uuid4().hex[:4]}"
-    body = {"apiVersion": constants.API_VERSION, "kind": constants.KIND,
-            "metadata": {"name": name, "namespace": env.namespace}, "spec": {**SMALL, **spec}}
+    body = sandbox_manifest(env.namespace, name, {**SMALL_SPEC, **spec})
     env.cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
     try:
-        deadline = time.monotonic() + 60
-        status: dict[str, Any] = {}
-        while time.monotonic() < deadline and status.get("phase") != "Failed":
-            time.sleep(1)
-            got = env.cluster.kubectl("get", constants.CRD_NAME, name, "-n", env.namespace, "-o", "json")
-            status = json.loads(got.stdout).get("status") or {}
-        assert status.get("phase") == "Failed" and status.get("reason") == "InvalidSpec", status
-        assert names in str(status.get("message")), status
+        def status() -> dict[str, Any]:
+            got = env.cluster.kubectl_json("get", constants.CRD_NAME, name, "-n", env.namespace)
+            return dict(got.get("status") or {})
+
+        failed = wait_until(lambda: (current := status()).get("phase") == "Failed" and current, 60, interval=1,
+                            message=lambda: f"Sandbox {name} Failed: {status()}")
+        assert failed.get("reason") == "InvalidSpec", failed
+        assert names in str(failed.get("message")), failed
         pods = env.cluster.kubectl("get", "pods", "-n", env.namespace, "-o", "name").stdout
         assert f"pod/{name}\n" not in pods
     finally:

@@ -1,4 +1,4 @@
-"""The hardened sandbox image in the real cluster (issue 4, acceptance 1 and 2).
+"""The hardened sandbox image in the real cluster.
 
 Pods are created directly (not through the operator) with the security context the operator emits, in a namespace
 that enforces Pod Security "restricted"; every check runs through `kubectl exec`, most of them through the image's
@@ -15,8 +15,6 @@ from the UIDs the operator hands out first).
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import subprocess
 import time
 from collections.abc import Iterator
@@ -26,7 +24,7 @@ from typing import Any
 import pytest
 
 from sandbox_operator import constants
-from tests.conftest import Cluster
+from tests.kit import Cluster, wait_until
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -105,17 +103,6 @@ def pod_manifest(name: str, namespace: str, *, user_namespace: bool = False) -> 
     return manifest
 
 
-def node_supports_user_namespaces(cluster: Cluster) -> bool:
-    """As the node reports it; SANDBOX_E2E_USER_NAMESPACES=0 or 1 forces the choice."""
-    forced = os.environ.get("SANDBOX_E2E_USER_NAMESPACES")
-    if forced in ("0", "1"):
-        return forced == "1"
-    nodes = json.loads(cluster.kubectl("get", "nodes", "-o", "json").stdout)["items"]
-    return bool(nodes) and all(
-        any(h.get("features", {}).get("userNamespaces") for h in n.get("status", {}).get("runtimeHandlers", []))
-        for n in nodes)
-
-
 class Pods:
     def __init__(self, cluster: Cluster, namespace: str, user_namespace: bool) -> None:
         self.cluster = cluster
@@ -128,9 +115,7 @@ class Pods:
     def exec(self, pod: str, *argv: str, input: str | None = None,
              timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """Runs argv in the pod; the result carries the remote exit code."""
-        flags = ["-i"] if input is not None else []
-        return self.kubectl("exec", *flags, pod, "-c", constants.CONTAINER_NAME, "--", *argv,
-                            check=False, input=input, timeout=timeout)
+        return self.cluster.pod_exec(self.namespace, pod, *argv, input=input, timeout=timeout)
 
     def sh(self, pod: str, script: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """A shell script through the exec wrapper, as the SDK runs commands."""
@@ -141,31 +126,21 @@ class Pods:
         return data
 
     def wait_ready(self, pod: str, timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def ready() -> bool:
             status = self.get(pod).get("status", {})
             for cs in status.get("containerStatuses", []):
                 waiting = cs.get("state", {}).get("waiting", {})
                 if waiting.get("reason") in ("ErrImageNeverPull", "CreateContainerConfigError", "CrashLoopBackOff"):
                     pytest.fail(f"pod {pod}: {waiting} (is {constants.SANDBOX_IMAGE} imported? make image)")
-            if any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", [])):
-                return
-            time.sleep(1)
-        pytest.fail(f"pod {pod} not Ready after {timeout}s: {self.get(pod).get('status')}")
+            return any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", []))
+
+        wait_until(ready, timeout, interval=1, message=lambda: f"pod {pod} Ready: {self.get(pod).get('status')}")
 
 
 @pytest.fixture(scope="module")
 def pods(cluster: Cluster) -> Iterator[Pods]:
-    namespace = f"sbx-image-e2e-{secrets.token_hex(3)}"
-    manifest = {
-        "apiVersion": "v1", "kind": "Namespace",
-        "metadata": {"name": namespace, "labels": {
-            "pod-security.kubernetes.io/enforce": "restricted",
-            "pod-security.kubernetes.io/enforce-version": "latest",
-        }},
-    }
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
-    p = Pods(cluster, namespace, node_supports_user_namespaces(cluster))
+    namespace = cluster.create_namespace("sbx-image-e2e")
+    p = Pods(cluster, namespace, cluster.supports_user_namespaces())
     print(f"user namespaces: {p.user_namespace}")
     try:
         for name in POD_NAMES:
@@ -243,12 +218,11 @@ def test_pid_1_is_sandbox_init_and_ends_orphans(pods: Pods) -> None:
     bound it any more: sandbox-init kills it within its sweep period (1 s) and reaps it."""
     assert pods.exec("main", "cat", "/proc/1/cmdline").stdout.split("\0")[0] == constants.INIT_PROGRAM
     assert pods.exec("main", "sh", "-c", "sleep 600 </dev/null >/dev/null 2>&1 & exit 0").returncode == 0
-    deadline = time.monotonic() + 15
-    left = ["?"]
-    while left and time.monotonic() < deadline:
-        time.sleep(0.5)
-        left = pods.exec("main", "ps", "-o", "pid=,stat=", "-C", "sleep").stdout.split()
-    assert left == [], f"the orphan outlived PID 1's sweep: {left}"
+    def orphans() -> list[str]:
+        return pods.exec("main", "ps", "-o", "pid=,stat=", "-C", "sleep").stdout.split()
+
+    wait_until(lambda: not orphans(), 15, interval=0.5,
+               message=lambda: f"PID 1's sweep to end the orphan: {orphans()}")
 
 
 def test_file_tool_in_the_pod(pods: Pods) -> None:
@@ -330,10 +304,13 @@ def test_fork_bomb_is_bounded_and_the_other_sandbox_keeps_working(pods: Pods) ->
     assert bomb.returncode == 124, err[-2000:]
     assert "Resource temporarily unavailable" in err or "fork" in err.lower(), err[-2000:]
     # the timeout killed the whole bomb; the pod works again
-    time.sleep(2)
-    after = pods.exec("bomb", "ps", "-eo", "comm=")
-    assert after.returncode == 0, after.stderr
-    assert after.stdout.split().count("bash") == 0, after.stdout
+    def bash_processes() -> list[str]:
+        after = pods.exec("bomb", "ps", "-eo", "comm=")
+        assert after.returncode == 0, after.stderr
+        return [comm for comm in after.stdout.split() if comm == "bash"]
+
+    wait_until(lambda: not bash_processes(), 30, interval=0.5,
+               message=lambda: f"the bomb's processes gone: {bash_processes()}")
 
 
 def test_memory_hog_is_oom_killed_at_the_limit(pods: Pods) -> None:
@@ -375,14 +352,12 @@ def test_filling_the_disk_gets_the_pod_evicted_at_its_bound(pods: Pods) -> None:
     result = pods.exec("disk", EXEC, "--timeout", "240", "--", "sh", "-c", script, timeout=300)
     print(f"disk fill: exit {result.returncode} {result.stderr.strip()[-300:]}")
     start = time.monotonic()
-    deadline = start + 240
-    status: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        status = pods.get("disk")["status"]
-        if status.get("phase") in ("Succeeded", "Failed"):
-            break
-        time.sleep(2)
-    assert status.get("phase") in ("Succeeded", "Failed"), status
+
+    def ended() -> dict[str, Any] | None:
+        status: dict[str, Any] = pods.get("disk")["status"]
+        return status if status.get("phase") in ("Succeeded", "Failed") else None
+
+    status = wait_until(ended, 240, interval=2, message=lambda: f"the disk pod ended: {pods.get('disk')['status']}")
     events = json.loads(pods.kubectl("get", "events", "--field-selector",
                                      "involvedObject.name=disk,reason=Evicted", "-o", "json").stdout)["items"]
     messages = [e.get("message", "") for e in events]

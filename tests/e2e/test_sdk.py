@@ -1,14 +1,13 @@
-"""The Python SDK against the real cluster, with the real operator (issue 5, acceptance 1 and 2).
+"""The Python SDK against the real cluster, with the real operator.
 
 A module-scoped fixture applies the CRD, makes a fresh namespace, and runs the operator from this checkout as
-a subprocess (``python -m sandbox_operator``) watching only that namespace, with a 2-second collection pass.
-Set SANDBOX_E2E_EXTERNAL_OPERATOR=1 to use an operator that is already running instead.
+a subprocess (``python -m sandbox_operator``) watching only that namespace, with a 2-second collection pass
+(``tests.kit.operator_namespace``; SANDBOX_E2E_EXTERNAL_OPERATOR=1 uses an operator that already runs).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import filecmp
 import hashlib
 import os
@@ -16,8 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,97 +33,21 @@ from sandbox_operator.sdk import (
     SandboxNotFound,
 )
 from sandbox_operator.sdk.aio import AsyncSandbox, AsyncSandboxManager
-from tests.conftest import REPO_ROOT, Cluster
+from tests.kit import READY_TIMEOUT, SMALL_SPEC, Cluster, operator_namespace, wait_until
 
-GC_INTERVAL = "2"
 MiB = 1024 * 1024
-# Small requests, so that the e2e sandboxes fit on the one test node next to other suites' sandboxes.
-SMALL = {"resources": {"cpu": "250m", "memory": "256Mi"}}
-READY_TIMEOUT = 240
-
-
-# Fixtures (plain helpers too, so test_cli.py can reuse them without sharing pytest fixtures) -----------------
-
-def apply_crd(cluster: Cluster) -> None:
-    for crd in sorted((REPO_ROOT / "crds").glob("*.yaml")):
-        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{constants.CRD_NAME}")
-
-
-@contextlib.contextmanager
-def fresh_namespace(cluster: Cluster, prefix: str) -> Iterator[str]:
-    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
-    cluster.kubectl("create", "namespace", name)
-    try:
-        yield name
-    finally:
-        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
-@contextlib.contextmanager
-def operator_process(cluster: Cluster, namespace: str, log_path: Path,
-                     settings: Mapping[str, str] | None = None) -> Iterator[subprocess.Popen[bytes] | None]:
-    """Runs the operator from this checkout for one namespace (``settings``: extra SANDBOX_OPERATOR_* variables);
-    yields None when an external one is used."""
-    if os.environ.get("SANDBOX_E2E_EXTERNAL_OPERATOR"):
-        yield None
-        return
-    env = {
-        **os.environ,
-        "KUBECONFIG": str(cluster.kubeconfig),
-        "SANDBOX_OPERATOR_NAMESPACES": namespace,
-        "SANDBOX_OPERATOR_GC_INTERVAL_SECONDS": GC_INTERVAL,
-        "SANDBOX_OPERATOR_HEALTH_PORT": "0",
-        "SANDBOX_OPERATOR_METRICS_PORT": "0",
-        "SANDBOX_OPERATOR_LOG_FORMAT": "plain",
-        "PYTHONPATH": str(REPO_ROOT / "operator"),
-        **(settings or {}),
-    }
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "sandbox_operator"], env=env, stdout=log,
-                                stderr=subprocess.STDOUT, cwd=REPO_ROOT)
-        try:
-            time.sleep(2)
-            if proc.poll() is not None:
-                raise RuntimeError(f"the operator exited with {proc.returncode}: {log_path.read_text()[-3000:]}")
-            yield proc
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def delete_all_sandboxes(cluster: Cluster, namespace: str) -> None:
-    cluster.kubectl("delete", constants.CRD_NAME, "--all", "-n", namespace, "--wait=true", "--timeout=90s",
-                    check=False, timeout=120)
-
-
-@contextlib.contextmanager
-def sandbox_environment(cluster: Cluster, prefix: str, log_dir: Path,
-                        settings: Mapping[str, str] | None = None) -> Iterator[str]:
-    """CRD applied, a fresh namespace, and the operator watching it; everything cleaned up afterwards."""
-    apply_crd(cluster)
-    with fresh_namespace(cluster, prefix) as namespace, \
-            operator_process(cluster, namespace, log_dir / f"operator-{namespace}.log", settings):
-        try:
-            yield namespace
-        finally:
-            delete_all_sandboxes(cluster, namespace)
 
 
 @pytest.fixture(scope="module")
 def namespace(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with sandbox_environment(cluster, "sdk-e2e", tmp_path_factory.mktemp("logs")) as ns:
+    with operator_namespace(cluster, "sdk-e2e", tmp_path_factory.mktemp("logs")) as ns:
         yield ns
 
 
 @pytest.fixture(scope="module")
 def manager(cluster: Cluster, namespace: str) -> Iterator[SandboxManager]:
     with SandboxManager(namespace, kubeconfig=cluster.kubeconfig, ready_timeout=READY_TIMEOUT,
-                        default_spec=SMALL) as m:
+                        default_spec=SMALL_SPEC) as m:
         yield m
 
 
@@ -135,9 +57,9 @@ def sandbox(manager: SandboxManager) -> Iterator[Sandbox]:
         yield sbx
 
 
-# The seed's example ----------------------------------------------------------------------------------------
+# The session API example of the README -------------------------------------------------------------------
 
-SEED_EXAMPLE = """
+SESSION_EXAMPLE = """
 from sandbox_operator import SandboxManager
 
 manager = SandboxManager()
@@ -148,9 +70,9 @@ manager.destroy_session(session_id)
 """
 
 
-def test_seed_example_prints_hello(cluster: Cluster, namespace: str, manager: SandboxManager) -> None:
+def test_the_session_example_prints_hello(cluster: Cluster, namespace: str, manager: SandboxManager) -> None:
     env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "SANDBOX_NAMESPACE": namespace}
-    out = subprocess.run([sys.executable, "-c", SEED_EXAMPLE], env=env, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", SESSION_EXAMPLE], env=env, capture_output=True, text=True,
                          timeout=240, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout == "Hello\n\n"  # print(result.stdout) adds a newline to python's own
@@ -220,7 +142,8 @@ def test_background_commands_wait_kill_and_stdin(sandbox: Sandbox) -> None:
     assert result.stdout == "1\n2\n3\n" and not handle.running
 
     long = sandbox.start("sleep 600 & sleep 600")
-    time.sleep(1)
+    wait_until(lambda: sandbox.run(["ps", "-eo", "args="]).stdout.split("\n").count("sleep 600") == 2, 30,
+               message="both sleeps running")
     assert long.running
     killed = long.kill()
     assert killed is not None and killed.exit_code == 128 + 9
@@ -285,7 +208,7 @@ def test_traversal_symlinks_and_oversize_are_rejected(manager: SandboxManager, s
         sandbox.files.write("etc-link/evil", b"x")
 
     small = SandboxManager(manager.namespace, api_client=manager.api.api_client, max_file_bytes=MiB,
-                           default_spec=SMALL)
+                           default_spec=SMALL_SPEC)
     capped = small.get(sandbox.name)
     with pytest.raises(FileTooLarge):
         capped.files.write("big.bin", b"\0" * (MiB + 1))
@@ -346,17 +269,18 @@ def test_events_create_ready_delete(manager: SandboxManager) -> None:
         with lock:
             seen.append(event)
 
+    def deleted_seen() -> bool:
+        with lock:
+            return any(e.name == sbx.name and e.reason == "Deleted" for e in seen)
+
     sub = manager.subscribe(collect)
     try:
+        # The subscription lists the namespace before it watches, and says nothing when it has: a sandbox created
+        # before that list would arrive as history, not as Created.
         time.sleep(1)
         sbx = manager.create(labels={"e2e": "events"})
-        sbx.destroy(wait=True, timeout=90)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            with lock:
-                if any(e.name == sbx.name and e.reason == "Deleted" for e in seen):
-                    break
-            time.sleep(0.2)
+        sbx.delete(wait=True, timeout=90)
+        wait_until(deleted_seen, 20, message="the sandbox's Deleted event")
     finally:
         sub.stop()
     assert sub.error is None
@@ -372,7 +296,7 @@ def test_events_create_ready_delete(manager: SandboxManager) -> None:
 
 def test_async_twin(cluster: Cluster, namespace: str) -> None:
     async def scenario() -> tuple[str, list[str], bytes]:
-        async with AsyncSandboxManager(namespace, kubeconfig=cluster.kubeconfig, default_spec=SMALL,
+        async with AsyncSandboxManager(namespace, kubeconfig=cluster.kubeconfig, default_spec=SMALL_SPEC,
                                        ready_timeout=READY_TIMEOUT) as am:
             sbx: AsyncSandbox = await am.create()
             async with sbx:
@@ -400,7 +324,7 @@ def test_idle_collection_spares_a_busy_sandbox(manager: SandboxManager) -> None:
     assert manager.get(busy.name).phase == "Ready", history  # not collected while its command ran
     with pytest.raises(SandboxNotFound):
         manager.get(idle.name)  # collected: untouched for over 60 s with idleSeconds 20
-    busy.destroy()
+    busy.delete()
 
 
 def test_cli_and_sdk_share_one_spec_shape() -> None:

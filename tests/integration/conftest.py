@@ -1,5 +1,5 @@
 """Fixtures of the operator's integration tests: the CRD, the sandbox image, and a per-test environment (a
-namespace under Pod Security "restricted" plus operators started by the test)."""
+namespace under Pod Security "restricted" plus the operators the test starts in it)."""
 
 from __future__ import annotations
 
@@ -9,17 +9,10 @@ from dataclasses import dataclass, field
 import pytest
 
 from sandbox_operator import constants
-from tests.conftest import REPO_ROOT, Cluster
-from tests.integration.operator_harness import (
-    Kube,
-    Operator,
-    drop_namespace,
-    make_namespace,
-    node_images,
-    start_operator,
-)
+from tests.kit import REPO_ROOT, Cluster, Kube, OperatorProcess, start_operator
 
 TEST_GC_INTERVAL = "2"
+LOG_DIR = REPO_ROOT / "_out" / "integration"
 
 
 @pytest.fixture(scope="session")
@@ -29,18 +22,16 @@ def kube(cluster: Cluster) -> Kube:
 
 @pytest.fixture(scope="session")
 def sandbox_crd(cluster: Cluster) -> None:
-    """Applies the committed CRD (which must be accepted by the real API server) and waits until served."""
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f",
-                    str(REPO_ROOT / "crds" / f"{constants.CRD_NAME}.yaml"))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{constants.CRD_NAME}")
+    """The committed CRD, which the real API server must accept, applied and served."""
+    cluster.apply_crd()
 
 
 @pytest.fixture(scope="session")
 def sandbox_image(cluster: Cluster) -> str:
     """The project's sandbox image, which must already be on the node (nothing is ever pulled)."""
-    images = node_images(cluster)
+    images = cluster.node_images()
     assert constants.SANDBOX_IMAGE in images, (
-        f"{constants.SANDBOX_IMAGE} is not on the node (build and load it with `make images`); node has {images}")
+        f"{constants.SANDBOX_IMAGE} is not on the node (build and load it with `make image`); node has {images}")
     return constants.SANDBOX_IMAGE
 
 
@@ -50,31 +41,32 @@ class SandboxEnv:
     kube: Kube
     namespace: str
     image: str
-    operators: list[Operator] = field(default_factory=list)
+    operators: list[OperatorProcess] = field(default_factory=list)
 
-    def start(self, **settings: str) -> Operator:
-        settings.setdefault("gc_interval_seconds", TEST_GC_INTERVAL)
-        operator = start_operator(self.cluster, self.namespace, images=[self.image],
-                                  name=f"op{len(self.operators)}", **settings)
+    def start(self, **settings: str) -> OperatorProcess:
+        """An operator for this namespace (``settings`` by name); the collector runs every 2 s unless set."""
+        log_path = LOG_DIR / f"{self.namespace}-op{len(self.operators)}.log"
+        operator = start_operator(self.cluster.kubeconfig, self.namespace, log_path, images=[self.image],
+                                  **{"gc_interval_seconds": TEST_GC_INTERVAL, **settings})
         self.operators.append(operator)
         return operator
 
     @property
-    def live_operator(self) -> Operator | None:
-        return next((op for op in reversed(self.operators) if op.proc.poll() is None), None)
+    def operator_running(self) -> bool:
+        return any(operator.running for operator in self.operators)
 
 
 @pytest.fixture
 def sbx_env(cluster: Cluster, kube: Kube, sandbox_crd: None, sandbox_image: str,
             request: pytest.FixtureRequest) -> Iterator[SandboxEnv]:
-    env = SandboxEnv(cluster, kube, make_namespace(cluster), sandbox_image)
+    env = SandboxEnv(cluster, kube, cluster.create_namespace("sbxit"), sandbox_image)
     yield env
     failed = getattr(request.node, "rep_call", None)
     if failed is not None and failed.failed:
         for operator in env.operators:
             print(f"--- operator log {operator.log_path} ---\n{operator.log()[-6000:]}")
     try:
-        drop_namespace(cluster, kube, env.namespace, env.live_operator)
+        kube.drop_namespace(env.namespace, operator_running=env.operator_running)
     finally:
         for operator in env.operators:
             operator.stop()

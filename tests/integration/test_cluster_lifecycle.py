@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, Cluster
+from tests.kit import REPO_ROOT, Cluster, hack_var
 
 pytestmark = pytest.mark.disruptive
 
@@ -21,24 +21,19 @@ COMPONENTS = ("containerd", "etcd", "kube-apiserver", "kube-controller-manager",
               "kubelet", "kube-proxy", "kube-router")
 
 
-def lib(var: str) -> str:
-    return subprocess.run(["bash", "-c", f"source hack/lib.sh && echo ${var}"], cwd=REPO_ROOT, check=True,
-                          capture_output=True, text=True).stdout.strip()
-
-
 def make(target: str) -> None:
     subprocess.run(["make", "-s", "--no-print-directory", target], cwd=REPO_ROOT, check=True, timeout=900)
 
 
 def recorded_pids() -> dict[str, int]:
-    run_dir = Path(lib("RUN_DIR"))
+    run_dir = Path(hack_var("RUN_DIR"))
     return {f.stem: int(f.read_text().split()[0]) for f in run_dir.glob("*.pid")}
 
 
 def leftovers() -> list[str]:
     """Everything of the cluster that could remain on the machine, described; empty when clean."""
     found: list[str] = []
-    ours = (lib("BIN_DIR"), lib("CLUSTER_DIR"), f"-address {lib('CONTAINERD_SOCK')}")
+    ours = (hack_var("BIN_DIR"), hack_var("CLUSTER_DIR"), f"-address {hack_var('CONTAINERD_SOCK')}")
     for cmdline_file in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             cmdline = cmdline_file.read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -48,9 +43,9 @@ def leftovers() -> list[str]:
             found.append(f"process {cmdline[:120]} (pid {cmdline_file.parent.name})")
     mounts = Path("/proc/self/mounts").read_text().splitlines()
     found += [f"mount {m.split()[1]}" for m in mounts
-              if m.split()[1].startswith(("/var/lib/kubelet", lib("CONTAINERD_STATE"), "/run/netns"))]
-    if subprocess.run(["ip", "link", "show", lib("CNI_BRIDGE")], capture_output=True).returncode == 0:
-        found.append("bridge " + lib("CNI_BRIDGE"))
+              if m.split()[1].startswith(("/var/lib/kubelet", hack_var("CONTAINERD_STATE"), "/run/netns"))]
+    if subprocess.run(["ip", "link", "show", hack_var("CNI_BRIDGE")], capture_output=True).returncode == 0:
+        found.append("bridge " + hack_var("CNI_BRIDGE"))
     for table in ("filter", "nat", "mangle"):
         rules = subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True, check=True).stdout
         found += [f"iptables {table} {line.split()[0]}" for line in rules.splitlines()
@@ -58,14 +53,14 @@ def leftovers() -> list[str]:
     sets = subprocess.run(["ipset", "list", "-n"], capture_output=True, text=True, check=True).stdout.split()
     found += [f"ipset {s}" for s in sets if s.startswith(("KUBE-", "kube-router"))]
     found += [f"cgroup {p}" for p in Path("/sys/fs/cgroup").glob("*/kubepods")]
-    if Path(lib("CLUSTER_DIR"), "sysctls.saved").exists():
+    if Path(hack_var("CLUSTER_DIR"), "sysctls.saved").exists():
         found.append("sysctls not restored")
     return found
 
 
 def test_cluster_down_leaves_nothing_and_restores_sysctls(cluster: Cluster) -> None:
     saved = dict(line.split("=", 1) for line in
-                 (Path(lib("CLUSTER_DIR")) / "sysctls.saved").read_text().splitlines() if line.strip())
+                 (Path(hack_var("CLUSTER_DIR")) / "sysctls.saved").read_text().splitlines() if line.strip())
     assert "kernel.panic" in saved
     make("cluster-down")
     assert leftovers() == []

@@ -14,8 +14,7 @@ import pytest
 from kubernetes.client import ApiException
 
 from sandbox_operator import constants
-from tests.conftest import Cluster
-from tests.integration.operator_harness import Kube, drop_namespace, make_namespace
+from tests.kit import Cluster, Kube, sandbox_manifest
 from tests.unit.test_crd_rules import BAD_CASES, TRANSITION_CASES, VALID_SPEC, Case
 
 # The path the API server names for each case (the first covered bound, in the API's notation).
@@ -24,19 +23,14 @@ DRY_RUN = "All"
 
 @pytest.fixture(scope="module")
 def namespace(cluster: Cluster, kube: Kube, sandbox_crd: None) -> Any:
-    name = make_namespace(cluster, "sbxcrd")
+    name = cluster.create_namespace("sbxcrd")
     yield name
-    drop_namespace(cluster, kube, name, None)
-
-
-def body(namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return {"apiVersion": constants.API_VERSION, "kind": constants.KIND,
-            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+    kube.drop_namespace(name, operator_running=False)
 
 
 def create(kube: Kube, namespace: str, name: str, spec: dict[str, Any], *, dry_run: str | None = DRY_RUN) -> Any:
     return kube.custom.create_namespaced_custom_object(
-        constants.GROUP, constants.VERSION, namespace, constants.PLURAL, body(namespace, name, spec),
+        constants.GROUP, constants.VERSION, namespace, constants.PLURAL, sandbox_manifest(namespace, name, spec),
         dry_run=dry_run, field_validation="Strict")
 
 

@@ -9,21 +9,16 @@ import ipaddress
 import json
 import re
 import subprocess
-import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from kubernetes import client
-from kubernetes.client.rest import ApiException
 
-from tests.conftest import Cluster
+from tests.kit import Cluster, hack_var, or_none_if_missing, wait_until
 
 EXPECTED_VERSION = "v1.35.4"
-BASE_IMAGE = subprocess.run(
-    ["bash", "-c", "source hack/lib.sh && echo $BASE_IMAGE"], check=True, capture_output=True, text=True,
-).stdout.strip()
+BASE_IMAGE = hack_var("BASE_IMAGE")
 LISTEN_PORT = 8080
 
 # A tiny TCP echo server and client in the base image's python3: no other tools needed in the pod.
@@ -44,35 +39,15 @@ CONNECT = (
 )
 
 
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
 @pytest.fixture
 def namespace(cluster: Cluster) -> Iterator[str]:
-    name = f"smoke-{uuid.uuid4().hex[:8]}"
+    """Without Pod Security labels: these pods are plain ones (one test adds "restricted" itself)."""
+    name = cluster.create_namespace("smoke", restricted=False)
     core = client.CoreV1Api(cluster.api)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    wait_until(lambda: _has_default_sa(core, name), 60, "the default ServiceAccount")
+    wait_until(lambda: or_none_if_missing(core.read_namespaced_service_account, "default", name), 60,
+               message="the default ServiceAccount")
     yield name
     core.delete_namespace(name, grace_period_seconds=0)
-
-
-def _has_default_sa(core: client.CoreV1Api, namespace: str) -> bool:
-    try:
-        core.read_namespaced_service_account("default", namespace)
-    except ApiException as e:
-        if e.status == 404:
-            return False
-        raise
-    return True
 
 
 def run_pod(cluster: Cluster, namespace: str, name: str, script: str, labels: dict[str, str]) -> str:
@@ -97,7 +72,7 @@ def run_pod(cluster: Cluster, namespace: str, name: str, script: str, labels: di
         assert p.status.phase not in ("Failed", "Succeeded"), f"pod {name} ended: {p.status}"
         return p.status.pod_ip if p.status.phase == "Running" and p.status.pod_ip else None
 
-    return str(wait_until(running, 120, f"pod {name} to run"))
+    return wait_until(running, 120, message=f"pod {name} to run")
 
 
 def exec_python(
@@ -146,7 +121,7 @@ def test_deny_all_network_policy_blocks_both_directions_and_the_api_server(
     client.NetworkingV1Api(cluster.api).create_namespaced_network_policy(namespace, deny_all)
 
     # kube-router programs the policy asynchronously: wait for it to bite, then check every direction.
-    wait_until(lambda: not can_connect(cluster, namespace, "pod-a", ip_b, LISTEN_PORT), 60, "the policy")
+    wait_until(lambda: not can_connect(cluster, namespace, "pod-a", ip_b, LISTEN_PORT), 60, message="the policy")
     assert not can_connect(cluster, namespace, "pod-b", ip_a, LISTEN_PORT)
     assert not can_connect(cluster, namespace, "pod-a", "10.96.0.1", 443)
     node_ip = client.CoreV1Api(cluster.api).list_node().items[0].status.addresses[0].address
@@ -193,9 +168,7 @@ def _allowed_address(address: str, node_ips: set[str]) -> bool:
 
 
 def _cluster_pids() -> set[int]:
-    run_dir = subprocess.run(["bash", "-c", "source hack/lib.sh && echo $RUN_DIR"], check=True,
-                             capture_output=True, text=True).stdout.strip()
-    return {int(p.read_text().split()[0]) for p in Path(run_dir).glob("*.pid")}
+    return {int(p.read_text().split()[0]) for p in Path(hack_var("RUN_DIR")).glob("*.pid")}
 
 
 def test_components_listen_and_connect_only_locally(cluster: Cluster) -> None:
@@ -250,7 +223,8 @@ def test_user_namespaced_pods_get_distinct_host_uids(cluster: Cluster, namespace
             ),
         )
         core.create_namespaced_pod(namespace, pod)
-        wait_until(lambda n=name: core.read_namespaced_pod(n, namespace).status.phase == "Running", 120, name)
+        wait_until(lambda n=name: core.read_namespaced_pod(n, namespace).status.phase == "Running", 120,
+                   message=f"pod {name} running")
         script = "import json, os; print(json.dumps([os.getuid(), open('/proc/self/uid_map').read().split()]))"
         uid, (container_start, host_start, _length) = json.loads(
             cluster.kubectl("-n", namespace, "exec", name, "--", "python3", "-c", script).stdout)

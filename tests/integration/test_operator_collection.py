@@ -4,10 +4,9 @@ lifetime expiry gives Expired and clean-up, whether the collector or the kubelet
 from __future__ import annotations
 
 import datetime
-import time
 
 from tests.integration.conftest import TEST_GC_INTERVAL, SandboxEnv
-from tests.integration.operator_harness import Heartbeat, PhaseRecorder, wait_for
+from tests.kit import Heartbeat, PhaseRecorder, consistently, wait_until
 
 SMALL = {"cpu": "20m", "memory": "128Mi", "ephemeralStorage": "256Mi"}
 IDLE = 12
@@ -32,13 +31,11 @@ def test_idle_sandbox_collected_active_one_kept(sbx_env: SandboxEnv) -> None:
         assert (gone_at - ready_at).total_seconds() <= budget, (gone_at - ready_at)
         event = kube.wait_event(ns, "idle", "IdleTimeout")
         assert f"idleSeconds={IDLE}" in event["message"]
-        wait_for(lambda: not kube.pods(ns, "idle"), 30, "the idle sandbox's pod to be gone")
+        wait_until(lambda: not kube.pods(ns, "idle"), 30, message="the idle sandbox's pod to be gone")
 
         # The active one outlives its own idle window by two more collection passes.
-        deadline = time.monotonic() + 2 * float(TEST_GC_INTERVAL) + SLACK
-        while time.monotonic() < deadline:
-            assert kube.get(ns, "busy") is not None, "an active sandbox was collected"
-            time.sleep(0.5)
+        consistently(lambda: kube.get(ns, "busy") is not None, 2 * float(TEST_GC_INTERVAL) + SLACK,
+                     message="the active sandbox kept")
         status = kube.status(ns, "busy")
         assert status["phase"] == "Ready"
         mirrored = datetime.datetime.fromisoformat(status["lastActivityTime"])
@@ -53,7 +50,7 @@ def test_lifetime_expiry_by_the_collector(sbx_env: SandboxEnv) -> None:
     env, kube, ns = sbx_env, sbx_env.kube, sbx_env.namespace
     env.start()
     kube.create(ns, "mortal", {"resources": SMALL, "timeouts": {"idleSeconds": 10, "lifetimeSeconds": 15}})
-    recorder = PhaseRecorder(kube, ns, "mortal")
+    recorder = PhaseRecorder(env.cluster.api, ns, "mortal")
     heartbeat = Heartbeat(kube, ns, "mortal", period=2.0)  # activity does not extend a lifetime
     try:
         kube.wait_phase(ns, "mortal", "Ready")
@@ -65,7 +62,7 @@ def test_lifetime_expiry_by_the_collector(sbx_env: SandboxEnv) -> None:
     assert recorder.phases.index("Ready") < recorder.phases.index("Expired")
     reasons = kube.event_reasons(ns, "mortal")
     assert "LifetimeExpired" in reasons or "DeadlineExceeded" in reasons, reasons
-    wait_for(lambda: not kube.pods(ns) and not kube.policies(ns), 30, "the pod and policy to be gone")
+    wait_until(lambda: not kube.pods(ns) and not kube.policies(ns), 30, message="the pod and policy to be gone")
 
 
 def test_deadline_exceeded_becomes_expired(sbx_env: SandboxEnv) -> None:
@@ -73,7 +70,7 @@ def test_deadline_exceeded_becomes_expired(sbx_env: SandboxEnv) -> None:
     env, kube, ns = sbx_env, sbx_env.kube, sbx_env.namespace
     env.start(gc_interval_seconds="600")
     kube.create(ns, "deadline", {"resources": SMALL, "timeouts": {"idleSeconds": 10, "lifetimeSeconds": 12}})
-    recorder = PhaseRecorder(kube, ns, "deadline")
+    recorder = PhaseRecorder(env.cluster.api, ns, "deadline")
     try:
         kube.wait_phase(ns, "deadline", "Ready")
         kube.wait_gone(ns, "deadline", timeout=120)
@@ -81,4 +78,4 @@ def test_deadline_exceeded_becomes_expired(sbx_env: SandboxEnv) -> None:
         recorder.stop()
     assert "Expired" in recorder.phases, recorder.phases
     assert "DeadlineExceeded" in kube.event_reasons(ns, "deadline")
-    wait_for(lambda: not kube.pods(ns), 30, "the pod to be gone")
+    wait_until(lambda: not kube.pods(ns), 30, message="the pod to be gone")

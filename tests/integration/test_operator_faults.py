@@ -6,7 +6,7 @@ from __future__ import annotations
 from kubernetes import client
 
 from tests.integration.conftest import SandboxEnv
-from tests.integration.operator_harness import consistently, wait_for
+from tests.kit import consistently, wait_until
 
 SMALL = {"cpu": "20m", "memory": "128Mi", "ephemeralStorage": "256Mi"}
 
@@ -35,7 +35,7 @@ def test_killed_during_a_burst_converges_to_one_pod_each(sbx_env: SandboxEnv) ->
     first = env.start()
     for name in names:
         kube.create(ns, name, {"resources": SMALL})
-    wait_for(lambda: len(kube.pods(ns)) >= 3, 60, "some pods")
+    wait_until(lambda: len(kube.pods(ns)) >= 3, 60, message="some pods")
     first.kill()
     env.start()
     for name in names:
@@ -58,9 +58,9 @@ def test_pod_deleted_out_of_band_fails_the_sandbox(sbx_env: SandboxEnv) -> None:
     [ready] = [c for c in status["conditions"] if c["type"] == "Ready"]
     assert (ready["status"], ready["reason"]) == ("False", "PodDeleted")
     kube.wait_event(ns, "victim", "PodDeleted")
-    wait_for(lambda: kube.pod(ns, "victim") is None, 60, "the deleted pod to be gone")
+    wait_until(lambda: kube.pod(ns, "victim") is None, 60, message="the deleted pod to be gone")
     consistently(lambda: kube.pod(ns, "victim") is None and kube.status(ns, "victim")["phase"] == "Failed",
-                 5, "no replacement pod")
+                 5, message="no replacement pod")
 
 
 def test_network_policy_deleted_out_of_band_is_recreated(sbx_env: SandboxEnv) -> None:
@@ -74,7 +74,7 @@ def test_network_policy_deleted_out_of_band_is_recreated(sbx_env: SandboxEnv) ->
     def recreated() -> bool:
         policies = kube.policies(ns)
         return len(policies) == 1 and policies[0]["metadata"]["uid"] != policy["metadata"]["uid"]
-    wait_for(recreated, 30, "a new NetworkPolicy")
+    wait_until(recreated, 30, message="a new NetworkPolicy")
     kube.wait_event(ns, "guarded", "NetworkPolicyRecreated")
     assert kube.status(ns, "guarded")["phase"] == "Ready"
 
@@ -97,7 +97,7 @@ def test_spec_past_admission_is_invalid_without_a_pod_or_a_hot_loop(sbx_env: San
     def one_event_no_pod() -> bool:
         return (kube.pods(ns) == [] and kube.event_reasons(ns, "greedy").count("InvalidSpec") == 1
                 and kube.event_reasons(ns, "foreign").count("InvalidSpec") == 1)
-    consistently(one_event_no_pod, 12, "no pod and a single InvalidSpec event (kopf's retry backoff is 5 s)")
+    consistently(one_event_no_pod, 12, message="no pod and a single InvalidSpec event (kopf's retry backoff is 5 s)")
 
 
 def test_pod_rejected_by_admission_fails_without_retry_storm(sbx_env: SandboxEnv) -> None:
@@ -111,4 +111,4 @@ def test_pod_rejected_by_admission_fails_without_retry_storm(sbx_env: SandboxEnv
     assert "quota" in status["message"], status["message"]
     kube.wait_event(ns, "refused", "AdmissionRejected")
     consistently(lambda: kube.event_reasons(ns, "refused").count("AdmissionRejected") == 1 and not kube.pods(ns),
-                 12, "a single rejection")
+                 12, message="a single rejection")

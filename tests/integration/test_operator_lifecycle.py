@@ -11,14 +11,13 @@ import yaml
 
 from sandbox_operator import constants
 from tests.integration.conftest import TEST_GC_INTERVAL, SandboxEnv
-from tests.integration.operator_harness import consistently, wait_for
+from tests.kit import consistently, sandbox_manifest, wait_until
 
 SMALL = {"cpu": "20m", "memory": "128Mi", "ephemeralStorage": "256Mi"}
 
 
-def manifest(namespace: str, name: str, spec: dict[str, object]) -> str:
-    return yaml.safe_dump({"apiVersion": constants.API_VERSION, "kind": constants.KIND,
-                           "metadata": {"name": name, "namespace": namespace}, "spec": spec})
+def manifest(namespace: str, name: str, spec: dict[str, Any]) -> str:
+    return yaml.safe_dump(sandbox_manifest(namespace, name, spec))
 
 
 def parse_time(value: str) -> datetime.datetime:
@@ -87,8 +86,8 @@ def test_apply_ready_columns_events_then_delete(sbx_env: SandboxEnv) -> None:
     assert "REASON" in wide.splitlines()[0]
 
     # Metrics and liveness.
-    assert operator.get(operator.health_port, "/healthz")[0] == 200
-    code, metrics = operator.get(operator.metrics_port, "/metrics")
+    assert operator.healthy()
+    code, metrics = operator.metrics()
     assert code == 200
     assert re.search(r'^sandbox_operator_sandboxes\{phase="Ready"\} 1\.0$', metrics, re.M), metrics
     assert re.search(r"^sandbox_operator_create_to_ready_seconds_count 1\.0$", metrics, re.M)
@@ -96,7 +95,7 @@ def test_apply_ready_columns_events_then_delete(sbx_env: SandboxEnv) -> None:
     # Delete: the pod and the policy go too.
     env.cluster.kubectl("delete", "sbx", "alpha", "-n", ns, "--wait=true", "--timeout=90s")
     assert kube.get(ns, "alpha") is None
-    wait_for(lambda: not kube.pods(ns), 30, "the pod to be gone")
+    wait_until(lambda: not kube.pods(ns), 30, message="the pod to be gone")
     assert kube.policies(ns) == []
 
 
@@ -131,12 +130,12 @@ def test_update_applies_mutable_fields(sbx_env: SandboxEnv) -> None:
         pod = kube.pod(ns, "mut")
         labels = (pod or {}).get("metadata", {}).get("labels", {})
         return pod if pod and labels.get("team") == "b" and "old" not in labels else None
-    pod = wait_for(applied, 30, "the pod's labels to follow spec.podLabels")
+    pod = wait_until(applied, 30, message="the pod's labels to follow spec.podLabels")
     assert pod["metadata"]["uid"] == pod_before["metadata"]["uid"], "updated in place, not replaced"
     assert pod["metadata"]["labels"][constants.LABEL_SANDBOX] == "mut"
     assert pod["spec"]["activeDeadlineSeconds"] < pod_before["spec"]["activeDeadlineSeconds"]
-    after = wait_for(lambda: (s := kube.status(ns, "mut")).get("observedGeneration") == 2 and s, 30,
-                     "observedGeneration 2")
+    after = wait_until(lambda: (s := kube.status(ns, "mut")).get("observedGeneration") == 2 and s, 30,
+                       message="observedGeneration 2")
     assert parse_time(after["expiresAt"]) == parse_time(before["expiresAt"]) - datetime.timedelta(seconds=300)
     assert after["phase"] == "Ready"
 
@@ -152,4 +151,4 @@ def test_status_is_not_rewritten_when_nothing_changes(sbx_env: SandboxEnv) -> No
     assert first is not None
     version = first["metadata"]["resourceVersion"]
     consistently(lambda: (kube.get(ns, "calm") or {}).get("metadata", {}).get("resourceVersion") == version,
-                 3 * float(TEST_GC_INTERVAL) + 1, "the Sandbox unchanged")
+                 3 * float(TEST_GC_INTERVAL) + 1, message="the Sandbox unchanged")

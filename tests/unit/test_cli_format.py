@@ -36,7 +36,8 @@ def sandbox_obj() -> dict[str, object]:
                      "annotations": {"sandbox-operator.io/last-activity": "2026-11-28T01:59:30Z"}},
         "status": {"phase": "Ready", "nodeName": "node-1", "expiresAt": "2026-11-28T03:00:00Z",
                    "readyTime": "2026-11-28T01:00:03Z",
-                   "conditions": [{"type": "Ready", "status": "True", "reason": "PodReady", "message": ""}]},
+                   "conditions": [{"type": "Ready", "status": "True", "reason": "PodReady", "message": "",
+                                   "lastTransitionTime": "2026-11-28T01:00:03Z"}]},
     }
 
 
@@ -96,10 +97,10 @@ def test_event_line() -> None:
 def test_health_lines_escape_cluster_text() -> None:
     obj = sandbox_obj()
     obj["status"]["conditions"][0]["message"] = "pulling\x1b[2J\nfake: line\r"  # type: ignore[index]
-    obj["status"]["conditions"][0]["reason"] = "Pod\x9bReady"  # type: ignore[index]
+    obj["status"]["nodeName"] = "node\x9b1"  # type: ignore[index]
     text = cli.health_lines(health_from(obj, None), NOW)  # type: ignore[arg-type]
     assert "\x1b" not in text and "\r" not in text and "\x9b" not in text
-    assert "pulling\\x1b[2J\\nfake: line\\r" in text and "Pod\\x9bReady" in text
+    assert "pulling\\x1b[2J\\nfake: line\\r" in text and "node\\x9b1" in text
 
 
 def test_the_error_printer_escapes(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 import pytest
@@ -91,6 +92,7 @@ def test_usage_error_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
     (errors.SandboxFileNotFound("x"), 3),
     (errors.SandboxNotReady("x"), 4),
     (errors.SandboxFailed("x"), 4),
+    (errors.NamespaceNotServed("x"), 4),
     (errors.WaitTimeout("x"), 4),
     (errors.SandboxForbidden("x"), 5),
     (errors.InvalidSandboxSpec("x"), 5),
@@ -104,6 +106,27 @@ def test_usage_error_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
 ])
 def test_exit_codes(exc: BaseException, code: int) -> None:
     assert cli.exit_code_for(exc) == code
+
+
+class _Unserved:
+    def create(self, name: str | None, **kwargs: Any) -> _Created:
+        raise errors.NamespaceNotServed("no sandbox operator serves namespace 'default'; the running operators "
+                                        "serve: sandboxes", served=("sandboxes",), reason="NoOperator",
+                                        namespace="default")
+
+    def close(self) -> None:
+        pass
+
+
+def test_create_where_no_operator_serves(monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(cli.Context, "manager", property(lambda self: _Unserved()))
+    assert cli.main(["create"]) == cli.EXIT_NOT_READY
+    captured = capsys.readouterr()
+    assert captured.out == "" and "'default'" in captured.err and "serve: sandboxes" in captured.err
+    assert cli.main(["-o", "json", "create"]) == cli.EXIT_NOT_READY
+    report = json.loads(capsys.readouterr().err)
+    assert report["error"] == "NamespaceNotServed" and report["servedNamespaces"] == ["sandboxes"]
 
 
 def test_main_reports_config_errors(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

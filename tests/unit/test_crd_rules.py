@@ -214,6 +214,22 @@ def with_spec(**changes: Any) -> dict[str, Any]:
     return spec
 
 
+def quantity_cases(name: str, where: str, not_a_quantity: str, too_small: str,
+                   too_large: dict[str, Any] | None = None) -> list[Case]:
+    """A quantity field (``resources.cpu``, ``resources.requests.memory``, ...) refused for its pattern, its length,
+    and its bounds, which the CEL rule of the object holding it checks (``too_large``: a whole spec, if there is an
+    upper bound)."""
+    path = f"spec.{where}"
+    key = where.replace(".", "__")
+    bounds = [(path.rpartition(".")[0], CEL)]
+    cases = [Case(f"{name}-pattern", with_spec(**{key: not_a_quantity}), [(path, "pattern")]),
+             Case(f"{name}-too-long", with_spec(**{key: "1" * 33}), [(path, "maxLength")]),
+             Case(f"{name}-too-small", with_spec(**{key: too_small}), bounds)]
+    if too_large is not None:
+        cases.append(Case(f"{name}-too-large", too_large, bounds))
+    return cases
+
+
 ENV_OK = {"name": "A", "value": "1"}
 TOL_OK = {"key": "k", "operator": "Equal", "value": "v"}
 CEL = "x-kubernetes-validations"
@@ -251,39 +267,15 @@ BAD_CASES = [
         "name": "s", "key": "k" * 254}}}]), [("spec.env[].valueFrom.secretKeyRef.key", "maxLength")]),
     Case("env-secret-missing-key", with_spec(env=[{"name": "A", "valueFrom": {"secretKeyRef": {"name": "s"}}}]),
          [("spec.env[].valueFrom.secretKeyRef", "required")]),
-    Case("cpu-pattern", with_spec(resources__cpu="-1"), [("spec.resources.cpu", "pattern")]),
-    Case("cpu-too-long", with_spec(resources__cpu="1" * 33), [("spec.resources.cpu", "maxLength")]),
-    Case("cpu-too-small", with_spec(resources__cpu="1m"), [("spec.resources", CEL)]),
-    Case("cpu-too-large", with_spec(resources__cpu=65), [("spec.resources", CEL)]),
-    Case("memory-pattern", with_spec(resources__memory="1GB"), [("spec.resources.memory", "pattern")]),
-    Case("memory-too-long", with_spec(resources__memory="1" * 33), [("spec.resources.memory", "maxLength")]),
-    Case("memory-too-small", with_spec(resources__memory="1Mi"), [("spec.resources", CEL)]),
-    Case("memory-too-large", with_spec(resources__memory="257Gi"), [("spec.resources", CEL)]),
-    Case("storage-pattern", with_spec(resources__ephemeralStorage="lots"),
-         [("spec.resources.ephemeralStorage", "pattern")]),
-    Case("storage-too-long", with_spec(resources__ephemeralStorage="1" * 33),
-         [("spec.resources.ephemeralStorage", "maxLength")]),
-    Case("storage-too-small", with_spec(resources__ephemeralStorage="1Ki"), [("spec.resources", CEL)]),
-    Case("storage-too-large", with_spec(resources__ephemeralStorage="2Ti"), [("spec.resources", CEL)]),
-    Case("request-cpu-pattern", with_spec(resources__requests__cpu="-1"),
-         [("spec.resources.requests.cpu", "pattern")]),
-    Case("request-cpu-too-long", with_spec(resources__requests__cpu="1" * 33),
-         [("spec.resources.requests.cpu", "maxLength")]),
-    Case("request-cpu-too-small", with_spec(resources__requests__cpu="1m"), [("spec.resources.requests", CEL)]),
-    Case("request-memory-pattern", with_spec(resources__requests__memory="1GB"),
-         [("spec.resources.requests.memory", "pattern")]),
-    Case("request-memory-too-long", with_spec(resources__requests__memory="1" * 33),
-         [("spec.resources.requests.memory", "maxLength")]),
-    Case("request-memory-too-small", with_spec(resources__requests__memory="1Mi"),
-         [("spec.resources.requests", CEL)]),
-    Case("request-memory-too-large", with_spec(resources={"requests": {"memory": "257Gi"}}),
-         [("spec.resources.requests", CEL)]),
-    Case("request-storage-pattern", with_spec(resources__requests__ephemeralStorage="lots"),
-         [("spec.resources.requests.ephemeralStorage", "pattern")]),
-    Case("request-storage-too-long", with_spec(resources__requests__ephemeralStorage="1" * 33),
-         [("spec.resources.requests.ephemeralStorage", "maxLength")]),
-    Case("request-storage-too-small", with_spec(resources__requests__ephemeralStorage="1Ki"),
-         [("spec.resources.requests", CEL)]),
+    *quantity_cases("cpu", "resources.cpu", "-1", "1m", with_spec(resources__cpu=65)),
+    *quantity_cases("memory", "resources.memory", "1GB", "1Mi", with_spec(resources__memory="257Gi")),
+    *quantity_cases("storage", "resources.ephemeralStorage", "lots", "1Ki",
+                    with_spec(resources__ephemeralStorage="2Ti")),
+    *quantity_cases("request-cpu", "resources.requests.cpu", "-1", "1m"),
+    # The limit stays the default here: a request above it would fail another rule first.
+    *quantity_cases("request-memory", "resources.requests.memory", "1GB", "1Mi",
+                    with_spec(resources={"requests": {"memory": "257Gi"}})),
+    *quantity_cases("request-storage", "resources.requests.ephemeralStorage", "lots", "1Ki"),
     Case("request-cpu-above-limit", with_spec(resources__requests__cpu="501m"), [("spec.resources", CEL)]),
     Case("request-memory-above-limit", with_spec(resources__requests__memory="513Mi"), [("spec.resources", CEL)]),
     Case("request-storage-above-limit", with_spec(resources__requests__ephemeralStorage="2Gi"),

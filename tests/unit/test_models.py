@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import ast
 import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sandbox_operator import constants
+from sandbox_operator.models.conditions import REASONS_BY_PHASE
 from sandbox_operator.models.effective import effective_timeouts, resolve
 from sandbox_operator.models.sandbox import (
     InvalidSpecError,
     Sandbox,
     SandboxSpec,
     SandboxStatus,
-    format_time,
     immutable_violations,
 )
+from sandbox_operator.models.timestamps import format_time, parse_time
 from sandbox_operator.settings import OperatorSettings
 
 SETTINGS = OperatorSettings()
@@ -233,6 +236,19 @@ def test_status_round_trips_in_api_shape() -> None:
 def test_times_are_rfc3339_utc_seconds() -> None:
     moment = datetime.datetime(2026, 1, 1, 1, 2, 3, 456789, tzinfo=datetime.timezone(datetime.timedelta(hours=2)))
     assert format_time(moment) == "2025-12-31T23:02:03Z"
+    assert parse_time(format_time(moment)) == moment.replace(microsecond=0)
+    with pytest.raises(ValueError, match="time zone"):
+        format_time(moment.replace(tzinfo=None))
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("2026-11-28T01:02:03Z", datetime.datetime(2026, 11, 28, 1, 2, 3, tzinfo=datetime.UTC)),
+    ("2026-11-28T02:02:03.5+01:00", datetime.datetime(2026, 11, 28, 1, 2, 3, 500000, tzinfo=datetime.UTC)),
+    ("2026-11-28T01:02:03", None),  # no zone: not RFC 3339, and never guessed
+    ("nonsense", None), ("", None), (None, None), (1700000000, None),
+])
+def test_parse_time(text: object, expected: datetime.datetime | None) -> None:
+    assert parse_time(text) == expected
 
 
 def test_immutable_violations() -> None:
@@ -251,3 +267,32 @@ def test_effective_timeouts_never_raise_and_cap() -> None:
     assert effective_timeouts(SandboxSpec(), SETTINGS) == (300, 1800, 3600)
     big = SandboxSpec.model_validate({"timeouts": {"lifetimeSeconds": 10**6, "idleSeconds": 10**6}})
     assert effective_timeouts(big, SETTINGS) == (300, 86400, 86400)
+
+
+def _status_reasons_in_operator_code() -> set[tuple[str, str]]:
+    """(phase, reason) of every literal verdict the operator's code writes: ``Verdict("Failed", "OOMKilled", ...)``,
+    and the Failed reasons handed to ``_Refused(...)``/``_fail(...)``."""
+    package = Path(constants.__file__).parent
+    found: set[tuple[str, str]] = set()
+    for path in [*(package / "builders").glob("*.py"), *(package / "handlers").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
+                continue
+            literals = [a.value if isinstance(a, ast.Constant) and isinstance(a.value, str) else None
+                        for a in node.args]
+            if node.func.id == "Verdict" and len(literals) >= 2 and literals[0] and literals[1]:
+                found.add((literals[0], literals[1]))
+            elif node.func.id == "_Refused" and literals and literals[0]:
+                found.add(("Failed", literals[0]))
+            elif node.func.id == "_fail" and len(literals) >= 3 and literals[2]:
+                found.add(("Failed", literals[2]))
+    return found
+
+
+def test_the_shared_reasons_are_the_ones_the_operator_writes() -> None:
+    """The SDK judges a Sandbox by REASONS_BY_PHASE, so it must hold exactly what the operator's code writes."""
+    written = _status_reasons_in_operator_code()
+    assert ("Failed", "ImageMissing") in written and ("Expired", "LifetimeExpired") in written  # the scan works
+    listed = {(phase, reason) for phase, reasons in REASONS_BY_PHASE.items() for reason in reasons}
+    assert written - listed == set(), "reasons the operator writes that models/conditions.py does not list"
+    assert listed - written == set(), "reasons models/conditions.py lists that the operator never writes"

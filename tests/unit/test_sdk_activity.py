@@ -11,14 +11,9 @@ from typing import Any
 import pytest
 
 from sandbox_operator import constants
+from sandbox_operator.models.timestamps import parse_time
 from sandbox_operator.sdk import errors
-from sandbox_operator.sdk.activity import (
-    ActivityRecorder,
-    activity_patch,
-    interval_for,
-    parse_rfc3339,
-    rfc3339,
-)
+from sandbox_operator.sdk.activity import ActivityRecorder, activity_patch, interval_for
 
 
 class FakeApi:
@@ -47,9 +42,8 @@ def test_patch_shape_is_what_the_operator_reads() -> None:
     moment = datetime(2026, 11, 28, 1, 2, 3, 456789, tzinfo=UTC)
     assert activity_patch(moment) == {
         "metadata": {"annotations": {constants.ANNOTATION_LAST_ACTIVITY: "2026-11-28T01:02:03Z"}}}
-    assert parse_rfc3339(rfc3339(moment)) == moment.replace(microsecond=0)
-    assert parse_rfc3339("2026-11-28T01:02:03.5+01:00") is not None
-    assert parse_rfc3339("nonsense") is None and parse_rfc3339(None) is None
+    written = activity_patch()["metadata"]["annotations"][constants.ANNOTATION_LAST_ACTIVITY]  # type: ignore[index]
+    assert abs((parse_time(written) or moment) - datetime.now(UTC)).total_seconds() < 5
 
 
 @pytest.mark.parametrize(("idle", "expected"), [(None, 10.0), (1800, 10.0), (20, 5.0), (10, 2.5), (2, 1.0)])
@@ -110,7 +104,6 @@ def test_hold_keeps_activity_fresh_while_running() -> None:
         assert max(b - a for a, b in itertools.pairwise(times)) < 0.5
         time.sleep(0.5)
         assert len(api.patches) == count  # no more heartbeats once the command is done
-        assert rec.active() == []
     finally:
         rec.close()
 

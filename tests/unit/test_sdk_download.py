@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
 import stat
 import tarfile
@@ -49,18 +50,25 @@ def make_tar(members: Sequence[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
     return buf.getvalue()
 
 
+SOURCE_DIR = {"name": "src", "path": "/workspace/src", "type": "dir", "size": 0, "mode": 0o755, "mtime": 0.0}
+
+
 class TarOut(FakeRunner):
+    """A sandbox whose /workspace/src is a directory that packs to ``tar``."""
+
     def __init__(self, tar: bytes) -> None:
         super().__init__()
         self.tar = tar
 
     def answer(self, args: Sequence[str]) -> tuple[int, bytes, bytes]:
+        if list(args) == ["stat", "/workspace/src"]:
+            return 0, json.dumps(SOURCE_DIR).encode(), b""
         assert list(args) == ["tar-out", "/workspace/src", "--arcname", "."]
         return 0, self.tar, b""
 
 
 def download(tar: bytes, dest: Path, **caps: int) -> Path:
-    return Files(TarOut(tar), **caps).download_dir("/workspace/src", dest)
+    return Files(TarOut(tar), **caps).download("/workspace/src", dest)
 
 
 @pytest.mark.parametrize("prefix", ["", "./"])
@@ -177,8 +185,8 @@ def test_the_transfer_cap_is_hit_while_streaming(tmp_path: Path) -> None:
     tar = make_tar([member("big", os.urandom(50_000))])
     runner = TarOut(tar)
     with pytest.raises(errors.FileTooLarge):
-        Files(runner, max_transfer_bytes=20_000).download_dir("/workspace/src", tmp_path / "out")
-    assert runner.caps == [20_000]
+        Files(runner, max_transfer_bytes=20_000).download("/workspace/src", tmp_path / "out")
+    assert runner.caps[-1] == 20_000
     assert not (tmp_path / "out").exists()
 
 

@@ -138,7 +138,7 @@ def test_upload_dir_sends_one_tar(tmp_path: Path) -> None:
 def test_upload_dir_transfer_cap(tmp_path: Path) -> None:
     (tmp_path / "big").write_bytes(b"x" * 20000)
     with pytest.raises(errors.FileTooLarge):
-        Files(FakeRunner(), max_transfer_bytes=10000).upload_dir(tmp_path, "dst")
+        Files(FakeRunner(), max_transfer_bytes=10000).upload(tmp_path, "dst")
 
 
 # Strict parsing of the tool's answers ------------------------------------------------------------------------

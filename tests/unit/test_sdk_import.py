@@ -47,3 +47,29 @@ def test_manager_without_config_says_why() -> None:
             "try:\n    SandboxManager()\nexcept SandboxError as e:\n    print(type(e).__name__, e)")
     out = run(code)
     assert out.startswith("ConfigError") and "/nonexistent/kubeconfig" in out
+
+
+def public(cls: type) -> set[str]:
+    return {name for name in dir(cls) if not name.startswith("_")}
+
+
+def test_one_name_per_action() -> None:
+    """The object API has no second name for anything (no exec for run, no destroy for delete, no connect for
+    get, no files.delete for remove); the session methods are the manager's only other names."""
+    from sandbox_operator.sdk import Files, Sandbox, SandboxManager
+    from sandbox_operator.sdk.aio import AsyncFiles, AsyncSandbox, AsyncSandboxManager
+    from sandbox_operator.sdk.sessions import AsyncSessionApi, SessionApi
+
+    assert public(Sandbox) == {
+        "delete", "events", "health", "is_ready", "obj", "phase", "pod_name", "refresh", "run", "spec", "start",
+        "status", "stream", "subscribe", "touch", "wait_ready"}
+    assert public(Files) == {"exists", "list", "mkdir", "read_bytes", "read_text", "remove", "stat", "upload",
+                             "download", "write"}
+    sessions = public(SessionApi)
+    assert sessions == {"create_session", "destroy_session", "list_sessions", "execute_command", "read_file",
+                        "write_file", "delete_file", "list_files", "get_health"}
+    assert public(SandboxManager) - sessions == {
+        "close", "create", "delete", "events", "get", "list", "subscribe", "wait_deleted", "wait_ready"}
+    assert public(AsyncSandbox) - {"name", "namespace", "phase"} <= public(Sandbox)
+    assert public(AsyncFiles) - {"sync"} <= public(Files)
+    assert public(AsyncSandboxManager) - public(AsyncSessionApi) - {"namespace"} <= public(SandboxManager)

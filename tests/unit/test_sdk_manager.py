@@ -60,7 +60,8 @@ def obj(name: str, phase: str | None = None, reason: str | None = None, status: 
     if phase:
         st["phase"] = phase
     if reason:
-        st["conditions"] = [{"type": "Ready", "status": status, "reason": reason, "message": message}]
+        st["conditions"] = [{"type": "Ready", "status": status, "reason": reason, "message": message,
+                             "lastTransitionTime": "2026-11-28T01:00:00Z"}]
     return {"apiVersion": constants.API_VERSION, "kind": constants.KIND,
             "metadata": {"name": name, "namespace": "ns", "resourceVersion": rv}, "spec": {}, "status": st}
 
@@ -173,7 +174,7 @@ def test_delete_missing_ok() -> None:
     m.delete("x", missing_ok=True)
     with pytest.raises(errors.SandboxNotFound):
         m.delete("x")
-    m.destroy_session("x")  # the seed's destroy never fails on an already-gone session
+    m.destroy_session("x")  # the session API's destroy never fails on an already-gone session
 
 
 def test_default_namespace_and_labels() -> None:

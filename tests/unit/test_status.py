@@ -20,6 +20,7 @@ from sandbox_operator.builders.status import (
     status_patch,
     transitions,
     with_eviction,
+    worth_writing,
 )
 from sandbox_operator.models.sandbox import Sandbox
 from sandbox_operator.settings import OperatorSettings
@@ -322,6 +323,27 @@ def test_transitions_make_one_event_each() -> None:
                                None, lifetime_seconds=60, now=at(2))
     [event] = transitions(pending, reason_only)
     assert (event.type, event.reason) == ("Warning", "Unschedulable")
+
+
+
+def test_routine_start_steps_make_no_event_but_phase_changes_do() -> None:
+    creating = build_status(sandbox(), Verdict("Pending", "Creating"), None, lifetime_seconds=60, now=at(1))
+    pod_pending = build_status(sandbox(status_body(creating)), Verdict("Pending", "PodPending", "waiting"), None,
+                               lifetime_seconds=60, now=at(2))
+    assert transitions(creating, pod_pending) == []
+    [first] = transitions(sandbox().status, creating)
+    assert (first.type, first.reason) == ("Normal", "Creating") and "- -> Pending" in first.message
+
+
+def test_pod_facts_alone_are_not_written_while_starting() -> None:
+    starting = {"phase": "Pending", "reason": "PodPending", "podUID": "pod-1"}
+    assert not worth_writing(starting, {})
+    assert not worth_writing(starting, {"nodeName": "node-a", "startTime": iso(1)})
+    assert worth_writing(starting, {"nodeName": "node-a", "reason": "ContainerCreating"})
+    assert worth_writing(starting, {"phase": "Ready", "reason": None, "nodeName": "node-a"})
+    assert worth_writing({"phase": "Pending", "reason": "Creating"}, {"podUID": "pod-1", "nodeName": "node-a"})
+    assert worth_writing({"phase": "Ready", "podUID": "pod-1"}, {"podIP": "10.0.0.9"})
+    assert worth_writing(starting, {"nodeName": "node-a", "lastActivityTime": iso(2)})
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -126,4 +126,6 @@ SANDBOX_OPERATOR_DEFAULT_CPU); an empty string or list leaves the operator's def
   value: {{ .Values.logging.format | quote }}
 - name: SANDBOX_OPERATOR_VERBOSE
   value: {{ .Values.logging.verbose | toString | quote }}
+- name: SANDBOX_OPERATOR_INSTANCE_NAME
+  value: {{ include "sandbox-operator.fullname" . | quote }}
 {{- end }}

@@ -44,6 +44,12 @@ standalone, so it needs no peering objects (kopf.dev).
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["list", "watch"]
+# Application: the registry of served namespaces, one annotation per operator on the Sandbox CRD, which clients
+# read to tell "no operator serves this namespace" from "not picked up yet" (docs/operator.md). That CRD only.
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  resourceNames: ["sandboxes.sandbox-operator.io"]
+  verbs: ["get", "patch"]
 {{- if or (not .Values.clusterWide) .Values.watchPatterns }}
 # Framework: with a list of namespaces (or globs) kopf lists and watches namespaces to match them, and notices
 # one created after the operator started. Read-only, names and labels only.
@@ -76,4 +82,29 @@ The clients' rules (SDK, sandboxctl, an agent platform). Bound per namespace, th
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["get", "list", "watch"]
+{{- end }}
+
+{{/*
+The clients' cluster-scoped read: the registry of served namespaces on the Sandbox CRD, so that a client whose
+Sandbox nobody picks up can say which namespaces the running operators serve. Bound cluster-wide (a CRD has no
+namespace); it grants nothing else.
+*/}}
+{{- define "sandbox-operator.rules.clientRegistry" -}}
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  resourceNames: ["sandboxes.sandbox-operator.io"]
+  verbs: ["get"]
+{{- end }}
+
+{{/* clientRole.subjects as RBAC subjects. */}}
+{{- define "sandbox-operator.clientSubjects" -}}
+{{- range .Values.clientRole.subjects }}
+- kind: {{ .kind }}
+  name: {{ .name | quote }}
+  {{- if eq .kind "ServiceAccount" }}
+  namespace: {{ required "clientRole.subjects: a ServiceAccount needs a namespace" .namespace }}
+  {{- else }}
+  apiGroup: rbac.authorization.k8s.io
+  {{- end }}
+{{- end }}
 {{- end }}

@@ -14,6 +14,7 @@ from typing import Literal
 from sandbox_operator.builders.status import expires_at, idle_clock_start
 from sandbox_operator.models.effective import effective_timeouts
 from sandbox_operator.models.sandbox import Sandbox
+from sandbox_operator.models.timestamps import format_time
 from sandbox_operator.settings import OperatorSettings
 
 CollectionReason = Literal["LifetimeExpired", "IdleTimeout"]
@@ -32,7 +33,7 @@ def collection_due(sandbox: Sandbox, settings: OperatorSettings, now: datetime.d
     end = sandbox.status.expires_at or expires_at(sandbox, lifetime_seconds)
     if end is not None and now >= end:
         return Collection("LifetimeExpired",
-                          f"the sandbox's lifetime ({lifetime_seconds}s) ended at {end.isoformat()}")
+                          f"the sandbox's lifetime ({lifetime_seconds}s) ended at {format_time(end)}")
     start = idle_clock_start(sandbox, sandbox.status.ready_time, now) or sandbox.metadata.creation_timestamp
     if start is not None:
         idle = (now - start).total_seconds()

@@ -31,16 +31,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from sandbox_operator import constants
-from sandbox_operator.models.sandbox import (
-    TERMINAL_PHASES,
-    Condition,
-    Phase,
-    Sandbox,
-    SandboxStatus,
-    format_time,
-)
-
-CONDITION_READY = "Ready"
+from sandbox_operator.models.conditions import CONDITION_READY, TERMINAL_PHASES, Condition, Phase
+from sandbox_operator.models.sandbox import Sandbox, SandboxStatus
+from sandbox_operator.models.timestamps import format_time, parse_time
 
 CONDITION_DISRUPTION_TARGET = "DisruptionTarget"
 ENDED_POD_PHASES = frozenset({"Succeeded", "Failed"})
@@ -48,18 +41,6 @@ KUBELET_REASON_EVICTED = "Evicted"
 IMAGE_MISSING_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName"})
 # How far in the future an activity timestamp may be (clock skew) before it is ignored as bogus.
 ACTIVITY_FUTURE_SKEW = datetime.timedelta(seconds=60)
-
-
-def parse_time(value: object) -> datetime.datetime | None:
-    if isinstance(value, datetime.datetime):
-        return value if value.tzinfo else None
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else None
 
 
 @dataclass(frozen=True)
@@ -82,7 +63,6 @@ class PodObservation:
     terminated_reason: str | None = None
     terminated_message: str | None = None
     exit_code: int | None = None
-    controller_uid: str | None = None
     disruption_reason: str | None = None
     """Reason of a true DisruptionTarget condition (TerminationByKubelet, PreemptionByScheduler, ...)."""
     disruption_message: str | None = None
@@ -110,8 +90,6 @@ class PodObservation:
         state = container.get("state") or {}
         waiting = state.get("waiting") or {}
         terminated = state.get("terminated") or {}
-        controller: Mapping[str, Any] = next(
-            (ref for ref in meta.get("ownerReferences") or [] if ref.get("controller")), {})
         return cls(
             uid=str(meta.get("uid") or ""),
             phase=str(status.get("phase") or "Pending"),
@@ -129,7 +107,6 @@ class PodObservation:
             terminated_reason=terminated.get("reason"),
             terminated_message=terminated.get("message"),
             exit_code=terminated.get("exitCode"),
-            controller_uid=controller.get("uid"),
             disruption_reason=disruption.get("reason"),
             disruption_message=disruption.get("message"),
         )
@@ -319,6 +296,21 @@ def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, An
     return patch
 
 
+# Facts about the pod that a starting sandbox picks up on the way to Ready; the write that makes it Ready (or
+# changes its reason) carries them.
+POD_FACTS = frozenset({"nodeName", "podIP", "startTime", "expiresAt"})
+
+
+def worth_writing(old: Mapping[str, Any], patch: Mapping[str, Any]) -> bool:
+    """False for a patch that only adds pod facts to a sandbox that stays Pending for the same reason: at a burst
+    start each such write is an API request that tells a user nothing new."""
+    if not patch:
+        return False
+    if old.get("phase") != "Pending" or not old.get("podUID") or "phase" in patch or "reason" in patch:
+        return True
+    return not set(patch) <= POD_FACTS
+
+
 @dataclass(frozen=True)
 class Transition:
     """A change worth an Event."""
@@ -329,16 +321,18 @@ class Transition:
 
 
 def transitions(old: SandboxStatus, new: SandboxStatus) -> list[Transition]:
-    """One Event per phase change or Ready-condition change (status or reason)."""
+    """One Event per phase change, and per Ready-condition change (status or reason) that is a warning. The
+    routine steps of a start (Creating, PodPending, ContainerCreating) are in the status, not worth an Event each:
+    at a burst of hundreds of sandboxes every Event is an API write."""
     before, after = old.condition(CONDITION_READY), new.condition(CONDITION_READY)
-    phase_changed = old.phase != new.phase
-    condition_changed = after is not None and (
-        before is None or (before.status, before.reason) != (after.status, after.reason))
-    if not (phase_changed or condition_changed):
+    if after is None:
         return []
-    assert after is not None
     reason = new.reason or after.reason
     warning = new.phase in TERMINAL_PHASES or reason in ("Unschedulable", *IMAGE_MISSING_REASONS)
+    phase_changed = old.phase != new.phase
+    condition_changed = before is None or (before.status, before.reason) != (after.status, after.reason)
+    if not (phase_changed or (condition_changed and warning)):
+        return []
     summary = f"phase {old.phase or '-'} -> {new.phase}, Ready={after.status} ({after.reason})"
     message = f"{summary}: {after.message}" if after.message else summary
     return [Transition("Warning" if warning else "Normal", reason, message[:1024])]

@@ -14,7 +14,7 @@ from sandbox_operator.handlers.errors import counted
 from sandbox_operator.handlers.reconcile import parse_sandbox, post_event, sync_status
 from sandbox_operator.handlers.runtime import runtime
 from sandbox_operator.handlers.uids import Key, pod_run_as_users
-from sandbox_operator.k8s.api import Adoption, controller_uid
+from sandbox_operator.k8s.api import Adoption, controlled_by
 
 CHILD_LABELS: dict[str, Any] = {constants.LABEL_MANAGED_BY: constants.MANAGER_NAME,
                                 constants.LABEL_SANDBOX: kopf.PRESENT}
@@ -59,7 +59,7 @@ async def policy_event(type: str | None, body: kopf.Body, memo: kopf.Memo, logge
     if sandbox_body is None or (sandbox_body.get("metadata") or {}).get("deletionTimestamp"):
         return
     sandbox, _invalid = parse_sandbox(sandbox_body)
-    if controller_uid(dict(body)) != sandbox.metadata.uid:
+    if not controlled_by(body, sandbox.metadata.uid):
         return
     result = await asyncio.to_thread(rt.api.create_network_policy, build_network_policy(sandbox),
                                      sandbox.metadata.uid)

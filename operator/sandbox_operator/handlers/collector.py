@@ -30,6 +30,7 @@ RESOURCE = (constants.GROUP, constants.VERSION, constants.PLURAL)
 async def collector(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     rt = runtime(memo)
     raw: JSON = dict(body)
+    rt.remember(raw)
     sandbox, _invalid = parse_sandbox(raw)
     now = utcnow()
     due = collection_due(sandbox, rt.settings, now)
@@ -49,5 +50,7 @@ async def collector(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: 
         return
     mirrored = format_time_or_none(idle_clock_start(sandbox, sandbox.status.ready_time, now))
     if mirrored != (raw.get("status") or {}).get("lastActivityTime") and mirrored is not None:
-        await asyncio.to_thread(rt.api.patch_sandbox_status, sandbox.namespace, sandbox.name,
-                                {"lastActivityTime": mirrored})
+        written = await asyncio.to_thread(rt.api.patch_sandbox_status, sandbox.namespace, sandbox.name,
+                                          {"lastActivityTime": mirrored})
+        if written is not None:
+            rt.remember(written)

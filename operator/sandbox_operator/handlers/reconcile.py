@@ -24,9 +24,10 @@ from sandbox_operator.builders.status import (
     status_patch,
     transitions,
     with_eviction,
+    worth_writing,
 )
 from sandbox_operator.handlers.runtime import Runtime, utcnow
-from sandbox_operator.k8s.api import JSON, controller_uid
+from sandbox_operator.k8s.api import JSON, controlled_by
 from sandbox_operator.metrics import COLLECTIONS, CREATE_TO_READY
 from sandbox_operator.models.effective import effective_timeouts
 from sandbox_operator.models.sandbox import TERMINAL_PHASES, InvalidSpecError, Sandbox
@@ -51,44 +52,21 @@ async def sync_status(rt: Runtime, namespace: str, name: str, *, override: Verdi
                       log: logging.Logger | kopf.Logger | None = None) -> Sandbox | None:
     """Brings ``status`` in line with the pod; returns the Sandbox as written (None if it is gone).
 
-    The pod is read fresh unless the caller has it from a watch event (``pod_body``, or ``pod_gone`` for a
-    DELETED event): kopf delivers one pod's events in order, so that body is the latest state."""
+    The Sandbox and its pod are the latest versions this process has seen (read from the API server only when
+    it has seen none): every watch event and every write updates them, and this operator is the only writer of
+    the status, so the status it compares against is the one it wrote. ``pod_body`` (from a pod event or a
+    create) or ``pod_gone`` (a DELETED event) is news about the pod: kopf delivers one pod's events in order."""
     log = log or logger
     async with rt.lock((namespace, name)):
-        body = await asyncio.to_thread(rt.api.get_sandbox, namespace, name)
+        body = rt.latest((namespace, name))
         if body is None:
-            return None
-        sandbox, invalid = parse_sandbox(body)
-        if invalid is not None and override is None:
-            override = Verdict("Failed", "InvalidSpec", invalid)
-        if pod_body is None and not pod_gone:
-            pod_body = await asyncio.to_thread(rt.api.get_pod, namespace, constants.pod_name(name))
-        pod = None
-        if pod_body is not None and controller_uid(pod_body) == sandbox.metadata.uid:
-            pod = PodObservation.from_pod(pod_body)
-        if pod is not None and needs_eviction_lookup(sandbox, pod):
-            evicted = await asyncio.to_thread(rt.api.pod_event_message, namespace, pod.uid, KUBELET_REASON_EVICTED)
-            if evicted is not None:
-                pod = with_eviction(pod, evicted)
-        verdict = decide(sandbox, pod, override)
-        now = utcnow()
-        _, _, lifetime = effective_timeouts(sandbox.spec, rt.settings)
-        new_status = build_status(sandbox, verdict, pod, lifetime_seconds=lifetime, now=now)
-        old_raw: dict[str, Any] = dict(body.get("status") or {})
-        patch = status_patch(old_raw, status_body(new_status))
-        latest = body
-        if patch:
-            written = await asyncio.to_thread(rt.api.patch_sandbox_status, namespace, name, patch)
-            if written is None:
+            body = await asyncio.to_thread(rt.api.get_sandbox, namespace, name)
+            if body is None:
                 return None
-            latest = written
-            for change in transitions(sandbox.status, new_status):
-                post_event(body, change.type, change.reason, change.message)
-            log.info("status: phase=%s reason=%s", new_status.phase, new_status.reason or "-")
-            if new_status.ready_time and not sandbox.status.ready_time and sandbox.metadata.creation_timestamp:
-                CREATE_TO_READY.observe(max(0.0, (now - sandbox.metadata.creation_timestamp).total_seconds()))
-        rt.phases.set((namespace, name), new_status.phase)
-        updated = sandbox.model_copy(update={"status": new_status})
+        outcome = await _write_status(rt, body, override, pod_body, pod_gone, log)
+        if outcome is None:
+            return None
+        verdict, pod, latest, updated = outcome
 
     # Consequences, outside the lock (they cause events that sync again).
     if verdict.phase in TERMINAL_PHASES and pod is not None and not pod.deleting \
@@ -99,6 +77,54 @@ async def sync_status(rt: Runtime, namespace: str, name: str, *, override: Verdi
     if verdict.phase == "Expired" and not (latest.get("metadata") or {}).get("deletionTimestamp"):
         await collect(rt, latest, verdict.reason, verdict.message or "the sandbox's lifetime is over", log=log)
     return updated
+
+
+async def _write_status(rt: Runtime, body: JSON, override: Verdict | None, pod_body: JSON | None, pod_gone: bool,
+                        log: logging.Logger | kopf.Logger) -> tuple[Verdict, PodObservation | None, JSON,
+                                                                       Sandbox] | None:
+    """One decision and, if anything changed, one write (the caller holds the Sandbox's lock)."""
+    meta = body.get("metadata") or {}
+    namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+    sandbox, invalid = parse_sandbox(body)
+    if invalid is not None and override is None:
+        override = Verdict("Failed", "InvalidSpec", invalid)
+    if pod_gone:
+        rt.remember_pod((namespace, name), None)
+    elif pod_body is not None:
+        rt.remember_pod((namespace, name), pod_body)
+    else:
+        pod_body = rt.latest_pod((namespace, name))
+        if pod_body is None:
+            pod_body = await asyncio.to_thread(rt.api.get_pod, namespace, constants.pod_name(name))
+            if pod_body is not None:
+                rt.remember_pod((namespace, name), pod_body)
+    pod = None
+    if pod_body is not None and controlled_by(pod_body, sandbox.metadata.uid):
+        pod = PodObservation.from_pod(pod_body)
+    if pod is not None and needs_eviction_lookup(sandbox, pod):
+        evicted = await asyncio.to_thread(rt.api.pod_event_message, namespace, pod.uid, KUBELET_REASON_EVICTED)
+        if evicted is not None:
+            pod = with_eviction(pod, evicted)
+    verdict = decide(sandbox, pod, override)
+    now = utcnow()
+    _, _, lifetime = effective_timeouts(sandbox.spec, rt.settings)
+    new_status = build_status(sandbox, verdict, pod, lifetime_seconds=lifetime, now=now)
+    old_raw: dict[str, Any] = dict(body.get("status") or {})
+    patch = status_patch(old_raw, status_body(new_status))
+    latest = body
+    if worth_writing(old_raw, patch):
+        written = await asyncio.to_thread(rt.api.patch_sandbox_status, namespace, name, patch)
+        if written is None:
+            return None
+        rt.remember(written)
+        latest = written
+        for change in transitions(sandbox.status, new_status):
+            post_event(body, change.type, change.reason, change.message)
+        log.info("status: phase=%s reason=%s", new_status.phase, new_status.reason or "-")
+        if new_status.ready_time and not sandbox.status.ready_time and sandbox.metadata.creation_timestamp:
+            CREATE_TO_READY.observe(max(0.0, (now - sandbox.metadata.creation_timestamp).total_seconds()))
+    rt.phases.set((namespace, name), new_status.phase)
+    return verdict, pod, latest, sandbox.model_copy(update={"status": new_status})
 
 
 async def collect(rt: Runtime, body: JSON, reason: str, message: str,

@@ -7,11 +7,12 @@ import datetime
 import logging
 import os
 import signal
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from sandbox_operator.handlers.uids import Key, UidPool
-from sandbox_operator.k8s.api import KubeApi, make_api_client
+from sandbox_operator.k8s.api import JSON, KubeApi, make_api_client
 from sandbox_operator.metrics import PhaseTracker
 from sandbox_operator.settings import OperatorSettings, get_settings
 
@@ -26,6 +27,9 @@ class Runtime:
     uids: UidPool = field(init=False)
     _locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
     _pod_gone: dict[Key, asyncio.Event] = field(default_factory=dict)
+    _sandboxes: dict[Key, JSON] = field(default_factory=dict)
+    _children: dict[Key, str] = field(default_factory=dict)
+    _pods: dict[Key, JSON] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.uids = UidPool(self.settings.sandbox_uids)
@@ -49,13 +53,59 @@ class Runtime:
         if event is not None:
             event.set()
 
+    def remember(self, body: Mapping[str, Any]) -> None:
+        """Keeps the latest version of a Sandbox seen (watch events, handler bodies, our own writes), so status
+        syncs need not read it again."""
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("namespace")), str(meta.get("name")))
+        known = self._sandboxes.get(key)
+        if known is None or not _older(meta, known.get("metadata") or {}):
+            self._sandboxes[key] = dict(body)
+
+    def latest(self, key: Key) -> JSON | None:
+        """The latest version of the Sandbox this process has seen, if any (possibly stale)."""
+        return self._sandboxes.get(key)
+
+    def remember_pod(self, key: Key, body: Mapping[str, Any] | None) -> None:
+        """Keeps the latest version of a Sandbox's pod seen (None: it is gone)."""
+        if body is None:
+            self._pods.pop(key, None)
+            return
+        known = self._pods.get(key)
+        if known is None or not _older(body.get("metadata") or {}, known.get("metadata") or {}):
+            self._pods[key] = dict(body)
+
+    def latest_pod(self, key: Key) -> JSON | None:
+        return self._pods.get(key)
+
+    def children_made(self, key: Key, sandbox_uid: str) -> bool:
+        """Whether this process already created or adopted the policy and pod of this very Sandbox."""
+        return self._children.get(key) == sandbox_uid
+
+    def note_children_made(self, key: Key, sandbox_uid: str) -> None:
+        self._children[key] = sandbox_uid
+
     def forget(self, key: Key) -> None:
+        self._sandboxes.pop(key, None)
+        self._pods.pop(key, None)
+        self._children.pop(key, None)
         self._pod_gone.pop(key, None)
         self.uids.release(key)
         lock = self._locks.get(key)
         if lock is not None and not lock.locked():
             del self._locks[key]
         self.phases.set(key, None)
+
+
+def _older(candidate: Mapping[str, Any], known: Mapping[str, Any]) -> bool:
+    """Whether ``candidate`` metadata is an older version of the same object than ``known``. Resource versions
+    are opaque in general; etcd's are integers, and anything else is taken as news."""
+    if candidate.get("uid") != known.get("uid"):
+        return False
+    try:
+        return int(str(candidate.get("resourceVersion"))) < int(str(known.get("resourceVersion")))
+    except ValueError:
+        return False
 
 
 def runtime(memo: Any) -> Runtime:

@@ -27,7 +27,7 @@ from sandbox_operator.handlers.errors import counted
 from sandbox_operator.handlers.reconcile import post_event, sync_status
 from sandbox_operator.handlers.runtime import Runtime, failpoint, runtime, utcnow
 from sandbox_operator.handlers.uids import Key, PodUids, UidRangeExhausted, pod_run_as_users
-from sandbox_operator.k8s.api import JSON, Adoption, ChildResult, api_message
+from sandbox_operator.k8s.api import JSON, Adoption, ChildResult, api_message, controlled_by
 from sandbox_operator.models.effective import EffectiveSpec, effective_timeouts, resolve
 from sandbox_operator.models.sandbox import (
     TERMINAL_PHASES,
@@ -42,11 +42,6 @@ STALE_CHILD_RETRY = 2.0
 UID_RETRY = 30.0
 POD_TERMINATION_PATIENCE = 30.0  # seconds past the pod's grace period before deletion stops waiting for it
 POD_WAIT_SLACK = 10.0
-
-
-def _owned_by(pod: JSON | None, owner_uid: str | None) -> bool:
-    refs = (pod or {}).get("metadata", {}).get("ownerReferences") or []
-    return any(ref.get("uid") == owner_uid for ref in refs)
 
 
 class _Refused(Exception):  # noqa: N818 - a verdict, not an error
@@ -83,6 +78,7 @@ async def ensure_sandbox(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, 
         raise RuntimeError("the sandbox_pod_uids index was not passed to the handler")
     rt = runtime(memo)
     raw: JSON = dict(body)
+    rt.remember(raw)
     try:
         sandbox = Sandbox.from_body(raw)
         spec = resolve(sandbox.spec, rt.settings)
@@ -92,20 +88,43 @@ async def ensure_sandbox(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, 
     if sandbox.status.phase in TERMINAL_PHASES or sandbox.metadata.deletion_timestamp is not None:
         return
     try:
-        # Children under the Sandbox's lock: a pod event cannot sync the status halfway through.
-        async with rt.lock((sandbox.namespace, sandbox.name)):
-            await _ensure_policy(rt, sandbox, logger)
-            if not sandbox.status.pod_uid:
-                # Once a pod was recorded it is never created again (a resume after it vanished reports
-                # PodDeleted through the status sync below).
-                await _ensure_pod(rt, sandbox, spec, pod_uids, logger)
+        created_pod = await make_children(rt, sandbox, spec, pod_uids, logger)
     except _Refused as refused:
         await _fail(rt, sandbox, refused.reason, refused.message, logger)
+        return
     except UidRangeExhausted as exhausted:
         await sync_status(rt, sandbox.namespace, sandbox.name,
                           override=Verdict("Pending", "UidRangeExhausted", str(exhausted)), log=logger)
         raise kopf.TemporaryError(str(exhausted), delay=UID_RETRY) from None
-    await sync_status(rt, sandbox.namespace, sandbox.name, log=logger)
+    await sync_status(rt, sandbox.namespace, sandbox.name, pod_body=created_pod, log=logger)
+
+
+async def make_children(rt: Runtime, sandbox: Sandbox, spec: EffectiveSpec, pod_uids: PodUids,
+                        logger: kopf.Logger) -> JSON | None:
+    """The deny-all policy, then the pod unless one was recorded; returns the pod if this call made or adopted
+    it. Under the Sandbox's lock, so a pod event cannot sync the status halfway through; once this process has
+    made both for this very Sandbox, a second call makes no API call."""
+    key = (sandbox.namespace, sandbox.name)
+    async with rt.lock(key):
+        if rt.children_made(key, sandbox.metadata.uid):
+            return None
+        await _ensure_policy(rt, sandbox, logger)
+        pod = None
+        if not sandbox.status.pod_uid:
+            # Once a pod was recorded it is never created again (a resume after it vanished reports PodDeleted
+            # through the status sync).
+            pod = await _ensure_pod(rt, sandbox, spec, pod_uids, logger)
+            rt.remember_pod(key, pod)
+        rt.note_children_made(key, sandbox.metadata.uid)
+        return pod
+
+
+def needs_children(rt: Runtime, body: JSON) -> bool:
+    """Whether a Sandbox event shows a live Sandbox whose policy and pod this process has not made yet."""
+    meta, status = body.get("metadata") or {}, body.get("status") or {}
+    key = (str(meta.get("namespace")), str(meta.get("name")))
+    return not (meta.get("deletionTimestamp") or status.get("podUID") or status.get("phase") in TERMINAL_PHASES
+                or rt.children_made(key, str(meta.get("uid"))))
 
 
 async def _ensure_policy(rt: Runtime, sandbox: Sandbox, logger: kopf.Logger) -> None:
@@ -123,7 +142,7 @@ def _host_uid(rt: Runtime, sandbox: Sandbox, pod_uids: PodUids) -> int:
 
 
 async def _ensure_pod(rt: Runtime, sandbox: Sandbox, spec: EffectiveSpec, pod_uids: PodUids,
-                      logger: kopf.Logger) -> None:
+                      logger: kopf.Logger) -> JSON:
     pod = build_pod(sandbox, spec, rt.settings, run_as_user=_host_uid(rt, sandbox, pod_uids), now=utcnow())
 
     def create() -> ChildResult:
@@ -144,6 +163,7 @@ async def _ensure_pod(rt: Runtime, sandbox: Sandbox, spec: EffectiveSpec, pod_ui
         # A re-run found the pod of an earlier attempt: its UID is the one in use, whatever was picked now.
         for uid in pod_run_as_users(created):
             rt.uids.adopt((sandbox.namespace, sandbox.name), uid)
+    return created
 
 
 @kopf.on.create(*RESOURCE, id="create")
@@ -168,6 +188,7 @@ async def update_fn(body: kopf.Body, old: Any, new: Any, memo: kopf.Memo, logger
     past admission are reported, not applied."""
     rt = runtime(memo)
     raw: JSON = dict(body)
+    rt.remember(raw)
     try:
         sandbox = Sandbox.from_body(raw)
         old_spec = SandboxSpec.model_validate(old or {})
@@ -214,12 +235,13 @@ async def delete_fn(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: 
     """Orderly teardown: the pod first (short grace period), the NetworkPolicy only once the pod is gone, so
     the pod is never without its policy. Owner references would remove both anyway; this makes it prompt."""
     rt = runtime(memo)
+    rt.remember(body)
     meta = body.get("metadata") or {}
     namespace, name, uid = meta["namespace"], meta["name"], meta.get("uid")
     await sync_status(rt, namespace, name, log=logger)
     pod_name = constants.pod_name(name)
     pod = await asyncio.to_thread(rt.api.get_pod, namespace, pod_name)
-    if pod is not None and _owned_by(pod, uid):
+    if pod is not None and controlled_by(pod, uid):
         gone = rt.pod_gone((namespace, name))  # set by the pod watch on the pod's DELETED event
         if not pod["metadata"].get("deletionTimestamp"):
             await asyncio.to_thread(rt.api.delete_pod, namespace, pod_name, pod["metadata"]["uid"],
@@ -228,7 +250,7 @@ async def delete_fn(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: 
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(gone.wait(), rt.settings.termination_grace_seconds + POD_WAIT_SLACK)
         pod = await asyncio.to_thread(rt.api.get_pod, namespace, pod_name)
-        if pod is not None and _owned_by(pod, uid):
+        if pod is not None and controlled_by(pod, uid):
             since = datetime.datetime.fromisoformat(pod["metadata"]["deletionTimestamp"])
             if (utcnow() - since).total_seconds() < POD_TERMINATION_PATIENCE:
                 raise kopf.TemporaryError("the sandbox pod is still terminating", delay=5)
@@ -238,13 +260,28 @@ async def delete_fn(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: 
     rt.forget((namespace, name))
 
 
-@kopf.on.event(*RESOURCE, id="phase-metrics")
-async def track_phase(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Keeps the sandboxes-by-phase gauge current (cheap, no API calls)."""
+@kopf.on.event(*RESOURCE, id="sandbox-events")
+async def sandbox_event(type: str | None, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger,
+                        sandbox_pod_uids: kopf.Index[int, Key] | None = None, **_: Any) -> None:
+    """Every Sandbox event: keeps the latest body and the phase gauge, and makes the policy and pod of a new
+    Sandbox at once. kopf runs the create handler only after another round trip (its finalizer patch and the
+    event that follows); that handler stays, writes the status, and makes the children if this did not."""
     rt = runtime(memo)
     meta = body.get("metadata") or {}
     key = (str(meta.get("namespace")), str(meta.get("name")))
     if type == "DELETED":
         rt.forget(key)
-    else:
-        rt.phases.set(key, (body.get("status") or {}).get("phase") or "Pending")
+        return
+    raw: JSON = dict(body)
+    rt.remember(raw)
+    rt.phases.set(key, (body.get("status") or {}).get("phase") or "Pending")
+    if not needs_children(rt, raw) or sandbox_pod_uids is None:
+        return
+    try:
+        # No status write here: it would change the Sandbox under kopf's finalizer patch, which follows at once
+        # and is conditional on this version. The pod's first event writes the status.
+        sandbox = Sandbox.from_body(raw)
+        await make_children(rt, sandbox, resolve(sandbox.spec, rt.settings), sandbox_pod_uids, logger)
+    except Exception as error:  # best effort: the create handler retries with backoff
+        logger.info("making the policy and pod at first sight did not finish (%s); the create handler retries",
+                    error)

@@ -1,22 +1,25 @@
-"""Operator-wide setup: kopf settings (each with its reason), metrics endpoint, liveness probe, cleanup."""
+"""Operator-wide setup: kopf settings (each with its reason), metrics endpoint, the registry of served
+namespaces, liveness probe, cleanup."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import re
 from typing import Any
 
 import kopf
+from kubernetes import client
 
 from sandbox_operator import constants, metrics
-from sandbox_operator.handlers.runtime import runtime
+from sandbox_operator.handlers.registry import RegistryPublisher, keep_published, publisher_for
+from sandbox_operator.handlers.runtime import runtime, utcnow
 
-FINALIZER = f"{constants.GROUP}/finalizer"
 # kopf logs every successful run at INFO: for the per-sandbox timer and the watch handlers that is one line per
 # sandbox per interval or event, which drowns what matters. Kept with SANDBOX_OPERATOR_VERBOSE.
-ROUTINE = re.compile(r"^(Timer 'collector'|Handler '(phase-metrics|pod-status|policy-guard)') succeeded\.$")
+ROUTINE = re.compile(r"^(Timer 'collector'|Handler '(sandbox-events|pod-status|policy-guard)') succeeded\.$")
 
 
 class _DropRoutine(logging.Filter):
@@ -29,7 +32,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
     rt = runtime(memo)
     ours = rt.settings
     # Our own names for kopf's bookkeeping on Sandboxes, under the project's API group.
-    settings.persistence.finalizer = FINALIZER
+    settings.persistence.finalizer = constants.FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=constants.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=constants.GROUP, key="last-handled-configuration",
@@ -59,8 +62,29 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
                 ",".join(ours.allowed_images))
 
 
+@kopf.on.startup()
+async def publish_served_namespaces(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """Tells clients which namespaces this operator serves (an annotation on the Sandbox CRD), now and every
+    heartbeat until shutdown. A failure is logged by the publisher and never stops the operator."""
+    rt = runtime(memo)
+    publisher = publisher_for(rt.settings, client.ApiextensionsV1Api(rt.api.api_client))
+    if await asyncio.to_thread(publisher.publish, utcnow()):
+        logger.info("published the namespaces this operator serves as %s on %s", publisher.key,
+                    constants.CRD_NAME)
+    memo.registry = publisher
+    memo.registry_heartbeat = asyncio.create_task(keep_published(publisher, utcnow), name="registry-heartbeat")
+
+
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
+    heartbeat: asyncio.Task[None] | None = getattr(memo, "registry_heartbeat", None)
+    if heartbeat is not None:
+        heartbeat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await heartbeat
+    publisher: RegistryPublisher | None = getattr(memo, "registry", None)
+    if publisher is not None:
+        await asyncio.to_thread(publisher.withdraw)
     rt = getattr(memo, "runtime", None)
     if rt is not None:
         rt.api.api_client.close()

@@ -1,7 +1,9 @@
 """Blocking Kubernetes calls the operator makes, returning plain JSON dicts (the shape kopf hands to handlers).
 
-The official client is blocking: handlers call these through ``asyncio.to_thread``. Reads return ``None`` for
-404; writes raise :class:`kubernetes.client.ApiException`, which :func:`create_or_adopt` turns into outcomes.
+The official client is blocking: handlers call these through ``asyncio.to_thread``. Reads and patches return
+``None`` for a 404 and deletes ignore one; other errors raise :class:`kubernetes.client.ApiException`, except
+that creating a child that already exists (409) is judged by :meth:`KubeApi._judge_existing` as an
+:class:`Adoption`.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +45,16 @@ def _json(response: Any) -> JSON:
     return data
 
 
+def _unless_missing(call: Callable[[], Any]) -> JSON | None:
+    """The JSON answer of ``call`` (made with ``_preload_content=False``), or None when the object is gone (404)."""
+    try:
+        return _json(call())
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
 def api_message(error: ApiException) -> str:
     """The API server's own message for an error (the Status object's ``message``)."""
     try:
@@ -65,14 +77,15 @@ class ChildResult:
     body: JSON
 
 
-def controller_uid(body: Mapping[str, Any]) -> str | None:
-    refs = (body.get("metadata") or {}).get("ownerReferences") or []
-    return next((ref.get("uid") for ref in refs if ref.get("controller")), None)
+def controller_of(body: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """The object's controller reference (the owner garbage collection follows), or ``{}``."""
+    refs = ((body or {}).get("metadata") or {}).get("ownerReferences") or []
+    return next((ref for ref in refs if ref.get("controller")), {})
 
 
-def controller_kind(body: Mapping[str, Any]) -> str | None:
-    refs = (body.get("metadata") or {}).get("ownerReferences") or []
-    return next((f"{ref.get('apiVersion')}/{ref.get('kind')}" for ref in refs if ref.get("controller")), None)
+def controlled_by(body: Mapping[str, Any] | None, owner_uid: str | None) -> bool:
+    """Whether the object is this very owner's child (by UID: a namesake owner's leftovers are not)."""
+    return owner_uid is not None and controller_of(body).get("uid") == owner_uid
 
 
 class KubeApi:
@@ -87,26 +100,16 @@ class KubeApi:
     # Sandboxes ---------------------------------------------------------------------------------------------
 
     def get_sandbox(self, namespace: str, name: str) -> JSON | None:
-        try:
-            return _json(self.custom.get_namespaced_custom_object(
-                constants.GROUP, constants.VERSION, namespace, constants.PLURAL, name,
-                _preload_content=False, _request_timeout=REQUEST_TIMEOUT))
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
+        return _unless_missing(lambda: self.custom.get_namespaced_custom_object(
+            constants.GROUP, constants.VERSION, namespace, constants.PLURAL, name,
+            _preload_content=False, _request_timeout=REQUEST_TIMEOUT))
 
     def patch_sandbox_status(self, namespace: str, name: str, status_patch: Mapping[str, Any]) -> JSON | None:
         """Merge-patches ``status`` through the status subresource; None if the Sandbox is gone."""
-        try:
-            return _json(self.custom.patch_namespaced_custom_object_status(
-                constants.GROUP, constants.VERSION, namespace, constants.PLURAL, name,
-                {"status": dict(status_patch)}, field_manager=constants.MANAGER_NAME,
-                _preload_content=False, _request_timeout=REQUEST_TIMEOUT))
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
+        return _unless_missing(lambda: self.custom.patch_namespaced_custom_object_status(
+            constants.GROUP, constants.VERSION, namespace, constants.PLURAL, name,
+            {"status": dict(status_patch)}, field_manager=constants.MANAGER_NAME,
+            _preload_content=False, _request_timeout=REQUEST_TIMEOUT))
 
     def delete_sandbox(self, namespace: str, name: str, uid: str, resource_version: str | None = None) -> bool:
         """Deletes this very Sandbox: preconditions on the UID (not a new namesake) and, if given, the
@@ -126,23 +129,13 @@ class KubeApi:
     # Pods --------------------------------------------------------------------------------------------------
 
     def get_pod(self, namespace: str, name: str) -> JSON | None:
-        try:
-            return _json(self.core.read_namespaced_pod(name, namespace, _preload_content=False,
-                                                       _request_timeout=REQUEST_TIMEOUT))
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
+        return _unless_missing(lambda: self.core.read_namespaced_pod(
+            name, namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT))
 
     def patch_pod(self, namespace: str, name: str, patch: Mapping[str, Any]) -> JSON | None:
-        try:
-            return _json(self.core.patch_namespaced_pod(
-                name, namespace, dict(patch), field_manager=constants.MANAGER_NAME, _content_type=MERGE_PATCH,
-                _preload_content=False, _request_timeout=REQUEST_TIMEOUT))
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
+        return _unless_missing(lambda: self.core.patch_namespaced_pod(
+            name, namespace, dict(patch), field_manager=constants.MANAGER_NAME, _content_type=MERGE_PATCH,
+            _preload_content=False, _request_timeout=REQUEST_TIMEOUT))
 
     def delete_pod(self, namespace: str, name: str, uid: str | None, grace_seconds: int) -> None:
         options = client.V1DeleteOptions(grace_period_seconds=grace_seconds,
@@ -155,17 +148,11 @@ class KubeApi:
                 raise
 
     def create_pod(self, pod: client.V1Pod, owner_uid: str) -> ChildResult:
-        namespace = pod.metadata.namespace if pod.metadata else None
-        name = pod.metadata.name if pod.metadata else None
-        assert namespace and name
-        try:
-            return ChildResult(Adoption.CREATED, _json(self.core.create_namespaced_pod(
+        return self._create_child(
+            pod.metadata, owner_uid, self.get_pod,
+            lambda namespace: self.core.create_namespaced_pod(
                 namespace, pod, field_manager=constants.MANAGER_NAME, _preload_content=False,
-                _request_timeout=REQUEST_TIMEOUT)))
-        except ApiException as error:
-            if error.status != 409:
-                raise
-        return self._judge_existing(self.get_pod(namespace, name), owner_uid)
+                _request_timeout=REQUEST_TIMEOUT))
 
     def pod_event_message(self, namespace: str, pod_uid: str, reason: str) -> str | None:
         """The message of the latest Event with ``reason`` about this very pod (by UID), or None."""
@@ -187,26 +174,15 @@ class KubeApi:
     # NetworkPolicies ---------------------------------------------------------------------------------------
 
     def get_network_policy(self, namespace: str, name: str) -> JSON | None:
-        try:
-            return _json(self.networking.read_namespaced_network_policy(
-                name, namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT))
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
+        return _unless_missing(lambda: self.networking.read_namespaced_network_policy(
+            name, namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT))
 
     def create_network_policy(self, policy: client.V1NetworkPolicy, owner_uid: str) -> ChildResult:
-        namespace = policy.metadata.namespace if policy.metadata else None
-        name = policy.metadata.name if policy.metadata else None
-        assert namespace and name
-        try:
-            return ChildResult(Adoption.CREATED, _json(self.networking.create_namespaced_network_policy(
+        return self._create_child(
+            policy.metadata, owner_uid, self.get_network_policy,
+            lambda namespace: self.networking.create_namespaced_network_policy(
                 namespace, policy, field_manager=constants.MANAGER_NAME, _preload_content=False,
-                _request_timeout=REQUEST_TIMEOUT)))
-        except ApiException as error:
-            if error.status != 409:
-                raise
-        return self._judge_existing(self.get_network_policy(namespace, name), owner_uid)
+                _request_timeout=REQUEST_TIMEOUT))
 
     def delete_network_policy(self, namespace: str, name: str) -> None:
         try:
@@ -218,14 +194,26 @@ class KubeApi:
 
     # -------------------------------------------------------------------------------------------------------
 
+    def _create_child(self, metadata: client.V1ObjectMeta | None, owner_uid: str,
+                      read: Callable[[str, str], JSON | None], create: Callable[[str], Any]) -> ChildResult:
+        """Creates a child in its namespace; when the name is taken (409), judges the object that has it."""
+        namespace, name = (metadata.namespace, metadata.name) if metadata else (None, None)
+        assert namespace and name
+        try:
+            return ChildResult(Adoption.CREATED, _json(create(namespace)))
+        except ApiException as error:
+            if error.status != 409:
+                raise
+        return self._judge_existing(read(namespace, name), owner_uid)
+
     @staticmethod
     def _judge_existing(existing: JSON | None, owner_uid: str) -> ChildResult:
         """After a 409: ours (adopt it), an earlier namesake Sandbox's (wait), or someone else's (conflict)."""
         if existing is None:  # deleted between our create and our read: the caller retries
             return ChildResult(Adoption.STALE, {})
-        uid = controller_uid(existing)
-        if uid == owner_uid:
+        if controlled_by(existing, owner_uid):
             return ChildResult(Adoption.EXISTING, existing)
-        if controller_kind(existing) == f"{constants.API_VERSION}/{constants.KIND}":
+        controller = controller_of(existing)
+        if (controller.get("apiVersion"), controller.get("kind")) == (constants.API_VERSION, constants.KIND):
             return ChildResult(Adoption.STALE, existing)
         return ChildResult(Adoption.FOREIGN, existing)

@@ -7,17 +7,14 @@ the operator re-checks objects that got past admission (for example, written whi
 
 from __future__ import annotations
 
-import datetime
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
-    PlainSerializer,
     StringConstraints,
     ValidationError,
     WithJsonSchema,
@@ -28,6 +25,7 @@ from pydantic.alias_generators import to_camel
 
 from sandbox_operator import constants
 from sandbox_operator.models import limits
+from sandbox_operator.models.base import CrdModel
 from sandbox_operator.models.cel import (
     LABEL_VALUE_MAX_LENGTH,
     LABEL_VALUE_PATTERN,
@@ -39,7 +37,11 @@ from sandbox_operator.models.cel import (
     is_reserved_key,
     key_rules,
 )
+from sandbox_operator.models.conditions import TERMINAL_PHASES as TERMINAL_PHASES
+from sandbox_operator.models.conditions import Condition, Phase
 from sandbox_operator.models.quantity import Quantity, parse_quantity
+from sandbox_operator.models.timestamps import Time as Time
+from sandbox_operator.models.timestamps import format_time as format_time
 
 # --------------------------------------------------------------------------------------------------------------
 # Shared types
@@ -52,45 +54,10 @@ DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 ABSOLUTE_PATH_PATTERN = r"^(/[-_a-zA-Z0-9@+][-._a-zA-Z0-9@+]*)*/?$"
 ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 RESERVED_ENV_PREFIX = "SANDBOX_"
-CONDITION_REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 
-Phase = Literal["Pending", "Ready", "Terminating", "Expired", "Failed"]
-TERMINAL_PHASES: frozenset[str] = frozenset({"Expired", "Failed"})
-
-
-def _utc(value: datetime.datetime) -> datetime.datetime:
-    if value.tzinfo is None:
-        raise ValueError("timestamps must carry a time zone")
-    return value.astimezone(datetime.UTC).replace(microsecond=0)
-
-
-def format_time(value: datetime.datetime) -> str:
-    """RFC 3339 in UTC with second precision, as Kubernetes writes ``metav1.Time``."""
-    return _utc(value).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-Time = Annotated[
-    datetime.datetime,
-    AfterValidator(_utc),
-    PlainSerializer(format_time, return_type=str),
-    WithJsonSchema({"type": "string", "format": "date-time"}),
-]
 ArgString = Annotated[str, StringConstraints(max_length=limits.MAX_ARG_LENGTH)]
 LabelValue = Annotated[str, StringConstraints(max_length=LABEL_VALUE_MAX_LENGTH, pattern=LABEL_VALUE_PATTERN)]
 AnnotationValue = Annotated[str, StringConstraints(max_length=limits.MAX_ANNOTATION_VALUE_LENGTH)]
-
-
-class _Model(BaseModel):
-    """Frozen, camelCase, closed (unknown fields are errors; the API server prunes them anyway) and strict:
-    JSON types as the CRD declares them, no "20" for 20."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=True,
-                              use_attribute_docstrings=True, json_schema_extra=cel_json_schema_extra, strict=True)
-    cel_rules: ClassVar[tuple[CelRule, ...]] = ()
-
-
-def _has(parent: str, name: str) -> str:
-    return f"has({parent}.{name})"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -134,7 +101,7 @@ def _check_bounds(model: BaseModel) -> None:
             raise ValueError(f"{field} must be between {low} and {high}")
 
 
-class ResourceRequests(_Model):
+class ResourceRequests(CrdModel):
     """What the scheduler reserves for the sandbox on its node (pod requests). Unset fields take the operator's
     defaults (10m CPU, 64Mi memory, 64Mi ephemeral storage unless configured otherwise), capped at the
     sandbox's limits. Requests equal to the limits give the pod Guaranteed QoS."""
@@ -154,7 +121,7 @@ class ResourceRequests(_Model):
         return self
 
 
-class Resources(_Model):
+class Resources(CrdModel):
     """Compute resources of the sandbox. cpu, memory, ephemeralStorage and pids are hard limits; requests (what
     the scheduler reserves) are separate and small by default, so idle sandboxes pack a node (Burstable QoS).
     Unset fields take the operator's defaults (1 CPU, 512Mi memory, 1Gi ephemeral storage, 20 processes unless
@@ -186,7 +153,7 @@ class Resources(_Model):
         return self
 
 
-class Timeouts(_Model):
+class Timeouts(CrdModel):
     """Time limits. Unset fields take the operator's defaults (300 s per command, 1800 s idle, 3600 s
     lifetime unless configured otherwise)."""
 
@@ -221,7 +188,7 @@ class Timeouts(_Model):
         return self
 
 
-class SecretKeySelector(_Model):
+class SecretKeySelector(CrdModel):
     """A key of a Secret in the Sandbox's namespace."""
 
     name: str = Field(max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)
@@ -232,14 +199,14 @@ class SecretKeySelector(_Model):
     """Start the sandbox even if the Secret or key is missing."""
 
 
-class EnvVarSource(_Model):
+class EnvVarSource(CrdModel):
     """Where an environment variable's value comes from."""
 
     secret_key_ref: SecretKeySelector
     """A Secret key. Allowed only if the operator is configured with allowSecretEnv."""
 
 
-class EnvVar(_Model):
+class EnvVar(CrdModel):
     """An environment variable of the sandbox's main process (and, through the SDK, of its commands)."""
 
     cel_rules = (
@@ -266,7 +233,7 @@ class EnvVar(_Model):
         return self
 
 
-class Toleration(_Model):
+class Toleration(CrdModel):
     """A toleration of the sandbox pod, for example to run on dedicated sandbox nodes."""
 
     cel_rules = (
@@ -327,7 +294,7 @@ _LIFETIME_RULE = CelRule(
 )
 
 
-class SandboxSpec(_Model):
+class SandboxSpec(CrdModel):
     """Desired sandbox. Every field is optional: the operator fills in its configured defaults."""
 
     # Transition rules: checked on update only (they use oldSelf).
@@ -415,27 +382,7 @@ def to_snake(camel: str) -> str:
 # status
 
 
-class Condition(_Model):
-    """A condition in the shape of metav1.Condition."""
-
-    model_config = ConfigDict(extra="ignore", strict=False)
-
-    type: str = Field(max_length=316, pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*"
-                                               r"[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$")
-    """Condition type in CamelCase; Ready summarises the sandbox."""
-    status: Literal["True", "False", "Unknown"]
-    """True, False or Unknown."""
-    observed_generation: int | None = Field(None, ge=0)
-    """The metadata.generation this condition was computed from."""
-    last_transition_time: Time
-    """When the status last changed."""
-    reason: str = Field(max_length=1024, min_length=1, pattern=CONDITION_REASON_PATTERN)
-    """Machine-readable CamelCase reason of the last transition."""
-    message: str = Field("", max_length=32768)
-    """Human-readable details."""
-
-
-class SandboxStatus(_Model):
+class SandboxStatus(CrdModel):
     """Observed state, written only by the operator."""
 
     model_config = ConfigDict(extra="ignore", strict=False)

@@ -6,9 +6,15 @@
 ...     print(sandbox.run("python3 -c 'print(1 + 1)'").stdout)
 2
 
+One name per action: ``manager.create/get/list/delete``; on a sandbox ``run`` (to completion), ``stream``
+(output as it arrives), ``start`` (in the background), ``files.read_bytes/read_text/write/list/stat/exists/
+remove/mkdir/upload/download``, ``health``, ``events``, ``delete``. The session methods of the manager
+(``create_session``, ``execute_command``, ...) are the same operations by session id (:mod:`.sessions`).
+
 Importing this package talks to nothing; it needs neither the operator nor kopf.
 """
 
+from sandbox_operator.models.conditions import Condition
 from sandbox_operator.sdk.activity import ActivityRecorder
 from sandbox_operator.sdk.commands import CommandHandle, CommandResult, CommandStream, OutputChunk
 from sandbox_operator.sdk.errors import (
@@ -21,6 +27,7 @@ from sandbox_operator.sdk.errors import (
     FileError,
     FileTooLarge,
     InvalidSandboxSpec,
+    NamespaceNotServed,
     PathOutsideSandbox,
     SandboxAlreadyExists,
     SandboxError,
@@ -34,14 +41,15 @@ from sandbox_operator.sdk.errors import (
 from sandbox_operator.sdk.events import EventStream, SandboxEvent, Subscription
 from sandbox_operator.sdk.exec import StdinPipe
 from sandbox_operator.sdk.files import FileInfo, Files
-from sandbox_operator.sdk.health import Condition, Health
+from sandbox_operator.sdk.health import Health
 from sandbox_operator.sdk.manager import Progress, SandboxManager, build_sandbox, build_spec
 from sandbox_operator.sdk.sandbox import Sandbox
 
 __all__ = [
     "ActivityRecorder", "ApiError", "CommandError", "CommandHandle", "CommandResult", "CommandStream",
     "CommandTimeout", "Condition", "ConfigError", "CrdNotInstalled", "EventStream", "ExecError", "FileError",
-    "FileInfo", "FileTooLarge", "Files", "Health", "InvalidSandboxSpec", "OutputChunk", "PathOutsideSandbox",
+    "FileInfo", "FileTooLarge", "Files", "Health", "InvalidSandboxSpec", "NamespaceNotServed", "OutputChunk",
+    "PathOutsideSandbox",
     "Progress", "Sandbox", "SandboxAlreadyExists", "SandboxError", "SandboxEvent", "SandboxFailed",
     "SandboxFileNotFound", "SandboxForbidden", "SandboxManager", "SandboxNotFound", "SandboxNotReady",
     "StdinPipe", "Subscription", "WaitTimeout", "build_sandbox", "build_spec",

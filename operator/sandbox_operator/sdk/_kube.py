@@ -10,16 +10,18 @@ import contextlib
 import json
 import math
 import os
-import socket
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any, NoReturn, cast
 
 import urllib3
 from kubernetes import client
 from kubernetes import config as _config
+from kubernetes import watch as _watch
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
@@ -28,8 +30,13 @@ from sandbox_operator.sdk import errors
 
 IN_CLUSTER_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 ENV_NAMESPACE = "SANDBOX_NAMESPACE"
-config: Any = _config  # untyped module
+config: Any = _config  # untyped modules
+watch: Any = _watch
 WATCH_LEG_SECONDS = 300  # one watch request; then it resumes from the last resourceVersion
+WATCH_RETRIES = 3  # broken connections in a row, without an event in between, before a watch gives up
+WATCH_RETRY_PAUSE = 1.0
+# Asks for an object's metadata only (the Sandbox CRD's schema is large and not needed).
+PARTIAL_METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 CONNECT_TIMEOUT = 15.0
 REQUEST_TIMEOUT = (CONNECT_TIMEOUT, 120.0)  # (connect, read) for every non-watch call
 
@@ -144,6 +151,11 @@ def raise_api_error(exc: ApiException, *, name: str | None = None,
     raise error_from_status(exc.status, status, name=name, namespace=namespace) from exc
 
 
+def unreachable(exc: BaseException, *, name: str | None, namespace: str | None) -> errors.ApiError:
+    return errors.ApiError(f"cannot reach the Kubernetes API: {exc}", reason="Unreachable", name=name,
+                           namespace=namespace)
+
+
 @contextlib.contextmanager
 def translated(name: str | None = None, namespace: str | None = None) -> Iterator[None]:
     """Turns client exceptions into SDK errors; nothing is swallowed."""
@@ -152,8 +164,7 @@ def translated(name: str | None = None, namespace: str | None = None) -> Iterato
     except ApiException as exc:
         raise_api_error(exc, name=name, namespace=namespace)
     except urllib3.exceptions.HTTPError as exc:
-        raise errors.ApiError(f"cannot reach the Kubernetes API: {exc}", reason="Unreachable",
-                              name=name, namespace=namespace) from exc
+        raise unreachable(exc, name=name, namespace=namespace) from exc
 
 
 class KubeApi:
@@ -163,6 +174,7 @@ class KubeApi:
         self.api_client = api_client
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
+        self.extensions = client.ApiextensionsV1Api(api_client)
 
     # Sandboxes ------------------------------------------------------------------------------------------
 
@@ -211,30 +223,36 @@ class KubeApi:
 
     def watch_sandboxes(
         self, namespace: str | None, *, name: str | None = None, label_selector: str | None = None,
-        resource_version: str | None = None, timeout_seconds: int | None = None,
-        stopper: list[WatchStopper] | None = None,
+        resource_version: str | None = None, timeout_seconds: float | None = None,
+        known: Iterable[dict[str, Any]] = (), stopper: list[WatchStopper] | None = None,
     ) -> Iterator[dict[str, Any]]:
-        """Raw watch events ``{"type", "object"}`` of Sandboxes, resuming on disconnects.
-
-        ``timeout_seconds`` ends the watch (server side); without it the watch runs until the caller stops
-        iterating or calls ``stop()`` on the WatchStopper appended to ``stopper``.
-        """
-        kwargs: dict[str, Any] = {"allow_watch_bookmarks": True}
+        """Watch events ``{"type", "object"}`` of Sandboxes after ``resource_version``; see :meth:`_watch`."""
+        selectors: dict[str, Any] = {}
         if name:
-            kwargs["field_selector"] = f"metadata.name={name}"
+            selectors["field_selector"] = f"metadata.name={name}"
         if label_selector:
-            kwargs["label_selector"] = label_selector
-        if resource_version:
-            kwargs["resource_version"] = resource_version
-        if timeout_seconds is not None:
-            kwargs["timeout_seconds"] = max(1, int(timeout_seconds))
+            selectors["label_selector"] = label_selector
         if namespace is None:
-            func: Any = self.custom.list_cluster_custom_object
+            func: Callable[..., Any] = self.custom.list_cluster_custom_object
             args: tuple[Any, ...] = (constants.GROUP, constants.VERSION, constants.PLURAL)
         else:
             func = self.custom.list_namespaced_custom_object
             args = (constants.GROUP, constants.VERSION, namespace, constants.PLURAL)
-        yield from self._watch(func, args, kwargs, name=name, namespace=namespace, stopper=stopper)
+        return self._watch(func, args, selectors, name=name, namespace=namespace, resource_version=resource_version,
+                           timeout_seconds=timeout_seconds, known=known, stopper=stopper)
+
+    def operator_registry(self) -> dict[str, str]:
+        """The annotations of the Sandbox CRD, where running operators say which namespaces they serve.
+
+        Only the object's metadata is fetched, not its schema. Without ``get`` on the CRD this raises
+        :class:`SandboxForbidden`; when it is missing, :class:`SandboxNotFound`.
+        """
+        with translated(constants.CRD_NAME, None):
+            resp = self.extensions.read_custom_resource_definition(
+                constants.CRD_NAME, _preload_content=False, _request_timeout=REQUEST_TIMEOUT,
+                _headers={"Accept": f"{PARTIAL_METADATA},application/json"})
+        annotations = (_json(resp).get("metadata") or {}).get("annotations") or {}
+        return {str(k): str(v) for k, v in annotations.items()}
 
     # Pods and events --------------------------------------------------------------------------------------
 
@@ -261,116 +279,124 @@ class KubeApi:
 
     def watch_events(
         self, namespace: str | None, *, field_selector: str | None = None,
-        resource_version: str | None = None, timeout_seconds: int | None = None,
-        stopper: list[WatchStopper] | None = None,
+        resource_version: str | None = None, timeout_seconds: float | None = None,
+        known: Iterable[dict[str, Any]] = (), stopper: list[WatchStopper] | None = None,
     ) -> Iterator[dict[str, Any]]:
-        kwargs: dict[str, Any] = {"allow_watch_bookmarks": True}
-        if field_selector:
-            kwargs["field_selector"] = field_selector
-        if resource_version:
-            kwargs["resource_version"] = resource_version
-        if timeout_seconds is not None:
-            kwargs["timeout_seconds"] = max(1, int(timeout_seconds))
+        """Watch events of Kubernetes Events after ``resource_version``; see :meth:`_watch`."""
+        selectors: dict[str, Any] = {"field_selector": field_selector} if field_selector else {}
         if namespace is None:
-            func: Any = self.core.list_event_for_all_namespaces
+            func: Callable[..., Any] = self.core.list_event_for_all_namespaces
             args: tuple[Any, ...] = ()
         else:
             func = self.core.list_namespaced_event
             args = (namespace,)
-        yield from self._watch(func, args, kwargs, name=None, namespace=namespace, stopper=stopper)
+        return self._watch(func, args, selectors, name=None, namespace=namespace, resource_version=resource_version,
+                           timeout_seconds=timeout_seconds, known=known, stopper=stopper)
 
-    def _watch(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, name: str | None,
-               namespace: str | None, stopper: list[WatchStopper] | None) -> Iterator[dict[str, Any]]:
-        """A watch that resumes from the last resourceVersion after every disconnect or server timeout.
+    def _watch(self, list_func: Callable[..., Any], args: tuple[Any, ...], selectors: dict[str, Any], *,
+               name: str | None, namespace: str | None, resource_version: str | None,
+               timeout_seconds: float | None, known: Iterable[dict[str, Any]],
+               stopper: list[WatchStopper] | None) -> Iterator[dict[str, Any]]:
+        """Watch events after ``resource_version`` (the client's :class:`kubernetes.watch.Watch`, with bookmarks),
+        resumed from the last resourceVersion after each server timeout or broken connection.
 
-        With ``timeout_seconds`` it ends at that deadline; on ``410 Gone`` it restarts from the current state
-        (the server then replays the existing objects as ADDED).
+        ``timeout_seconds`` ends it; without one it runs until the caller stops iterating or calls ``stop()`` on
+        the :class:`WatchStopper` appended to ``stopper``. When the resume point is too old (410 Gone), the
+        objects are listed again and what changed since the last event (or since ``known``, the objects the
+        caller listed) is yielded as ADDED, MODIFIED and DELETED events before watching on from the list.
         """
         stop = WatchStopper()
         if stopper is not None:
             stopper.append(stop)
-        total = kwargs.pop("timeout_seconds", None)
-        deadline = None if total is None else time.monotonic() + total
-        rv: str | None = kwargs.pop("resource_version", None)
-        while not stop.stopped:
+        deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
+        seen = {_key(obj): obj for obj in known}
+        rv = resource_version
+        failures = 0
+        while not stop.stopped.is_set():
             leg = WATCH_LEG_SECONDS
             if deadline is not None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return
                 leg = max(1, min(leg, math.ceil(remaining)))
-            call_kwargs = dict(kwargs, watch=True, timeout_seconds=leg, _preload_content=False,
-                               _request_timeout=(CONNECT_TIMEOUT, leg + 30))
+            stop.watch = watcher = watch.Watch(return_type=object)
+            kwargs = dict(selectors, allow_watch_bookmarks=True, timeout_seconds=leg,
+                          _request_timeout=(CONNECT_TIMEOUT, leg + 30))
             if rv:
-                call_kwargs["resource_version"] = rv
-            with translated(name, namespace):
-                try:
-                    resp = func(*args, **call_kwargs)
-                except urllib3.exceptions.ProtocolError:
-                    if stop.stopped:
-                        return
-                    raise
-            stop.response = resp
-            gone = False
+                kwargs["resource_version"] = rv
             try:
-                for line in _iter_lines(resp, stop):
-                    event = json.loads(line)
-                    etype = event.get("type")
-                    obj = event.get("object") or {}
-                    if etype == "ERROR":
-                        if obj.get("code") == 410:
-                            gone = True
-                            break
-                        raise error_from_status(obj.get("code"), obj, name=name, namespace=namespace)
-                    new_rv = (obj.get("metadata") or {}).get("resourceVersion")
-                    if new_rv:
-                        rv = new_rv
-                    if etype == "BOOKMARK":
-                        continue
-                    yield event
-            except (urllib3.exceptions.ProtocolError, urllib3.exceptions.ReadTimeoutError, OSError):
-                if stop.stopped:
+                with contextlib.closing(watcher.stream(list_func, *args, **kwargs)) as events:
+                    for event in events:
+                        failures = 0
+                        rv = watcher.resource_version or rv
+                        if event["type"] == "BOOKMARK":
+                            continue
+                        _remember(seen, event["type"], event["raw_object"])
+                        yield {"type": event["type"], "object": event["raw_object"]}
+            except ApiException as exc:
+                if exc.status != HTTPStatus.GONE:
+                    raise_api_error(exc, name=name, namespace=namespace)
+                rv = yield from self._relist(list_func, args, selectors, seen, name=name, namespace=namespace)
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                if stop.stopped.is_set():
                     return
-                # A broken connection: resume from the last resourceVersion.
-            finally:
-                stop.response = None
-                with contextlib.suppress(Exception):
-                    resp.release_conn()
-            if gone:
-                rv = None
+                failures += 1
+                if failures > WATCH_RETRIES:
+                    raise unreachable(exc, name=name, namespace=namespace) from exc
+                if failures > 1:  # a dropped connection is resumed at once; a failing API is not hammered
+                    stop.stopped.wait(WATCH_RETRY_PAUSE)
+
+    @staticmethod
+    def _relist(list_func: Callable[..., Any], args: tuple[Any, ...], selectors: dict[str, Any],
+                seen: dict[tuple[str, str], dict[str, Any]], *, name: str | None,
+                namespace: str | None) -> Generator[dict[str, Any], None, str | None]:
+        """Lists the objects again and yields how they differ from ``seen``; returns the list's resourceVersion."""
+        with translated(name, namespace):
+            listed = _json(list_func(*args, **selectors, _preload_content=False, _request_timeout=REQUEST_TIMEOUT))
+        current = {_key(obj): obj for obj in listed.get("items") or []}
+        for key, obj in current.items():
+            before = seen.get(key)
+            if before is None:
+                yield {"type": "ADDED", "object": obj}
+            elif _resource_version(before) != _resource_version(obj):
+                yield {"type": "MODIFIED", "object": obj}
+        for key in seen.keys() - current.keys():
+            yield {"type": "DELETED", "object": seen[key]}
+        seen.clear()
+        seen.update(current)
+        rv = (listed.get("metadata") or {}).get("resourceVersion")
+        return str(rv) if rv else None
 
 
 class WatchStopper:
-    """Stops a running watch from another thread by closing its connection."""
+    """Stops a running watch from another thread."""
 
     def __init__(self) -> None:
-        self.stopped = False
-        self.response: Any = None
+        self.stopped = threading.Event()
+        self.watch: Any = None  # the watch.Watch of the current request
 
     def stop(self) -> None:
-        self.stopped = True
-        resp = self.response
-        if resp is not None:
-            with contextlib.suppress(Exception):
-                sock = getattr(getattr(resp, "connection", None), "sock", None)
-                if sock is not None:
-                    sock.shutdown(socket.SHUT_RDWR)
-            with contextlib.suppress(Exception):
-                resp.close()
+        self.stopped.set()
+        current = self.watch
+        if current is not None:
+            current.stop()
 
 
-def _iter_lines(resp: Any, stop: WatchStopper) -> Iterator[bytes]:
-    buf = b""
-    for chunk in resp.stream(None, decode_content=False):
-        if stop.stopped:
-            return
-        buf += chunk
-        while b"\n" in buf:
-            line, buf = buf.split(b"\n", 1)
-            if line.strip():
-                yield line
-    if buf.strip() and not stop.stopped:
-        yield buf
+def _key(obj: dict[str, Any]) -> tuple[str, str]:
+    meta = obj.get("metadata") or {}
+    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+
+
+def _resource_version(obj: dict[str, Any]) -> str | None:
+    rv = (obj.get("metadata") or {}).get("resourceVersion")
+    return str(rv) if rv else None
+
+
+def _remember(seen: dict[tuple[str, str], dict[str, Any]], event_type: str, obj: dict[str, Any]) -> None:
+    if event_type == "DELETED":
+        seen.pop(_key(obj), None)
+    else:
+        seen[_key(obj)] = obj
 
 
 def _as_dict(value: object) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 from sandbox_operator import constants
+from sandbox_operator.models.timestamps import format_time
 from sandbox_operator.sdk import errors
 from sandbox_operator.sdk._kube import KubeApi
 
@@ -27,28 +28,9 @@ MIN_INTERVAL = 1.0
 Key = tuple[str, str]  # (namespace, name)
 
 
-def rfc3339(moment: datetime | None = None) -> str:
-    """``2026-11-28T01:02:03Z``: UTC, second precision, the form Kubernetes itself writes."""
-    moment = moment or datetime.now(UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_rfc3339(value: str | None) -> datetime | None:
-    """Parses a Kubernetes timestamp (``Z`` or an offset, optional fraction); None when absent or invalid."""
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed
-
-
 def activity_patch(moment: datetime | None = None) -> dict[str, object]:
-    """The merge patch that records activity."""
-    return {"metadata": {"annotations": {constants.ANNOTATION_LAST_ACTIVITY: rfc3339(moment)}}}
+    """The merge patch that records activity (now, unless ``moment`` is given)."""
+    return {"metadata": {"annotations": {constants.ANNOTATION_LAST_ACTIVITY: format_time(moment or datetime.now(UTC))}}}
 
 
 def interval_for(idle_seconds: float | None, default: float = DEFAULT_INTERVAL) -> float:
@@ -142,10 +124,6 @@ class ActivityRecorder:
                     self._active.pop(key, None)
                 else:
                     self._active[key] = count
-
-    def active(self) -> list[Key]:
-        with self._lock:
-            return list(self._active)
 
     def close(self) -> None:
         self._stopped = True

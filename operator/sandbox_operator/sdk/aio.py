@@ -22,6 +22,7 @@ from sandbox_operator.sdk.files import FileInfo, Files
 from sandbox_operator.sdk.health import Health
 from sandbox_operator.sdk.manager import ProgressCallback, SandboxManager
 from sandbox_operator.sdk.sandbox import Sandbox
+from sandbox_operator.sdk.sessions import AsyncSessionApi
 
 _DONE = object()
 
@@ -66,9 +67,6 @@ class AsyncFiles:
 
     async def read_text(self, path: str, *, encoding: str = "utf-8") -> str:
         return await asyncio.to_thread(self.sync.read_text, path, encoding=encoding)
-
-    async def read(self, path: str, *, text: bool = False) -> bytes | str:
-        return await asyncio.to_thread(self.sync.read, path, text=text)
 
     async def write(self, path: str, data: bytes | str, *, mode: int = 0o644, parents: bool = True) -> str:
         return await asyncio.to_thread(self.sync.write, path, data, mode=mode, parents=parents)
@@ -165,7 +163,7 @@ class AsyncSandbox:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.destroy(missing_ok=True)
+        await self.delete(missing_ok=True)
 
     async def refresh(self) -> AsyncSandbox:
         await asyncio.to_thread(self.sync.refresh)
@@ -179,8 +177,8 @@ class AsyncSandbox:
         await asyncio.to_thread(self.sync.wait_ready, timeout, on_progress)
         return self
 
-    async def destroy(self, *, wait: bool = False, timeout: float = 120, missing_ok: bool = False) -> None:
-        await asyncio.to_thread(self.sync.destroy, wait=wait, timeout=timeout, missing_ok=missing_ok)
+    async def delete(self, *, wait: bool = False, timeout: float = 120, missing_ok: bool = False) -> None:
+        await asyncio.to_thread(self.sync.delete, wait=wait, timeout=timeout, missing_ok=missing_ok)
 
     async def touch(self) -> bool:
         return await asyncio.to_thread(self.sync.touch)
@@ -224,7 +222,7 @@ class AsyncSandbox:
             yield event
 
 
-class AsyncSandboxManager:
+class AsyncSandboxManager(AsyncSessionApi):
     """The asyncio form of :class:`~sandbox_operator.sdk.manager.SandboxManager` (same arguments)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -249,8 +247,6 @@ class AsyncSandboxManager:
     async def get(self, name: str, *, namespace: str | None = None) -> AsyncSandbox:
         return AsyncSandbox(await asyncio.to_thread(self.sync.get, name, namespace=namespace))
 
-    connect = get
-
     async def list(self, labels: Mapping[str, str] | str | None = None, *, namespace: str | None = None,
                    all_namespaces: bool = False) -> builtins.list[AsyncSandbox]:
         found = await asyncio.to_thread(self.sync.list, labels, namespace=namespace,
@@ -268,13 +264,3 @@ class AsyncSandboxManager:
 
         async for event in _bridge(open_stream):
             yield event
-
-    # The seed's session API.
-    async def create_session(self, **kwargs: Any) -> str:
-        return await asyncio.to_thread(self.sync.create_session, **kwargs)
-
-    async def destroy_session(self, session_id: str, *, wait: bool = False) -> None:
-        await asyncio.to_thread(self.sync.destroy_session, session_id, wait=wait)
-
-    async def execute_command(self, session_id: str, command: str | Sequence[str], **kwargs: Any) -> CommandResult:
-        return await asyncio.to_thread(self.sync.execute_command, session_id, command, **kwargs)

@@ -7,7 +7,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from sandbox_operator.sdk import errors
 from sandbox_operator.sdk.exec import (
@@ -19,6 +19,7 @@ from sandbox_operator.sdk.exec import (
     DeadlineExceeded,
     ExecConnection,
     StdinPipe,
+    StdinSource,
     status_error,
 )
 from sandbox_operator.sdk.text import escape_control
@@ -56,7 +57,9 @@ class CommandResult:
     128+N when a signal N ended it). ``timed_out`` says the wrapper's timeout fired. ``stdout``/``stderr`` are
     text (UTF-8, undecodable bytes replaced); ``stdout_bytes``/``stderr_bytes`` are exact, and are the head of
     the output when it was longer than the cap: ``stdout_truncated``/``stderr_truncated`` then say so and
-    ``stdout_dropped``/``stderr_dropped`` count the bytes that were received and not kept.
+    ``stdout_dropped``/``stderr_dropped`` count the bytes that were received and not kept. ``cpu_seconds`` (user
+    plus system) and ``peak_rss_bytes`` are the command's resource use from ``wait4()``, when the command ran over
+    the channel (None otherwise).
     """
 
     command: list[str]
@@ -70,6 +73,8 @@ class CommandResult:
     stderr_truncated: bool = False
     stdout_dropped: int = 0
     stderr_dropped: int = 0
+    cpu_seconds: float | None = None
+    peak_rss_bytes: int | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -89,11 +94,6 @@ class CommandResult:
     def ok(self) -> bool:
         return self.exit_code == 0 and not self.timed_out
 
-    # Seed-compatible spelling (``result.exitCode`` in the TypeScript SandboxManager).
-    @property
-    def exitCode(self) -> int:  # noqa: N802
-        return self.exit_code
-
     def check(self) -> CommandResult:
         """Returns self when the command succeeded; raises :class:`CommandTimeout` or :class:`CommandError`."""
         if self.timed_out:
@@ -109,12 +109,17 @@ class CommandResult:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "command": self.command, "exitCode": self.exit_code, "stdout": self.stdout, "stderr": self.stderr,
             "durationSeconds": round(self.duration, 6), "timedOut": self.timed_out,
             "stdoutTruncated": self.stdout_truncated, "stderrTruncated": self.stderr_truncated,
             "stdoutDropped": self.stdout_dropped, "stderrDropped": self.stderr_dropped,
         }
+        if self.cpu_seconds is not None:
+            out["cpuSeconds"] = self.cpu_seconds
+        if self.peak_rss_bytes is not None:
+            out["peakRssBytes"] = self.peak_rss_bytes
+        return out
 
 
 def _shown(command: Sequence[str]) -> str:
@@ -141,6 +146,47 @@ def wrapper_refusal(exit_code: int | None, stderr: bytes) -> str | None:
     if first.startswith(WRAPPER_DIAGNOSTIC_PREFIX + " ") and LIMIT_REFUSAL in first:
         return escape_control(first, limit=500)
     return None
+
+
+class FollowedCommand(Protocol):
+    """What :func:`follow` reads: a command's output chunks, then its result (CommandStream, ChannelCommand)."""
+
+    @property
+    def sandbox(self) -> str: ...
+
+    @property
+    def namespace(self) -> str | None: ...
+
+    @property
+    def result(self) -> CommandResult | None: ...
+
+    def __iter__(self) -> Iterator[OutputChunk]: ...
+
+
+def follow(stream: FollowedCommand, on_stdout: Callable[[str], None] | None = None,
+           on_stderr: Callable[[str], None] | None = None) -> CommandResult:
+    """Reads a command's output to its end, passing each chunk to the callback of its stream, and returns the
+    command's result."""
+    for chunk in stream:
+        if chunk.stream == "stdout" and on_stdout is not None:
+            on_stdout(chunk.text)
+        elif chunk.stream == "stderr" and on_stderr is not None:
+            on_stderr(chunk.text)
+    if stream.result is None:
+        raise errors.ExecError("the command stream was closed before the command finished",
+                               reason="StreamClosed", name=stream.sandbox, namespace=stream.namespace)
+    return stream.result
+
+
+def start_stdin(stdin: bool | StdinSource) -> tuple[StdinPipe | None, StdinSource | None]:
+    """``start()``'s stdin: True opens a pipe (fed by ``send_stdin``), False means none, anything else is the
+    command's whole input. Returns the pipe (or None) and the source to send."""
+    if stdin is True:
+        pipe = StdinPipe()
+        return pipe, pipe
+    if stdin is False:
+        return None, None
+    return None, stdin
 
 
 class _Kept:
@@ -248,12 +294,7 @@ class CommandStream:
 
     def wait(self) -> CommandResult:
         """Reads the rest of the output and returns the result."""
-        for _ in self:
-            pass
-        if self.result is None:
-            raise errors.ExecError("the command stream was closed before the command finished",
-                                   reason="StreamClosed", name=self.sandbox, namespace=self.namespace)
-        return self.result
+        return follow(self)
 
     def _note_stderr(self, data: bytes) -> None:
         if len(self._stderr_head) < DIAGNOSTIC_BYTES:

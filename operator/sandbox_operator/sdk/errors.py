@@ -1,4 +1,4 @@
-# ruff: noqa: N818  (the public names are the issue's: SandboxNotFound, CommandTimeout, ...)
+# ruff: noqa: N818  (the names say what happened, without an Error suffix: SandboxNotFound, CommandTimeout, ...)
 """Typed errors of the SDK.
 
 Every error is a :class:`SandboxError`. Each one carries the Kubernetes ``reason`` when there is one (the
@@ -102,6 +102,21 @@ class SandboxFailed(SandboxNotReady):
     (image missing, invalid spec, admission denied...)."""
 
 
+class NamespaceNotServed(SandboxFailed):
+    """No running operator serves the Sandbox's namespace, so nothing will ever make it Ready (reason
+    ``NoOperator``). ``served`` lists the namespaces (or patterns) the running operators watch; the message
+    names them, or says that no operator is running, or that the list could not be read."""
+
+    def __init__(self, message: str, *, served: tuple[str, ...] = (), **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.served = served
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out["servedNamespaces"] = list(self.served)
+        return out
+
+
 class WaitTimeout(SandboxError):
     """Waiting for a condition other than readiness (e.g. deletion) timed out."""
 
@@ -111,6 +126,17 @@ class ExecError(SandboxError):
     image has no exec wrapper, the wrapper refused a limit above the sandbox's own (reason
     ``LimitAboveSandbox``), or the stream broke; or killing a command failed (reason ``KillFailed``). A command
     that ran and failed is *not* an ExecError; see :class:`CommandError`."""
+
+
+class ChannelBroken(ExecError):
+    """The channel to the sandbox's agent broke: the agent was killed or stopped (no answer within the ping
+    timeout), it broke the protocol, or the stream was cut. Every call in flight on the channel raises this; the
+    channel is unusable from then on, and the next call needs a new one."""
+
+
+class AgentUnavailable(ExecError):
+    """No channel could be opened because the sandbox's image has no channel agent, or one that speaks another
+    protocol version (``reason`` says which): commands and files have to go one exec each."""
 
 
 class CommandError(SandboxError):

@@ -17,37 +17,42 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
 from sandbox_operator import constants
+from sandbox_operator.models.timestamps import Time, parse_time
 from sandbox_operator.sdk._kube import KubeApi, WatchStopper
-from sandbox_operator.sdk.activity import parse_rfc3339
 
 EventKind = Literal["state", "event"]
 
 
-@dataclass(frozen=True)
-class SandboxEvent:
+class SandboxEvent(BaseModel):
+    """One state change of a Sandbox (``kind="state"``) or one Kubernetes Event about it (``kind="event"``)."""
+
+    model_config = ConfigDict(frozen=True, alias_generator=to_camel, populate_by_name=True)
+
     kind: EventKind
-    type: str  # state: ADDED | MODIFIED | DELETED | EXISTING; event: Normal | Warning
+    type: str
+    """state: ADDED, MODIFIED, DELETED or EXISTING (already there when the stream began); event: Normal or
+    Warning."""
     reason: str
+    """state: Created, Deleted, Terminating or the new phase; event: the Event's reason."""
     name: str
     namespace: str
     message: str = ""
     phase: str | None = None
-    timestamp: datetime | None = None
+    timestamp: Time | None = None
     involved_kind: str | None = None
-    object: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    object: dict[str, Any] = Field(default_factory=dict, repr=False, exclude=True)
+    """The Sandbox or Event object the event came from."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind, "type": self.type, "reason": self.reason, "name": self.name,
-            "namespace": self.namespace, "message": self.message, "phase": self.phase,
-            "timestamp": self.timestamp.isoformat().replace("+00:00", "Z") if self.timestamp else None,
-            "involvedKind": self.involved_kind,
-        }
+        """The JSON form ``sandboxctl events -o json`` prints."""
+        return self.model_dump(mode="json", by_alias=True)
 
 
 def _phase(obj: dict[str, Any]) -> str | None:
@@ -62,8 +67,8 @@ def state_event(etype: str, obj: dict[str, Any], previous_phase: str | None,
     status = obj.get("status") or {}
     ready_cond: dict[str, Any] = next(
         (c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
-    transition = parse_rfc3339(ready_cond.get("lastTransitionTime"))
-    created = parse_rfc3339(meta.get("creationTimestamp"))
+    transition = parse_time(ready_cond.get("lastTransitionTime"))
+    created = parse_time(meta.get("creationTimestamp"))
     deleting = bool(meta.get("deletionTimestamp"))
     when: datetime | None
     if existing:
@@ -74,10 +79,10 @@ def state_event(etype: str, obj: dict[str, Any], previous_phase: str | None,
         reason, kind, when = "Deleted", "DELETED", None
     elif etype == "MODIFIED":
         if deleting and previous_phase != "Terminating":
-            reason, kind, when = "Terminating", "MODIFIED", parse_rfc3339(meta.get("deletionTimestamp"))
+            reason, kind, when = "Terminating", "MODIFIED", parse_time(meta.get("deletionTimestamp"))
         elif not deleting and phase and phase != previous_phase:
             reason, kind = phase, "MODIFIED"
-            when = parse_rfc3339(status.get("readyTime")) if phase == "Ready" else transition
+            when = parse_time(status.get("readyTime")) if phase == "Ready" else transition
         else:
             return None
     else:
@@ -90,9 +95,9 @@ def state_event(etype: str, obj: dict[str, Any], previous_phase: str | None,
 
 def kube_event(obj: dict[str, Any]) -> SandboxEvent:
     involved = obj.get("involvedObject") or {}
-    when = (parse_rfc3339(obj.get("lastTimestamp")) or parse_rfc3339(obj.get("eventTime"))
-            or parse_rfc3339(obj.get("firstTimestamp"))
-            or parse_rfc3339((obj.get("metadata") or {}).get("creationTimestamp")))
+    when = (parse_time(obj.get("lastTimestamp")) or parse_time(obj.get("eventTime"))
+            or parse_time(obj.get("firstTimestamp"))
+            or parse_time((obj.get("metadata") or {}).get("creationTimestamp")))
     return SandboxEvent(
         kind="event", type=str(obj.get("type") or "Normal"), reason=str(obj.get("reason") or ""),
         name=str(involved.get("name", "")), namespace=str(involved.get("namespace", "")),
@@ -170,19 +175,19 @@ class EventStream:
                 ev = state_event("ADDED", o, None, existing=True)
                 if ev:
                     initial.append(ev)
-        events_rv = None
+        events: dict[str, Any] = {}
         if self.include_kubernetes_events:
-            listed = self.api.list_events(self.namespace, event_selector(self.name))
-            events_rv = (listed.get("metadata") or {}).get("resourceVersion")
+            events = self.api.list_events(self.namespace, event_selector(self.name))
             if self.history:
-                initial += [kube_event(o) for o in listed.get("items", []) if _is_relevant(o, self.name)]
+                initial += [kube_event(o) for o in events.get("items", []) if _is_relevant(o, self.name)]
         initial.sort(key=_sort_key)
         yield from initial
         if not self.follow or self._closed.is_set():
             return
-        self._start(self._pump_sandboxes, sandbox_rv, phases)
+        self._start(self._pump_sandboxes, sandbox_rv, phases, items)
         if self.include_kubernetes_events:
-            self._start(self._pump_events, events_rv)
+            self._start(self._pump_events, (events.get("metadata") or {}).get("resourceVersion"),
+                        events.get("items", []))
         try:
             while not self._closed.is_set():
                 remaining = self._remaining()
@@ -213,13 +218,10 @@ class EventStream:
             if not self._closed.is_set():
                 self._queue.put(exc)
 
-    def _watch_timeout(self) -> int | None:
-        remaining = self._remaining()
-        return None if remaining is None else max(1, int(remaining) + 1)
-
-    def _pump_sandboxes(self, rv: str | None, phases: dict[tuple[Any, Any], str | None]) -> None:
+    def _pump_sandboxes(self, rv: str | None, phases: dict[tuple[Any, Any], str | None],
+                        known: list[dict[str, Any]]) -> None:
         for raw in self.api.watch_sandboxes(self.namespace, name=self.name, label_selector=self.label_selector,
-                                            resource_version=rv, timeout_seconds=self._watch_timeout(),
+                                            resource_version=rv, timeout_seconds=self._remaining(), known=known,
                                             stopper=self._stoppers):
             obj = raw.get("object") or {}
             meta = obj.get("metadata") or {}
@@ -234,9 +236,9 @@ class EventStream:
             if ev is not None:
                 self._queue.put(ev)
 
-    def _pump_events(self, rv: str | None) -> None:
+    def _pump_events(self, rv: str | None, known: list[dict[str, Any]]) -> None:
         for raw in self.api.watch_events(self.namespace, field_selector=event_selector(self.name),
-                                         resource_version=rv, timeout_seconds=self._watch_timeout(),
+                                         resource_version=rv, timeout_seconds=self._remaining(), known=known,
                                          stopper=self._stoppers):
             if raw.get("type") in ("ADDED", "MODIFIED"):
                 obj = raw.get("object") or {}

@@ -84,7 +84,7 @@ class FileInfo(BaseModel):
 _LISTING: TypeAdapter[list[FileInfo]] = TypeAdapter(list[FileInfo])
 
 
-class _ToolErrorReport(BaseModel):
+class ToolErrorReport(BaseModel):
     """The file tool's error line: ``{"error": CLASS, "message": ..., "path": ..., ["errno": ...]}``."""
 
     model_config = ConfigDict(frozen=True, strict=True, extra="forbid")
@@ -168,7 +168,7 @@ class ToolRunner(Protocol):
                   sink: IO[bytes] | None = None) -> CommandResult: ...
 
 
-def parse_tool_error(stderr: bytes) -> _ToolErrorReport | None:
+def parse_tool_error(stderr: bytes) -> ToolErrorReport | None:
     """The tool's error report, only when stderr is exactly one JSON object line, optionally after lines of the
     exec wrapper's own diagnostics; None for anything else."""
     try:
@@ -180,7 +180,7 @@ def parse_tool_error(stderr: bytes) -> _ToolErrorReport | None:
     if any(not line.startswith(WRAPPER_DIAGNOSTIC_PREFIX + " ") for line in wrapper_lines):
         return None
     try:
-        return _ToolErrorReport.model_validate(strict_json(report_line.encode()))
+        return ToolErrorReport.model_validate(strict_json(report_line.encode()))
     except (_BadOutput, ValidationError):
         return None
 
@@ -198,6 +198,11 @@ def tool_error(result: CommandResult, *, path: str | None, sandbox: str | None =
                                     reason="FileToolMissing", name=sandbox)
         return errors.FileError(f"the file tool failed with exit code {result.exit_code}: {said}", path=path,
                                 reason="FileToolFailed", name=sandbox)
+    return report_error(report, path=path, sandbox=sandbox)
+
+
+def report_error(report: ToolErrorReport, *, path: str | None, sandbox: str | None = None) -> errors.SandboxError:
+    """The error an in-image tool's error report stands for (its class name picks the SDK error)."""
     kind = report.error
     message = escape_control(report.message, limit=1000)
     if path and path not in report.message:
@@ -232,7 +237,7 @@ def download_name(remote: str) -> str:
 
 
 class Files:
-    """``sandbox.files``: read, write, list, stat, exists, remove, mkdir, upload and download."""
+    """``sandbox.files``: read_bytes, read_text, write, list, stat, exists, remove, mkdir, upload and download."""
 
     def __init__(self, runner: ToolRunner, *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
                  max_transfer_bytes: int = DEFAULT_MAX_TRANSFER_BYTES,
@@ -264,10 +269,6 @@ class Files:
                   max_bytes: int | None = None) -> str:
         return self.read_bytes(path, max_bytes=max_bytes).decode(encoding, errors)
 
-    def read(self, path: str, *, text: bool = False, max_bytes: int | None = None) -> bytes | str:
-        """Bytes by default; ``text=True`` decodes UTF-8."""
-        return self.read_text(path, max_bytes=max_bytes) if text else self.read_bytes(path, max_bytes=max_bytes)
-
     def write(self, path: str, data: bytes | str, *, mode: int = 0o644, parents: bool = True) -> str:
         """Writes atomically (the tool writes a temporary file and renames it); returns the sandbox path.
 
@@ -290,8 +291,6 @@ class Files:
     def remove(self, path: str, *, recursive: bool = False) -> None:
         p = sandbox_path(path, allow_root=False)
         self._run(["rm", p, *(["--recursive"] if recursive else [])], path=p)
-
-    delete = remove
 
     def mkdir(self, path: str, *, parents: bool = True, mode: int = 0o755) -> str:
         p = sandbox_path(path)
@@ -320,7 +319,7 @@ class Files:
         """Copies a local file, or a directory's contents, to ``remote`` (created, parents too)."""
         src = Path(local)
         if src.is_dir():
-            return self.upload_dir(src, remote)
+            return self._upload_dir(src, remote)
         if not src.is_file():
             raise errors.FileError(f"local path {str(src)!r} is not a file or directory",
                                    path=str(src), reason="LocalFileNotFound")
@@ -331,7 +330,7 @@ class Files:
         file_mode = mode if mode is not None else stat_mod.S_IMODE(src.stat().st_mode)
         return self.write(remote, src.read_bytes(), mode=file_mode)
 
-    def upload_dir(self, local: str | os.PathLike[str], remote: str) -> str:
+    def _upload_dir(self, local: str | os.PathLike[str], remote: str) -> str:
         """Sends a directory's contents as one tar stream, extracted by the tool into ``remote`` (created)."""
         src = Path(local)
         if not src.is_dir():
@@ -362,7 +361,7 @@ class Files:
         p = sandbox_path(remote)
         info = self.stat(p)
         if info.is_dir:
-            return self.download_dir(p, local)
+            return self._download_dir(p, local)
         if not info.is_file:
             raise errors.FileError(f"{p} is not a regular file or a directory", path=p,
                                    reason="NotARegularFile", name=self._runner.name)
@@ -383,7 +382,7 @@ class Files:
             raise
         return dest
 
-    def download_dir(self, remote: str, local: str | os.PathLike[str]) -> Path:
+    def _download_dir(self, remote: str, local: str | os.PathLike[str]) -> Path:
         """Fetches a directory as a plain tar stream (spooled to disk, capped at ``max_transfer_bytes``) and
         extracts its contents into ``local``.
 

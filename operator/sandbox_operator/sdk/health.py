@@ -2,63 +2,37 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import datetime
+import datetime
+from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from sandbox_operator import constants
-from sandbox_operator.sdk.activity import parse_rfc3339
-
-PHASE_PENDING = "Pending"
-PHASE_READY = "Ready"
-PHASE_TERMINATING = "Terminating"
-PHASE_EXPIRED = "Expired"
-PHASE_FAILED = "Failed"
-TERMINAL_PHASES = frozenset({PHASE_FAILED, PHASE_EXPIRED})
-
-# Ready=False reasons that waiting will not fix: creation fails fast on these instead of timing out.
-FATAL_REASONS = frozenset({
-    "ImageMissing", "ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName",
-    "InvalidSpec", "CreateContainerConfigError", "CreateContainerError", "RunContainerError",
-    "ContainerCannotRun", "AdmissionDenied", "PodForbidden", "Forbidden", "CrashLoopBackOff",
-    "DeadlineExceeded", "Expired", "PodFailed", "AdmissionRejected", "StartError", "ProcessExited",
-})
-
-
-@dataclass(frozen=True)
-class Condition:
-    """A ``metav1.Condition``."""
-
-    type: str
-    status: str
-    reason: str | None = None
-    message: str | None = None
-    last_transition_time: datetime | None = None
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Condition:
-        return cls(type=str(data.get("type", "")), status=str(data.get("status", "Unknown")),
-                   reason=data.get("reason"), message=data.get("message"),
-                   last_transition_time=parse_rfc3339(data.get("lastTransitionTime")))
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"type": self.type, "status": self.status}
-        if self.reason:
-            out["reason"] = self.reason
-        if self.message:
-            out["message"] = self.message
-        if self.last_transition_time:
-            out["lastTransitionTime"] = _iso(self.last_transition_time)
-        return out
+from sandbox_operator.models.conditions import (
+    CONDITION_READY,
+    PHASE_READY,
+    PHASE_TERMINATING,
+    TERMINAL_PHASES,
+    TERMINAL_REASONS,
+    Condition,
+)
+from sandbox_operator.models.timestamps import format_time, parse_time
 
 
 def conditions_of(obj: dict[str, Any]) -> list[Condition]:
-    return [Condition.from_dict(c) for c in ((obj.get("status") or {}).get("conditions") or [])
-            if isinstance(c, dict)]
+    """The status conditions, each checked as the operator writes it; one that is not is left out."""
+    out = []
+    for raw in (obj.get("status") or {}).get("conditions") or []:
+        try:
+            out.append(Condition.model_validate(raw))
+        except ValidationError:
+            continue
+    return out
 
 
 def ready_condition(obj: dict[str, Any]) -> Condition | None:
-    return next((c for c in conditions_of(obj) if c.type == "Ready"), None)
+    return next((c for c in conditions_of(obj) if c.type == CONDITION_READY), None)
 
 
 @dataclass(frozen=True)
@@ -85,14 +59,18 @@ def readiness(obj: dict[str, Any]) -> Readiness:
         return Readiness("failed", phase, reason or phase, message)
     if phase == PHASE_READY and (cond is None or cond.status == "True"):
         return Readiness("ready", phase, reason, message)
-    if cond is not None and cond.status == "False" and cond.reason in FATAL_REASONS:
+    if cond is not None and cond.status == "False" and cond.reason in TERMINAL_REASONS:
         return Readiness("failed", phase, reason, message)
     return Readiness("pending", phase, reason, message)
 
 
-@dataclass(frozen=True)
-class Health:
-    """Phase, conditions, pod state, restarts, last activity and expiry of one sandbox."""
+class Health(BaseModel):
+    """Phase, conditions, pod state, restarts, last activity and expiry of one sandbox, read at one moment.
+
+    ``phase`` and ``reason`` are the operator's (see :mod:`sandbox_operator.models.conditions`); times are UTC.
+    """
+
+    model_config = ConfigDict(frozen=True)
 
     name: str
     namespace: str
@@ -100,18 +78,19 @@ class Health:
     ready: bool
     reason: str | None
     message: str | None
-    conditions: list[Condition] = field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list)
     pod_name: str | None = None
     pod_phase: str | None = None
     container_state: str | None = None
+    """``running``, ``waiting: Reason`` or ``terminated: Reason (exit N)``."""
     restarts: int = 0
     node_name: str | None = None
     pod_ip: str | None = None
-    created: datetime | None = None
-    start_time: datetime | None = None
-    ready_time: datetime | None = None
-    last_activity: datetime | None = None
-    expires_at: datetime | None = None
+    created: datetime.datetime | None = None
+    start_time: datetime.datetime | None = None
+    ready_time: datetime.datetime | None = None
+    last_activity: datetime.datetime | None = None
+    expires_at: datetime.datetime | None = None
 
     @property
     def healthy(self) -> bool:
@@ -119,27 +98,28 @@ class Health:
         return self.ready and self.container_state == "running" and self.restarts == 0
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form ``sandboxctl get -o json`` prints: camelCase, the pod's facts under ``pod``."""
         return {
             "name": self.name, "namespace": self.namespace, "phase": self.phase, "ready": self.ready,
             "reason": self.reason, "message": self.message,
-            "conditions": [c.to_dict() for c in self.conditions],
+            "conditions": [c.model_dump(mode="json", by_alias=True, exclude_none=True) for c in self.conditions],
             "pod": {"name": self.pod_name, "phase": self.pod_phase, "containerState": self.container_state,
                     "restarts": self.restarts, "nodeName": self.node_name, "podIP": self.pod_ip},
-            "created": _iso(self.created), "startTime": _iso(self.start_time),
-            "readyTime": _iso(self.ready_time), "lastActivity": _iso(self.last_activity),
-            "expiresAt": _iso(self.expires_at),
+            "created": _time(self.created), "startTime": _time(self.start_time),
+            "readyTime": _time(self.ready_time), "lastActivity": _time(self.last_activity),
+            "expiresAt": _time(self.expires_at),
         }
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
+def _time(value: datetime.datetime | None) -> str | None:
+    return format_time(value) if value else None
 
 
-def last_activity_of(obj: dict[str, Any]) -> datetime | None:
+def last_activity_of(obj: dict[str, Any]) -> datetime.datetime | None:
     """The later of the SDK's activity annotation and the operator's ``status.lastActivityTime``."""
     annotations = (obj.get("metadata") or {}).get("annotations") or {}
-    candidates = [parse_rfc3339(annotations.get(constants.ANNOTATION_LAST_ACTIVITY)),
-                  parse_rfc3339((obj.get("status") or {}).get("lastActivityTime"))]
+    candidates = [parse_time(annotations.get(constants.ANNOTATION_LAST_ACTIVITY)),
+                  parse_time((obj.get("status") or {}).get("lastActivityTime"))]
     present = [c for c in candidates if c is not None]
     return max(present) if present else None
 
@@ -196,9 +176,9 @@ def health_from(obj: dict[str, Any], pod: dict[str, Any] | None) -> Health:
         pod_phase=pod_status.get("phase"), container_state=state, restarts=restarts,
         node_name=status.get("nodeName") or ((pod or {}).get("spec") or {}).get("nodeName"),
         pod_ip=status.get("podIP") or pod_status.get("podIP"),
-        created=parse_rfc3339(meta.get("creationTimestamp")),
-        start_time=parse_rfc3339(status.get("startTime")),
-        ready_time=parse_rfc3339(status.get("readyTime")),
+        created=parse_time(meta.get("creationTimestamp")),
+        start_time=parse_time(status.get("startTime")),
+        ready_time=parse_time(status.get("readyTime")),
         last_activity=last_activity_of(obj),
-        expires_at=parse_rfc3339(status.get("expiresAt")),
+        expires_at=parse_time(status.get("expiresAt")),
     )

@@ -1,9 +1,9 @@
-"""SandboxManager: sessions (Sandboxes) on a Kubernetes cluster, and the seed's session API on top."""
+"""SandboxManager: creates, finds, waits for and deletes Sandboxes on a Kubernetes cluster."""
 
 from __future__ import annotations
 
-import builtins
 import copy
+import datetime
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -16,16 +16,19 @@ from sandbox_operator import constants
 from sandbox_operator.sdk import errors
 from sandbox_operator.sdk._kube import KubeApi, load_config
 from sandbox_operator.sdk.activity import DEFAULT_INTERVAL, ActivityRecorder
-from sandbox_operator.sdk.commands import DEFAULT_MAX_OUTPUT_BYTES, CommandResult
+from sandbox_operator.sdk.commands import DEFAULT_MAX_OUTPUT_BYTES
 from sandbox_operator.sdk.events import EventStream, SandboxEvent, Subscription
-from sandbox_operator.sdk.files import (
-    DEFAULT_FILE_TIMEOUT,
-    DEFAULT_MAX_FILE_BYTES,
-    DEFAULT_MAX_TRANSFER_BYTES,
-    FileInfo,
+from sandbox_operator.sdk.files import DEFAULT_FILE_TIMEOUT, DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_TRANSFER_BYTES
+from sandbox_operator.sdk.health import pod_problem, readiness
+from sandbox_operator.sdk.pickup import (
+    PICKUP_GRACE_SECONDS,
+    UNREADABLE_REGISTRY_PATIENCE,
+    Pickup,
+    check_pickup,
+    picked_up,
 )
-from sandbox_operator.sdk.health import Health, pod_problem, readiness
 from sandbox_operator.sdk.sandbox import Sandbox
+from sandbox_operator.sdk.sessions import SessionApi
 
 DEFAULT_READY_TIMEOUT = 180.0
 DEFAULT_COMMAND_TIMEOUT = 300.0  # the project's default per-command timeout (design README)
@@ -148,13 +151,13 @@ def build_sandbox(name: str | None, namespace: str, spec: Mapping[str, Any], *,
     return {"apiVersion": constants.API_VERSION, "kind": constants.KIND, "metadata": meta, "spec": dict(spec)}
 
 
-class SandboxManager:
-    """Creates, finds and deletes sandboxes, and is the seed's ``SandboxManager``.
+class SandboxManager(SessionApi):
+    """Creates, finds, waits for and deletes sandboxes.
 
     ``SandboxManager()`` reads the kubeconfig (``$KUBECONFIG`` or ``~/.kube/config``) or, inside a pod, the
     service account; the namespace is the kubeconfig context's unless given. Nothing talks to the cluster
-    until a method is called. Create sandboxes with :meth:`create` (a :class:`Sandbox` handle) or, as in the
-    seed, :meth:`create_session` (its name, the session id).
+    until a method is called. :meth:`create` returns a :class:`Sandbox` handle; the session methods
+    (:meth:`create_session`, :meth:`execute_command`, ...) are the same operations addressed by session id.
     """
 
     def __init__(
@@ -233,7 +236,8 @@ class SandboxManager:
         ``spec_fields`` are :func:`build_spec` keywords (``image``, ``cpu``, ``memory``, ``idle_timeout``,
         ``lifetime``, ``env``, ..., or a raw ``spec`` dict). When it never gets Ready the error says why:
         :class:`SandboxFailed` at once for a failure waiting cannot fix (image missing, invalid spec,
-        admission), :class:`SandboxNotReady` after ``timeout`` with the last reason (e.g. Unschedulable).
+        admission), :class:`NamespaceNotServed` within seconds when no running operator serves the namespace,
+        :class:`SandboxNotReady` after ``timeout`` with the last reason (e.g. Unschedulable).
         Refusals at creation are :class:`InvalidSandboxSpec` (422) or :class:`SandboxForbidden` (403, e.g.
         RBAC, quota or an admission webhook). With ``delete_on_failure`` a sandbox that never got Ready is
         deleted, so nothing leaks.
@@ -265,8 +269,6 @@ class SandboxManager:
         """A handle on an existing sandbox (:class:`SandboxNotFound` if there is none)."""
         ns = self._ns(namespace)
         return Sandbox(self, name, ns, self.api.get_sandbox(name, ns))
-
-    connect = get
 
     def list(self, labels: Mapping[str, str] | str | None = None, *, namespace: str | None = None,
              all_namespaces: bool = False) -> list[Sandbox]:
@@ -320,23 +322,24 @@ class SandboxManager:
 
         if judge(obj):
             return obj
-        rv = (obj.get("metadata") or {}).get("resourceVersion")
+        operator = _OperatorCheck(self.api, name, ns, started)
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            now = time.monotonic()
+            if now >= deadline:
                 break
-            for event in self.api.watch_sandboxes(ns, name=name, resource_version=rv,
-                                                  timeout_seconds=max(1, int(remaining + 0.999))):
-                current = event.get("object") or {}
+            operator.check(obj, now)
+            leg_end = min(deadline, operator.next_check)
+            rv = (obj.get("metadata") or {}).get("resourceVersion")
+            for event in self.api.watch_sandboxes(ns, name=name, resource_version=rv, timeout_seconds=leg_end - now,
+                                                  known=[obj]):
                 if event.get("type") == "DELETED":
                     raise errors.SandboxNotFound(f"sandbox {name} was deleted while waiting for it to be Ready",
                                                  reason="Deleted", name=name, namespace=ns)
-                obj = current
+                obj = event.get("object") or {}
                 if judge(obj):
                     return obj
-                if time.monotonic() >= deadline:
+                if time.monotonic() >= leg_end or (operator.pending and picked_up(obj)):
                     break
-            rv = (obj.get("metadata") or {}).get("resourceVersion")
         raise self._not_ready_error(name, ns, obj, limit)
 
     def _not_ready_error(self, name: str, ns: str, obj: dict[str, Any], limit: float) -> errors.SandboxNotReady:
@@ -368,8 +371,8 @@ class SandboxManager:
                 raise errors.WaitTimeout(f"sandbox {name} still exists after {timeout:.0f}s",
                                          reason="DeletionTimeout", name=name, namespace=ns)
             rv = (obj.get("metadata") or {}).get("resourceVersion")
-            for event in self.api.watch_sandboxes(ns, name=name, resource_version=rv,
-                                                  timeout_seconds=max(1, int(remaining + 0.999))):
+            for event in self.api.watch_sandboxes(ns, name=name, resource_version=rv, timeout_seconds=remaining,
+                                                  known=[obj]):
                 if event.get("type") == "DELETED":
                     return
 
@@ -394,38 +397,41 @@ class SandboxManager:
         """Calls ``callback`` from a background thread for every event until ``.stop()``."""
         return Subscription(self.events(name, namespace=namespace, history=history), callback, on_error)
 
-    # The seed's session API ---------------------------------------------------------------------------
 
-    def create_session(self, **kwargs: Any) -> str:
-        """Creates a sandbox, waits until it is Ready and returns its session id (the Sandbox name)."""
-        return self.create(**kwargs).name
+class _OperatorCheck:
+    """While waiting for Ready: whether an operator will ever handle the Sandbox (see :mod:`.pickup`)."""
 
-    def destroy_session(self, session_id: str, *, wait: bool = False) -> None:
-        self.delete(session_id, wait=wait, missing_ok=True)
+    def __init__(self, api: KubeApi, name: str, namespace: str, started: float) -> None:
+        self.api = api
+        self.name = name
+        self.namespace = namespace
+        self.started = started
+        self.pending = True  # still unknown
+        self.next_check = started + PICKUP_GRACE_SECONDS
+        self._registry: dict[str, str] | None = None
+        self._problem: str | None = None
+        self._read = False
 
-    def list_sessions(self, labels: Mapping[str, str] | str | None = None) -> builtins.list[str]:
-        return [s.name for s in self.list(labels)]
-
-    def session(self, session_id: str) -> Sandbox:
-        return self.get(session_id)
-
-    def execute_command(self, session_id: str, command: str | Sequence[str], *, timeout: float | None = None,
-                        env: Mapping[str, str] | None = None, cwd: str | None = None,
-                        stdin: bytes | str | None = None, max_output: int | None = None) -> CommandResult:
-        return Sandbox(self, session_id, self.namespace).run(command, timeout=timeout, env=env, cwd=cwd,
-                                                              stdin=stdin, max_output=max_output)
-
-    def read_file(self, session_id: str, path: str) -> str:
-        return Sandbox(self, session_id, self.namespace).files.read_text(path)
-
-    def write_file(self, session_id: str, path: str, content: bytes | str) -> str:
-        return Sandbox(self, session_id, self.namespace).files.write(path, content)
-
-    def delete_file(self, session_id: str, path: str, *, recursive: bool = False) -> None:
-        Sandbox(self, session_id, self.namespace).files.remove(path, recursive=recursive)
-
-    def list_files(self, session_id: str, path: str = constants.WORKSPACE_DIR) -> builtins.list[FileInfo]:
-        return Sandbox(self, session_id, self.namespace).files.list(path)
-
-    def get_health(self, session_id: str) -> Health:
-        return Sandbox(self, session_id, self.namespace).health()
+    def check(self, obj: dict[str, Any], now: float) -> None:
+        """Raises :class:`NamespaceNotServed` when nothing will handle the Sandbox; else sets when to look again."""
+        if not self.pending:
+            return
+        picked = picked_up(obj)
+        if not picked and now >= self.started + PICKUP_GRACE_SECONDS and not self._read:
+            self._read = True
+            try:
+                self._registry = self.api.operator_registry()
+            except errors.SandboxError as exc:
+                self._problem = str(exc)
+        result = check_pickup(picked=picked, registry=self._registry, namespace=self.namespace, name=self.name,
+                              now=datetime.datetime.now(datetime.UTC), waited=now - self.started,
+                              registry_problem=self._problem, grace=PICKUP_GRACE_SECONDS,
+                              patience=UNREADABLE_REGISTRY_PATIENCE)
+        if result.outcome is Pickup.NOT_SERVED:
+            raise errors.NamespaceNotServed(result.message, served=result.served, phase=None, reason="NoOperator",
+                                            name=self.name, namespace=self.namespace)
+        if result.outcome is Pickup.WAIT:
+            self.next_check = self.started + (UNREADABLE_REGISTRY_PATIENCE if self._read else PICKUP_GRACE_SECONDS)
+        else:
+            self.pending = False
+            self.next_check = float("inf")

@@ -51,8 +51,3 @@ def sandbox_path(path: str, *, allow_root: bool = True) -> str:
     raise PathOutsideSandbox(
         f"path {path!r} is outside the sandbox: it must be under {' or '.join(roots)}",
         path=path, reason="PathOutsideSandbox")
-
-
-def join(base: str, *parts: str) -> str:
-    """Joins sandbox path parts (no validation; pass the result to :func:`sandbox_path`)."""
-    return posixpath.join(base, *parts)

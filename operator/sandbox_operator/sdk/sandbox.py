@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
 from sandbox_operator import constants
@@ -59,7 +59,7 @@ class Sandbox:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.destroy(missing_ok=True)
+        self.delete(missing_ok=True)
 
     # The object --------------------------------------------------------------------------------------
 
@@ -99,11 +99,6 @@ class Sandbox:
         status = (self._obj or {}).get("status") or {}
         return str(status.get("podName") or constants.pod_name(self.name))
 
-    @property
-    def id(self) -> str:
-        """The session id of the seed's API: the sandbox name."""
-        return self.name
-
     def health(self) -> Health:
         """Phase, conditions, pod state, restarts, last activity and expiry, read now."""
         self.refresh()
@@ -125,12 +120,10 @@ class Sandbox:
         """Records activity now (by default even if one was recorded within the throttle interval)."""
         return self.manager.activity.touch(self.namespace, self.name, force=force)
 
-    def destroy(self, *, wait: bool = False, timeout: float = 120, missing_ok: bool = False) -> None:
+    def delete(self, *, wait: bool = False, timeout: float = 120, missing_ok: bool = False) -> None:
         """Deletes the sandbox; with ``wait`` returns only once the object is gone."""
         self.manager.delete(self.name, namespace=self.namespace, wait=wait, timeout=timeout,
                             missing_ok=missing_ok)
-
-    delete = destroy
 
     # Events ----------------------------------------------------------------------------------------
 
@@ -240,8 +233,6 @@ class Sandbox:
             result = stream.wait()
         return result.check() if check else result
 
-    exec = run
-
     def start(self, command: str | Sequence[str], *, timeout: float | None = None,
               env: Mapping[str, str] | None = None, cwd: str | None = None,
               stdin: bool | StdinSource = False, shell: str | None = None,
@@ -308,18 +299,3 @@ class Sandbox:
                     if sink is not None:
                         sink.write(chunk.data)
             return stream.wait()
-
-    # Seed-style conveniences -----------------------------------------------------------------------
-
-    def read_file(self, path: str) -> str:
-        return self.files.read_text(path)
-
-    def write_file(self, path: str, content: bytes | str, *, mode: int = 0o644) -> str:
-        return self.files.write(path, content, mode=mode)
-
-    def iter_output(self, command: str | Sequence[str], **kwargs: Any) -> Iterator[str]:
-        """Text chunks of a command's stdout and stderr as they arrive (raises CommandError on failure)."""
-        with self.stream(command, **kwargs) as stream:
-            for chunk in stream:
-                yield chunk.text
-            stream.wait().check()

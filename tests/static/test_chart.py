@@ -1,8 +1,8 @@
 """The Helm chart: lint, rendering with default and non-default values, RBAC, pod security, the values schema,
-the operator's settings, the CRD copy, and a checkov scan of the rendered manifests (issue 6).
+the operator's settings, the CRD copy, and a checkov scan of the rendered manifests.
 
-Runs `helm` from the project's pinned binaries (`make -s bin-dir`; built by `make cluster-build` when missing).
-No cluster is needed.
+Runs `helm` from the project's pinned binaries (`make -s bin-dir`; `hack/build-binaries.sh helm` builds it alone when
+missing). No cluster is needed. A static check (`make lint`), not a unit test: it needs helm and checkov.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import yaml
 
 from sandbox_operator import constants
 from sandbox_operator.settings import ENV_PREFIX, OperatorSettings, SettingsError, load_settings
+from tests.kit import REPO_ROOT, hack_var, make_var
 
-REPO = Path(__file__).resolve().parents[2]
-CHART = REPO / "charts" / "sandbox-operator"
+CHART = REPO_ROOT / "charts" / "sandbox-operator"
 RELEASE = "demo"
 RELEASE_NS = "sandbox-operator-system"
 FULLNAME = "demo-sandbox-operator"
@@ -40,6 +40,7 @@ SETTINGS_OUTSIDE_CONFIG = {
     "log_format": "logging.format",
     "verbose": "logging.verbose",
     "failpoint": "test-only, never set by the chart",
+    "instance_name": "the release's full name (the Deployment's name)",
 }
 
 # Operator permissions that must never appear, whatever the values.
@@ -58,6 +59,9 @@ OPERATOR_NAMESPACED_RULES = {
     ("", "events"): {"create", "list"},
 }
 KOPF_CLUSTER_RULES = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
+# The registry of served namespaces: an annotation on the Sandbox CRD, that one CRD only.
+REGISTRY_RULES = {("apiextensions.k8s.io", "customresourcedefinitions", constants.CRD_NAME): {"get", "patch"}}
+CLUSTER_RULES = {**KOPF_CLUSTER_RULES, **REGISTRY_RULES}
 KOPF_NAMESPACE_RULES = {("", "namespaces"): {"list", "watch"}}
 
 # checkov findings accepted on purpose; every other failed check fails the test.
@@ -79,18 +83,12 @@ CHECKOV_SKIPS = {
 
 # --- helpers ------------------------------------------------------------------------------------------------
 
-def _make_var(name: str) -> str:
-    out = subprocess.run(["make", "-s", "--no-print-directory", name], cwd=REPO, check=True,
-                         capture_output=True, text=True)
-    return out.stdout.strip().splitlines()[-1]
-
-
 @pytest.fixture(scope="session")
 def helm() -> Path:
-    path = Path(_make_var("bin-dir")) / "helm"
-    if not path.exists():  # a fresh machine: the pinned binaries are built once (cached afterwards)
-        subprocess.run(["make", "-s", "--no-print-directory", "cluster-build"], cwd=REPO, check=True)
-    assert path.exists(), f"{path} is missing after `make cluster-build`"
+    path = Path(make_var("bin-dir")) / "helm"
+    if not path.exists():  # a fresh machine: the pinned helm is built once (cached afterwards), nothing else
+        subprocess.run(["bash", "hack/build-binaries.sh", "helm"], cwd=REPO_ROOT, check=True)
+    assert path.exists(), f"{path} is missing after `bash hack/build-binaries.sh helm`"
     return path
 
 
@@ -145,13 +143,16 @@ def env_of(docs: list[Doc]) -> dict[str, str]:
     return env
 
 
-def rules_table(role: Doc) -> dict[tuple[str, str], set[str]]:
-    table: dict[tuple[str, str], set[str]] = {}
+def rules_table(role: Doc) -> dict[tuple[str, ...], set[str]]:
+    """Verbs by (group, resource), or by (group, resource, name) for a rule restricted to resourceNames."""
+    table: dict[tuple[str, ...], set[str]] = {}
     for rule in role["rules"]:
-        assert "resourceNames" not in rule and "nonResourceURLs" not in rule
+        assert "nonResourceURLs" not in rule
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
-                table.setdefault((group, resource), set()).update(rule["verbs"])
+                for name in rule.get("resourceNames") or [None]:
+                    key = (group, resource) if name is None else (group, resource, name)
+                    table.setdefault(key, set()).update(rule["verbs"])
     return table
 
 
@@ -209,11 +210,11 @@ def test_helm_lint_strict(helm: Path, values: dict[str, Any] | None, tmp_path: P
 def test_chart_crd_is_the_canonical_crd() -> None:
     """The chart ships crds/ unchanged (Helm installs it when missing). Fix drift with
     `cp crds/*.yaml charts/sandbox-operator/crds/`."""
-    canonical = sorted(p.name for p in (REPO / "crds").glob("*.yaml"))
+    canonical = sorted(p.name for p in (REPO_ROOT / "crds").glob("*.yaml"))
     shipped = sorted(p.name for p in (CHART / "crds").glob("*.yaml"))
     assert shipped == canonical == [f"{constants.CRD_NAME}.yaml"]
     for name in canonical:
-        assert (CHART / "crds" / name).read_bytes() == (REPO / "crds" / name).read_bytes(), (
+        assert (CHART / "crds" / name).read_bytes() == (REPO_ROOT / "crds" / name).read_bytes(), (
             f"charts/sandbox-operator/crds/{name} differs from crds/{name}: "
             "run `cp crds/*.yaml charts/sandbox-operator/crds/`")
 
@@ -225,7 +226,7 @@ def test_chart_and_image_versions_match_the_constants() -> None:
     assert chart["appVersion"] == chart["version"] == constants.PROJECT_VERSION
     assert f"{values['image']['repository']}:{chart['appVersion']}" == constants.OPERATOR_IMAGE
     assert values["config"]["defaultImage"] == constants.SANDBOX_IMAGE
-    script = subprocess.run(["bash", "hack/build-operator-image.sh", "ref"], cwd=REPO, capture_output=True,
+    script = subprocess.run(["bash", "hack/build-operator-image.sh", "ref"], cwd=REPO_ROOT, capture_output=True,
                             text=True, check=True)
     assert script.stdout.strip() == constants.OPERATOR_IMAGE
 
@@ -238,6 +239,7 @@ def test_default_render_objects(helm: Path) -> None:
     assert kinds == sorted([
         ("ClusterRole", FULLNAME, ""),
         ("ClusterRole", f"{FULLNAME}-client", ""),
+        ("ClusterRole", f"{FULLNAME}-client-registry", ""),
         ("ClusterRoleBinding", FULLNAME, ""),
         ("Deployment", FULLNAME, RELEASE_NS),
         ("Namespace", "sandboxes", ""),
@@ -425,7 +427,7 @@ def test_values_schema_is_strict_everywhere() -> None:
                 assert node.get("additionalProperties") is False, f"{path or 'root'} accepts unknown keys"
     # Every value in values.yaml is described by the schema (and documented in docs/chart.md).
     values = yaml.safe_load((CHART / "values.yaml").read_text())
-    docs = (REPO / "docs" / "chart.md").read_text()
+    docs = (REPO_ROOT / "docs" / "chart.md").read_text()
 
     described_whole = maps | {"resources"}
 
@@ -466,8 +468,9 @@ def test_rendered_environment_is_accepted_by_the_operator(helm: Path) -> None:
     assert settings.namespaces == ["sandboxes"]
     assert settings.bind_address == "0.0.0.0"
     defaults = OperatorSettings.model_construct()
+    assert settings.instance_name == FULLNAME
     for name in OperatorSettings.model_fields:
-        if name not in ("namespaces",):
+        if name not in ("namespaces", "instance_name"):
             assert getattr(settings, name) == getattr(defaults, name), name
 
 
@@ -552,7 +555,7 @@ def test_operator_rbac_has_no_exec_and_no_secrets(helm: Path, values: dict[str, 
     roles = [d for d in docs if d["kind"] in ("Role", "ClusterRole") and component(d) == "operator"]
     assert roles
     for role in roles:
-        for (_group, resource), verbs in rules_table(role).items():
+        for (_group, resource, *_names), verbs in rules_table(role).items():
             assert resource not in FORBIDDEN_RESOURCES, f"{role['metadata']['name']} grants {resource}"
             assert not verbs & FORBIDDEN_VERBS, f"{role['metadata']['name']} grants {verbs & FORBIDDEN_VERBS}"
     # No peering objects: kopf runs standalone.
@@ -562,25 +565,25 @@ def test_operator_rbac_has_no_exec_and_no_secrets(helm: Path, values: dict[str, 
 def test_namespaced_rbac_is_confined_to_the_sandbox_namespaces(helm: Path, tmp_path: Path) -> None:
     docs = render(helm, NAMESPACED, tmp_path)
     cluster_role = only(docs, "ClusterRole", FULLNAME)
-    assert rules_table(cluster_role) == {**KOPF_CLUSTER_RULES, **KOPF_NAMESPACE_RULES}
+    assert rules_table(cluster_role) == {**CLUSTER_RULES, **KOPF_NAMESPACE_RULES}
     roles = select(docs, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     for role in roles:
         assert rules_table(role) == OPERATOR_NAMESPACED_RULES
     bindings = select(docs, "RoleBinding", FULLNAME)
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
-    for binding in [*bindings, only(docs, "ClusterRoleBinding")]:
+    for binding in [*bindings, only(docs, "ClusterRoleBinding", FULLNAME)]:
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": RELEASE_NS}]
-    assert only(docs, "ClusterRoleBinding")["roleRef"]["name"] == FULLNAME
+    assert only(docs, "ClusterRoleBinding", FULLNAME)["roleRef"]["name"] == FULLNAME
 
 
 def test_cluster_wide_rbac_is_one_cluster_role(helm: Path, tmp_path: Path) -> None:
     docs = render(helm, {"clusterWide": True}, tmp_path)
     assert not select(docs, "Role") and not select(docs, "RoleBinding")
-    assert rules_table(only(docs, "ClusterRole", FULLNAME)) == {**KOPF_CLUSTER_RULES, **OPERATOR_NAMESPACED_RULES}
+    assert rules_table(only(docs, "ClusterRole", FULLNAME)) == {**CLUSTER_RULES, **OPERATOR_NAMESPACED_RULES}
     docs = render(helm, CLUSTER_WIDE, tmp_path)  # with watchPatterns kopf also matches namespaces
     assert rules_table(only(docs, "ClusterRole", FULLNAME)) == {
-        **KOPF_CLUSTER_RULES, **KOPF_NAMESPACE_RULES, **OPERATOR_NAMESPACED_RULES}
+        **CLUSTER_RULES, **KOPF_NAMESPACE_RULES, **OPERATOR_NAMESPACED_RULES}
 
 
 def test_client_cluster_role_and_its_bindings(helm: Path, tmp_path: Path) -> None:
@@ -592,6 +595,9 @@ def test_client_cluster_role_and_its_bindings(helm: Path, tmp_path: Path) -> Non
     assert {"create", "get", "list", "watch", "delete", "patch"} <= table[("sandbox-operator.io", "sandboxes")]
     assert table[("", "events")] == {"get", "list", "watch"}
     assert ("", "secrets") not in table
+    # The registry of served namespaces is cluster-scoped: a ClusterRole of its own, reading that one CRD.
+    assert rules_table(only(docs, "ClusterRole", f"{FULLNAME}-client-registry")) == {
+        ("apiextensions.k8s.io", "customresourcedefinitions", constants.CRD_NAME): {"get"}}
     assert not select(docs, "RoleBinding", f"{FULLNAME}-client")  # nothing is bound without subjects
     assert not any(d["kind"] == "ClusterRoleBinding" and component(d) == "client" for d in docs)
 
@@ -604,8 +610,13 @@ def test_client_cluster_role_and_its_bindings(helm: Path, tmp_path: Path) -> Non
         assert binding["subjects"] == [
             {"kind": "ServiceAccount", "name": "agent", "namespace": "agents"},
             {"kind": "User", "name": "alice", "apiGroup": "rbac.authorization.k8s.io"}]
+    # Only the registry role is bound cluster-wide; sandboxes and exec stay bound per namespace.
+    [registry_binding] = [d for d in docs if d["kind"] == "ClusterRoleBinding" and component(d) == "client"]
+    assert registry_binding["roleRef"]["name"] == f"{FULLNAME}-client-registry"
+    assert registry_binding["subjects"] == bindings[0]["subjects"]
     docs = render(helm, {"clientRole": {"create": False}}, tmp_path)
     assert not select(docs, "ClusterRole", f"{FULLNAME}-client")
+    assert not select(docs, "ClusterRole", f"{FULLNAME}-client-registry")
 
 
 # --- checkov ------------------------------------------------------------------------------------------------
@@ -614,9 +625,7 @@ def test_client_cluster_role_and_its_bindings(helm: Path, tmp_path: Path) -> Non
 def checkov() -> Path:
     """checkov in its own virtual environment in the machine's cache: its pins (packaging<24,
     python-dateutil<3) conflict with the project's (pytest, kubernetes), so it cannot share .venv."""
-    cache = subprocess.run(["bash", "-c", "source hack/lib.sh && echo \"$CACHE_ROOT\""], cwd=REPO, check=True,
-                           capture_output=True, text=True).stdout.strip()
-    venv = Path(cache) / "tools" / f"checkov-{CHECKOV_VERSION}"
+    venv = Path(hack_var("CACHE_ROOT")) / "tools" / f"checkov-{CHECKOV_VERSION}"
     binary = venv / "bin" / "checkov"
     venv.parent.mkdir(parents=True, exist_ok=True)
     with (venv.parent / ".checkov.lock").open("w") as lock:

@@ -1,54 +1,31 @@
-"""The operator image's Dockerfile and build script follow the image rules (issue 6): multi-stage, numeric
+"""The operator image's Dockerfile and build script follow the image rules: multi-stage, numeric
 non-root USER, exec-form entrypoint, wheels installed with --no-index, no pip or compilers in the final stage.
 The built image itself is checked on the cluster by tests/e2e/test_helm.py."""
 
 from __future__ import annotations
 
-import re
 import subprocess
-from pathlib import Path
 
 import yaml
 
 from sandbox_operator import constants
+from tests.kit import REPO_ROOT
+from tests.kit.dockerfile import instructions, stages
 
-REPO = Path(__file__).resolve().parents[2]
-DOCKERFILE = REPO / "images" / "operator" / "Dockerfile"
-SCRIPT = REPO / "hack" / "build-operator-image.sh"
-
-
-def instructions(text: str) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments), continuation lines joined, comments dropped."""
-    joined = re.sub(r"\\\n", " ", text)
-    result = []
-    for line in joined.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            keyword, _, rest = line.partition(" ")
-            result.append((keyword.upper(), rest.strip()))
-    return result
-
-
-def stages() -> list[list[tuple[str, str]]]:
-    found: list[list[tuple[str, str]]] = []
-    for keyword, args in instructions(DOCKERFILE.read_text()):
-        if keyword == "FROM":
-            found.append([])
-        if found:
-            found[-1].append((keyword, args))
-    return found
+DOCKERFILE = REPO_ROOT / "images" / "operator" / "Dockerfile"
+SCRIPT = REPO_ROOT / "hack" / "build-operator-image.sh"
 
 
 def test_multi_stage_on_the_configurable_base() -> None:
-    build, final = stages()
+    build, final = stages(DOCKERFILE)
     assert build[0] == ("FROM", "${BASE_IMAGE} AS build")
     assert final[0] == ("FROM", "${BASE_IMAGE}")
-    args = [a for k, a in instructions(DOCKERFILE.read_text()) if k == "ARG"]
+    args = [a for k, a in instructions(DOCKERFILE) if k == "ARG"]
     assert args == ["BASE_IMAGE=python:3.11-slim-bookworm"]  # docker users; buildah passes the project's base
 
 
 def test_wheels_installed_offline_and_pip_never_installed() -> None:
-    build, final = stages()
+    build, final = stages(DOCKERFILE)
     run = " ".join(a for k, a in build if k == "RUN")
     assert "pip install --no-index --find-links /wheels" in run.replace('"$pip_wheel/pip" ', "pip ")
     assert "venv --without-pip" in run
@@ -64,11 +41,11 @@ def test_wheels_installed_offline_and_pip_never_installed() -> None:
 
 
 def test_numeric_non_root_user_and_exec_form_entrypoint() -> None:
-    _build, final = stages()
+    _build, final = stages(DOCKERFILE)
     [user] = [a for k, a in final if k == "USER"]
     uid, _, gid = user.partition(":")
     assert uid.isdigit() and gid.isdigit() and int(uid) >= 10000 and int(gid) > 0
-    values = yaml.safe_load((REPO / "charts" / "sandbox-operator" / "values.yaml").read_text())
+    values = yaml.safe_load((REPO_ROOT / "charts" / "sandbox-operator" / "values.yaml").read_text())
     assert (values["securityContext"]["runAsUser"], values["securityContext"]["runAsGroup"]) == (int(uid), int(gid))
     [entrypoint] = [a for k, a in final if k == "ENTRYPOINT"]
     assert entrypoint == '["/opt/sandbox-operator/bin/sandbox-operator"]'
