@@ -73,14 +73,22 @@ def api_metrics(cluster: Cluster) -> str:
     return cluster.kubectl("get", "--raw", "/metrics").stdout
 
 
-def print_profile(count: int, cpu: dict[str, float], api: list[ApiUse]) -> None:
-    print("\nNode CPU during the burst, by component (own + reaped children, from /proc/PID/stat):\n")
-    print("| component | CPU s | per sandbox |")
-    print("|---|---:|---:|")
-    for name, seconds in sorted(cpu.items(), key=lambda item: -item[1]):
-        print(f"| {COMPONENTS.get(name, 'everything else (the operator, this benchmark, ...)')} | {seconds:.1f} | "
-              f"{seconds / max(1, count) * 1000:.0f} ms |")
-    print(f"| total | {sum(cpu.values()):.1f} | {sum(cpu.values()) / max(1, count) * 1000:.0f} ms |")
+def component_label(name: str) -> str:
+    return {"operator": "the operator (Python, kopf)"}.get(name) or COMPONENTS.get(
+        name, "everything else (this benchmark, other processes of the machine)")
+
+
+def print_profile(count: int, cpu: dict[str, float], api: list[ApiUse], idle_cpu: dict[str, float],
+                  idle_seconds: float) -> None:
+    print("\nNode CPU during the burst and while idle, by component (own + reaped children, /proc/PID/stat):\n")
+    print(f"| component | burst: CPU s | burst: per sandbox | idle: millicores, {count} idle (baseline included) |")
+    print("|---|---:|---:|---:|")
+    for name in sorted({*cpu, *idle_cpu}, key=lambda key: -cpu.get(key, 0.0)):
+        seconds = cpu.get(name, 0.0)
+        print(f"| {component_label(name)} | {seconds:.1f} | {seconds / max(1, count) * 1000:.0f} ms | "
+              f"{idle_cpu.get(name, 0.0) / idle_seconds * 1000:.0f} |")
+    total, idle_total = sum(cpu.values()), sum(idle_cpu.values())
+    print(f"| total | {total:.1f} | {total / max(1, count) * 1000:.0f} ms | {idle_total / idle_seconds * 1000:.0f} |")
     print("\nAPI requests during the burst, every client (from the API server's /metrics):\n")
     print("| request | code | count | per sandbox | server mean latency |")
     print("|---|---|---:|---:|---:|")
@@ -126,13 +134,15 @@ def main(argv: list[str] | None = None) -> int:
             with concurrent.futures.ThreadPoolExecutor(CLIENT_THREADS) as pool:
                 list(pool.map(lambda name: times.create(name, {}), burst))
             all_ready = times.wait_settled(burst, args.timeout)
-            burst_cpu = cpu_by_component(cpu_before, process_times())
+            burst_cpu = cpu_by_component(cpu_before, process_times(), {operator.pid: "operator"})
             burst_api = api_use(metrics_before, api_metrics(cluster), minimum=max(1, args.count // 10))
             burst_seconds = max(times.to_ready(burst), default=float("nan")) if all_ready else float("nan")
             ready_count = len(times.to_ready(burst))
 
             time.sleep(10)  # let the start-up work settle before sampling the idle cost
+            idle_before = process_times()
             idle_cores, idle_memory = busy_cores(args.idle_seconds)
+            idle_cpu = cpu_by_component(idle_before, process_times(), {operator.pid: "operator"})
             operator_rss = operator.rss_kib()
         finally:
             times.stop()
@@ -167,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     for measure, value, goal, met in figures:
         print(row(measure, value, goal, met))
         ok = ok and bool(met)
-    print_profile(args.count, burst_cpu, burst_api)
+    print_profile(args.count, burst_cpu, burst_api, idle_cpu, args.idle_seconds)
     if times.failed:
         print(f"\n{len(times.failed)} failed: " + "; ".join(
             f"{k}: {v}" for k, v in sorted(times.failed.items())[:5]))

@@ -60,9 +60,11 @@ def process_times(proc: Path = Path("/proc")) -> dict[int, ProcessTimes]:
     return times
 
 
-def cpu_by_component(before: Mapping[int, ProcessTimes], after: Mapping[int, ProcessTimes]) -> dict[str, float]:
-    """CPU seconds spent between two snapshots, by component (other processes under "other"). A process that
-    started in between counts from zero; one that ended in between is counted by whoever reaped it."""
+def cpu_by_component(before: Mapping[int, ProcessTimes], after: Mapping[int, ProcessTimes],
+                     named: Mapping[int, str] | None = None) -> dict[str, float]:
+    """CPU seconds spent between two snapshots, by component (``named`` PIDs under their given name, other
+    processes under "other"). A process that started in between counts from zero; one that ended in between is
+    counted by whoever reaped it."""
     seconds: dict[str, float] = {}
     for pid, now in after.items():
         then = before.get(pid)
@@ -70,7 +72,7 @@ def cpu_by_component(before: Mapping[int, ProcessTimes], after: Mapping[int, Pro
             then = None  # the PID was reused, or the process exec'd (runc init became pause): count it all
         own = now.own_ticks - (then.own_ticks if then else 0)
         reaped = now.reaped_ticks - (then.reaped_ticks if then else 0)
-        component = now.name if now.name in COMPONENTS else "other"
+        component = (named or {}).get(pid) or (now.name if now.name in COMPONENTS else "other")
         seconds[component] = seconds.get(component, 0.0) + max(0, own + reaped) / CLOCK_TICKS
     return seconds
 

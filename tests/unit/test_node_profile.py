@@ -20,6 +20,11 @@ def test_cpu_by_component_counts_new_processes_and_reaped_children() -> None:
     assert seconds == {"containerd": 2.0, "kubelet": 0.0, "pause": (CLOCK_TICKS // 2) / CLOCK_TICKS, "other": 1.0}
 
 
+def test_named_processes_are_their_own_component() -> None:
+    after = {9: ProcessTimes("python", CLOCK_TICKS, 0), 10: ProcessTimes("python", CLOCK_TICKS, 0)}
+    assert cpu_by_component({}, after, {9: "operator"}) == {"operator": 1.0, "other": 1.0}
+
+
 def test_a_reused_pid_counts_from_zero() -> None:
     seconds = cpu_by_component({7: ProcessTimes("kubelet", 500, 0)}, {7: ProcessTimes("etcd", CLOCK_TICKS, 0)})
     assert seconds == {"etcd": 1.0}
