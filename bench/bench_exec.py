@@ -1,18 +1,25 @@
-"""Exec round-trip latency and file throughput: the sandbox SDK next to plain ``kubectl exec`` (and
-llm-sandbox's Kubernetes backend when it is installed), in the same run, on the same cluster and node.
+"""Commands and files through the sandbox SDK over its channel, the SDK forced to one exec per command, plain
+``kubectl exec``, and llm-sandbox's Kubernetes backend: in one run, on one sandbox (llm-sandbox on a pod of its
+own with the same image), next to the goals of the channel.
 
     python -m bench.bench_exec --kubeconfig /var/lib/sandbox-operator-cluster/admin.kubeconfig \\
-        --namespace bench --start-operator [--llm-sandbox-python /path/to/venv/bin/python]
+        --namespace sandbox-bench --start-operator [--llm-sandbox-python /path/to/venv/bin/python]
 
-Measured:
+Measured, per client:
 
-* exec round trip of ``true``, p50/p95 over ``--iterations`` runs: the SDK (through the in-image exec wrapper,
-  as every SDK command is), ``kubectl exec`` straight to ``true``, and ``kubectl exec`` through the wrapper;
-* write then read back a file of 1 MB and 50 MB (random bytes, checked byte-exact): the SDK file API, and
-  ``kubectl exec -i ... cat > FILE`` / ``kubectl exec ... cat FILE``.
+* ``true``, p50 and p95 of ``--iterations`` runs;
+* writing a file of 1 MB and reading it back (p50, byte-exact), and the same with 50 MB as MB/s (bytes written
+  plus read back over the p50);
+* commands per second from one client: ``--threads`` threads running ``true`` for ``--seconds`` (llm-sandbox: one
+  thread, since its client patches the shared Kubernetes API client while it opens a stream);
+* the first command after Ready: the SDK's right after ``create()`` returned (which starts the channel's agent while
+  it hands over the handle), and a new client's first command on a Ready sandbox (which opens the channel).
 
-Nothing here talks to anything but the cluster's API server. Prints a table (``--output json`` for machines) under
-the command line that produced it.
+Two more figures say what bounds the channel: one line echoed by ``cat`` through an open ``pods/exec`` stream (the
+API server's and kubelet's round trip), and a Python process in the sandbox forking, executing and waiting for
+``true`` (the agent's own work per command). llm-sandbox's pod runs in a namespace of its own, without Pod Security
+``restricted``. Nothing here talks to anything but the cluster's API server. Prints a table (``--output json`` for
+machines) under the command line that produced it.
 """
 
 from __future__ import annotations
@@ -25,46 +32,128 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from tests.kit import invocation, kubectl_binary, percentile, running_operator
 
 from sandbox_operator import constants
 from sandbox_operator.sdk import Sandbox, SandboxManager
+from sandbox_operator.sdk.channel import pod_exec_transport
 
 MB = 1_000_000
+CHANNEL, EXEC, KUBECTL, LLM = "SDK, channel", "SDK, exec per command", "kubectl exec", "llm-sandbox"
+CLIENTS = (CHANNEL, EXEC, KUBECTL, LLM)
+TRUE_P50, TRUE_P95, SMALL, LARGE, RATE, FIRST, FIRST_NEW = (
+    "true_p50_ms", "true_p95_ms", "small_p50_ms", "large_mb_per_s", "commands_per_s", "first_after_ready_ms",
+    "first_new_client_ms")
+Metrics = dict[str, float | None]
 
 
-@dataclass
-class Row:
-    case: str
-    client: str
-    n: int
-    p50_ms: float
-    p95_ms: float
-    mb_per_s: float | None = None
-    note: str = ""
+@dataclass(frozen=True)
+class Goal:
+    metric: str
+    label: str
+    goal: str
+    met: Callable[[float, Metrics], bool]  # (the channel's value, llm-sandbox's metrics) -> met
 
 
-def timed(fn: Callable[[], object], n: int, warmup: int = 2) -> list[float]:
+def goals(small_mb: int, large_mb: int) -> list[Goal]:
+    def tenth_of_llm(value: float, llm: Metrics) -> bool:
+        theirs = llm.get(TRUE_P50)
+        return value <= 5 and (theirs is None or value <= 0.1 * theirs)
+
+    return [
+        Goal(TRUE_P50, "`true` p50 (ms)", "<= 5 and <= 0.1x llm-sandbox", tenth_of_llm),
+        Goal(TRUE_P95, "`true` p95 (ms)", "<= 15", lambda v, _: v <= 15),
+        Goal(SMALL, f"{small_mb} MB write+read p50 (ms)", "<= 15", lambda v, _: v <= 15),
+        Goal(LARGE, f"{large_mb} MB write+read (MB/s)", ">= 200", lambda v, _: v >= 200),
+        Goal(RATE, "commands per second, one client", ">= 300", lambda v, _: v >= 300),
+        Goal(FIRST, "first command after Ready (ms)", "<= 150", lambda v, _: v <= 150),
+        Goal(FIRST_NEW, "first command, new client (ms)", "", lambda v, _: True),
+    ]
+
+
+# Measuring ---------------------------------------------------------------------------------------------------------
+
+def timed(call: Callable[[], object], n: int, warmup: int = 2) -> list[float]:
     for _ in range(warmup):
-        fn()
-    out = []
+        call()
+    samples = []
     for _ in range(n):
         start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-    return out
+        call()
+        samples.append(time.perf_counter() - start)
+    return samples
 
 
-def row(case: str, client: str, samples: list[float], size: int | None = None, note: str = "") -> Row:
-    p50 = percentile(samples, 50)
-    rate = (2 * size / MB) / p50 if size else None  # written and read back
-    return Row(case, client, len(samples), p50 * 1000, percentile(samples, 95) * 1000, rate, note)
+def once(call: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+def per_second(call: Callable[[], object], threads: int, seconds: float) -> float:
+    """Calls completed per second by ``threads`` threads calling in a loop for ``seconds``."""
+    done = [0] * threads
+    failures: list[BaseException] = []
+    stop = time.monotonic() + seconds
+
+    def loop(slot: int) -> None:
+        try:
+            while time.monotonic() < stop:
+                call()
+                done[slot] += 1
+        except BaseException as exc:
+            failures.append(exc)
+
+    workers = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
+    started = time.monotonic()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    if failures:
+        raise failures[0]
+    return sum(done) / (time.monotonic() - started)
+
+
+def round_trips(write: Callable[[bytes], object], read: Callable[[], bytes], size: int, runs: int) -> list[float]:
+    data = os.urandom(size)
+
+    def write_and_read_back() -> None:
+        write(data)
+        if read() != data:
+            raise AssertionError(f"the {size} bytes read back differ from those written")
+
+    return timed(write_and_read_back, runs, warmup=1)
+
+
+def file_metrics(write: Callable[[bytes], object], read: Callable[[], bytes], small_mb: int,
+                 large_mb: int) -> Metrics:
+    small = round_trips(write, read, small_mb * MB, 10)
+    large = round_trips(write, read, large_mb * MB, 3)
+    return {SMALL: percentile(small, 50) * 1000, LARGE: 2 * large_mb / percentile(large, 50)}
+
+
+def command_metrics(run_true: Callable[[], object], iterations: int, threads: int, seconds: float,
+                    thread_safe: bool = True) -> Metrics:
+    samples = timed(run_true, iterations)
+    return {TRUE_P50: percentile(samples, 50) * 1000, TRUE_P95: percentile(samples, 95) * 1000,
+            RATE: per_second(run_true, threads if thread_safe else 1, seconds)}
+
+
+def bench_sdk(sbx: Sandbox, a: argparse.Namespace) -> Metrics:
+    path = f"/workspace/bench-{sbx.manager.transport}.bin"
+    metrics = command_metrics(lambda: sbx.run(["true"]).check(), a.iterations, a.threads, a.seconds)
+    metrics |= file_metrics(lambda data: sbx.files.write(path, data), lambda: sbx.files.read_bytes(path),
+                            a.small_mb, a.large_mb)
+    sbx.files.remove(path)
+    return metrics
 
 
 class Kubectl:
@@ -81,62 +170,71 @@ class Kubectl:
         return out.stdout
 
 
-def operator_for(namespace: str, kubeconfig: str, enabled: bool) -> contextlib.AbstractContextManager[object]:
-    """The operator from this checkout for ``namespace`` while the block runs (``--start-operator``), else none."""
-    if not enabled:
-        return contextlib.nullcontext()
-    log_path = Path(tempfile.gettempdir()) / f"bench-operator-{namespace}.log"
-    return running_operator(kubeconfig, namespace, log_path)
+def bench_kubectl(kubectl: Kubectl, a: argparse.Namespace) -> Metrics:
+    path = "/workspace/bench-kubectl.bin"
+    first = once(lambda: kubectl.exec("true"))
+    metrics = command_metrics(lambda: kubectl.exec("true"), a.iterations, a.threads, a.seconds)
+    metrics |= file_metrics(lambda data: kubectl.exec("sh", "-c", f"cat > {path}", stdin=data),
+                            lambda: kubectl.exec("cat", path), a.small_mb, a.large_mb)
+    kubectl.exec("rm", "-f", path)
+    return metrics | {FIRST_NEW: first * 1000}
 
 
-def bench_sdk_and_kubectl(sbx: Sandbox, kubectl: Kubectl, iterations: int, sizes_mb: list[int]) -> list[Row]:
-    rows = [
-        row("exec `true` round trip", "sandbox SDK", timed(lambda: sbx.run(["true"]).check(), iterations),
-            note="pods/exec websocket + sandbox-exec wrapper"),
-        row("exec `true` round trip", "kubectl exec", timed(lambda: kubectl.exec("true"), iterations),
-            note="new kubectl process each time, no wrapper"),
-        row("exec `true` round trip", "kubectl exec + wrapper",
-            timed(lambda: kubectl.exec(constants.EXEC_WRAPPER, "--", "true"), iterations)),
-    ]
-    for size_mb in sizes_mb:
-        size = size_mb * MB
-        data = os.urandom(size)
-        runs = 5 if size_mb <= 5 else 3
+def stream_floor(sbx: Sandbox, iterations: int) -> tuple[float, float]:
+    """p50 and p95 (ms) of 16 bytes echoed by ``cat`` through one open pods/exec stream."""
+    transport = pod_exec_transport(sbx.manager.api.api_client, sbx.namespace, sbx.pod_name,
+                                   container=constants.CONTAINER_NAME, program="/bin/cat", sandbox=sbx.name)
+    line = b"0123456789abcde\n"
 
-        def sdk_round_trip(data: bytes = data) -> None:
-            sbx.files.write("/workspace/bench.bin", data)
-            if sbx.files.read_bytes("/workspace/bench.bin") != data:
-                raise AssertionError("SDK round trip changed the bytes")
+    def echo() -> None:
+        transport.write(line)
+        got = b""
+        while len(got) < len(line):
+            data = transport.read(len(line) - len(got))
+            if not data:
+                raise RuntimeError(f"cat ended the stream: {transport.diagnostic()}")
+            got += data
 
-        def kubectl_round_trip(data: bytes = data) -> None:
-            kubectl.exec("sh", "-c", "cat > /workspace/bench-kubectl.bin", stdin=data)
-            if kubectl.exec("cat", "/workspace/bench-kubectl.bin") != data:
-                raise AssertionError("kubectl round trip changed the bytes")
+    try:
+        samples = timed(echo, iterations, warmup=5)
+    finally:
+        transport.close()
+    return percentile(samples, 50) * 1000, percentile(samples, 95) * 1000
 
-        rows.append(row(f"write+read {size_mb} MB", "sandbox SDK", timed(sdk_round_trip, runs, 1), size))
-        rows.append(row(f"write+read {size_mb} MB", "kubectl exec", timed(kubectl_round_trip, runs, 1), size))
-    sbx.run("rm -f /workspace/bench.bin /workspace/bench-kubectl.bin")
-    return rows
 
+SPAWN_TRUE = textwrap.dedent("""
+    import json, os, time
+    samples = []
+    for _ in range(200):
+        start = time.perf_counter()
+        pid = os.fork()
+        if pid == 0:
+            os.execv("/bin/true", ["true"])
+        os.waitpid(pid, 0)
+        samples.append(time.perf_counter() - start)
+    samples.sort()
+    print(json.dumps([samples[100] * 1000, samples[190] * 1000]))
+""")
+
+
+# llm-sandbox, in an interpreter of its own --------------------------------------------------------------------------
 
 LLM_SANDBOX_SCRIPT = textwrap.dedent('''
-    import json, os, statistics, sys, time
+    import json, os, sys, threading, time
     from kubernetes import client, config
     from llm_sandbox import SandboxSession
 
-    kubeconfig, namespace, image, iterations, sizes = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), \\
-        [int(s) for s in sys.argv[5].split(",") if s]
+    kubeconfig, namespace, image = sys.argv[1], sys.argv[2], sys.argv[3]
+    iterations, small_mb, large_mb, seconds = int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), float(sys.argv[7])
     config.load_kube_config(kubeconfig)
     name = "llm-sandbox-bench-" + os.urandom(3).hex()
     manifest = {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": namespace, "labels": {"app": "llm-sandbox-bench"}},
         "spec": {"containers": [{"name": "sandbox-container", "image": image, "imagePullPolicy": "Never",
-                                 "command": ["/usr/local/bin/sandbox-init"],
-                                 "securityContext": {"runAsUser": 1000, "runAsGroup": 1000}}],
+                                 "command": ["/usr/local/bin/sandbox-init"]}],
                  "restartPolicy": "Never"},
     }
-    out = []
     def pct(v, p):
         v = sorted(v); k = (len(v) - 1) * p / 100; lo = int(k); hi = min(lo + 1, len(v) - 1)
         return v[lo] + (v[hi] - v[lo]) * (k - lo)
@@ -146,12 +244,20 @@ LLM_SANDBOX_SCRIPT = textwrap.dedent('''
         for _ in range(n):
             t = time.perf_counter(); fn(); s.append(time.perf_counter() - t)
         return s
+    out, errors = {}, {}
     with SandboxSession(backend="kubernetes", lang="python", image=image, kube_namespace=namespace,
                         pod_manifest=manifest, client=client.CoreV1Api(), workdir="/workspace",
                         skip_environment_setup=True) as session:
+        t = time.perf_counter(); session.execute_command("true")
+        out["first_after_ready_ms"] = (time.perf_counter() - t) * 1000
         s = timed(lambda: session.execute_command("true"), iterations)
-        out.append({"case": "exec `true` round trip", "n": len(s), "p50": pct(s, 50), "p95": pct(s, 95)})
-        for mb in sizes:
+        out["true_p50_ms"], out["true_p95_ms"] = pct(s, 50) * 1000, pct(s, 95) * 1000
+        stop, count = time.monotonic() + seconds, 0
+        start = time.monotonic()
+        while time.monotonic() < stop:
+            session.execute_command("true"); count += 1
+        out["commands_per_s"] = count / (time.monotonic() - start)
+        for mb, key, runs in ((small_mb, "small_p50_ms", 10), (large_mb, "large_mb_per_s", 3)):
             data = os.urandom(mb * 1000000)
             src = f"/tmp/llm-bench-{mb}.bin"; back = src + ".back"
             open(src, "wb").write(data)
@@ -161,49 +267,69 @@ LLM_SANDBOX_SCRIPT = textwrap.dedent('''
                 if open(back, "rb").read() != data:
                     raise AssertionError("the bytes read back differ from those written")
             try:
-                s = timed(rt, 5 if mb <= 5 else 3, 1)
-                out.append({"case": f"write+read {mb} MB", "n": len(s), "p50": pct(s, 50), "p95": pct(s, 95),
-                            "size": mb * 1000000})
+                p50 = pct(timed(rt, runs, 1), 50)
+                out[key] = p50 * 1000 if key == "small_p50_ms" else 2 * mb / p50
             except Exception as exc:
-                out.append({"case": f"write+read {mb} MB", "error": f"{type(exc).__name__}: {exc}"[:200]})
-    print(json.dumps(out))
+                errors[key] = f"{type(exc).__name__}: {exc}"[:200]
+    print(json.dumps({"metrics": out, "errors": errors}))
 ''')
 
 
-def bench_llm_sandbox(python: str, kubeconfig: str, namespace: str, iterations: int,
-                      sizes_mb: list[int]) -> tuple[list[Row], str | None]:
+def bench_llm_sandbox(python: str, kubeconfig: str, namespace: str, a: argparse.Namespace) -> tuple[Metrics, list[str]]:
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
         f.write(LLM_SANDBOX_SCRIPT)
-    proc = subprocess.run([python, f.name, kubeconfig, namespace, constants.SANDBOX_IMAGE, str(iterations),
-                           ",".join(map(str, sizes_mb))], capture_output=True, text=True, timeout=1800, check=False)
-    Path(f.name).unlink(missing_ok=True)
+    try:
+        proc = subprocess.run([python, f.name, kubeconfig, namespace, constants.SANDBOX_IMAGE, str(a.iterations),
+                               str(a.small_mb), str(a.large_mb), str(a.seconds)], capture_output=True, text=True,
+                              timeout=1800, check=False)
+    finally:
+        Path(f.name).unlink(missing_ok=True)
     if proc.returncode != 0:
-        return [], (proc.stderr.strip().splitlines() or ["failed"])[-1][:300]
+        return {}, [f"llm-sandbox failed: {(proc.stderr.strip().splitlines() or ['no output'])[-1][:300]}"]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    notes = [f"llm-sandbox {metric}: FAILED: {error}" for metric, error in report["errors"].items()]
+    return dict(report["metrics"]), notes
+
+
+# Output ---------------------------------------------------------------------------------------------------------------
+
+def format_table(results: dict[str, Metrics], goal_list: list[Goal]) -> str:
+    llm = results.get(LLM, {})
+    headers = ("metric", "goal (SDK, channel)", *CLIENTS)
     rows = []
-    for item in json.loads(proc.stdout.strip().splitlines()[-1]):
-        if "error" in item:
-            rows.append(Row(item["case"], "llm-sandbox (k8s)", 0, float("nan"), float("nan"), None,
-                            f"FAILED: {item['error']}"))
-            continue
-        samples_ms = (item["p50"] * 1000, item["p95"] * 1000)
-        rate = (2 * item["size"] / MB) / item["p50"] if item.get("size") else None
-        rows.append(Row(item["case"], "llm-sandbox (k8s)", item["n"], samples_ms[0], samples_ms[1], rate,
-                        "pods/exec; files via tar"))
-    return rows, None
-
-
-def format_rows(rows: list[Row]) -> str:
-    headers = ("case", "client", "n", "p50 ms", "p95 ms", "MB/s", "note")
-    def ms(value: float, n: int) -> str:
-        return "-" if n == 0 else f"{value:.1f}"
-
-    table = [(r.case, r.client, str(r.n), ms(r.p50_ms, r.n), ms(r.p95_ms, r.n),
-              "-" if r.mb_per_s is None else f"{r.mb_per_s:.1f}", r.note) for r in rows]
-    widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(headers)]
+    for goal in goal_list:
+        cells = []
+        for client in CLIENTS:
+            value = results.get(client, {}).get(goal.metric)
+            if value is None:
+                cells.append("-")
+                continue
+            cell = f"{value:.1f}" if value < 1000 else f"{value:.0f}"
+            if client == CHANNEL and goal.goal:
+                cell += "  met" if goal.met(value, llm) else "  MISSED"
+            cells.append(cell)
+        rows.append((goal.label, goal.goal or "-", *cells))
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(widths[i]) for i, h in enumerate(headers)).rstrip(),
              "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(v.ljust(widths[i]) for i, v in enumerate(t)).rstrip() for t in table]
+    lines += ["  ".join(v.ljust(widths[i]) for i, v in enumerate(r)).rstrip() for r in rows]
     return "\n".join(lines)
+
+
+def kubectl_namespace(kubectl_bin: str, kubeconfig: str, namespace: str, *labels: str) -> None:
+    base = [kubectl_bin, "--kubeconfig", kubeconfig]
+    subprocess.run([*base, "create", "namespace", namespace], capture_output=True, check=False)
+    if labels:
+        subprocess.run([*base, "label", "namespace", namespace, "--overwrite", *labels], capture_output=True,
+                       check=True)
+
+
+def operator_for(namespace: str, kubeconfig: str, enabled: bool) -> contextlib.AbstractContextManager[object]:
+    """The operator from this checkout for ``namespace`` while the block runs (``--start-operator``), else none."""
+    if not enabled:
+        return contextlib.nullcontext()
+    log_path = Path(tempfile.gettempdir()) / f"bench-operator-{namespace}.log"
+    return running_operator(kubeconfig, namespace, log_path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,51 +337,74 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"), required=not os.environ.get("KUBECONFIG"))
     p.add_argument("--namespace", default="sandbox-bench")
     p.add_argument("--kubectl", help="kubectl binary (default: the cluster's, else PATH)")
-    p.add_argument("--iterations", type=int, default=50)
-    p.add_argument("--sizes", default="1,50", help="file sizes in MB, comma-separated")
+    p.add_argument("--iterations", type=int, default=100, help="runs of `true` per client (default 100)")
+    p.add_argument("--threads", type=int, default=8, help="threads for commands per second (default 8)")
+    p.add_argument("--seconds", type=float, default=3.0, help="how long to count commands per second (default 3)")
+    p.add_argument("--small-mb", type=int, default=1, help="the small file, in MB (default 1)")
+    p.add_argument("--large-mb", type=int, default=50, help="the large file, in MB (default 50)")
     p.add_argument("--sandbox", help="use this existing Ready sandbox instead of creating one")
     p.add_argument("--start-operator", action="store_true", help="run the operator from this checkout meanwhile")
     p.add_argument("--llm-sandbox-python", help="a python with llm-sandbox[k8s] installed, to compare with it")
+    p.add_argument("--llm-sandbox-namespace", help="its namespace (default: NAMESPACE-llm, made without Pod "
+                                                   "Security restricted)")
     p.add_argument("--output", choices=("table", "json"), default="table")
     a = p.parse_args(argv)
-    sizes = [int(s) for s in a.sizes.split(",") if s]
     kubectl_bin = kubectl_binary(a.kubectl)
-    subprocess.run([kubectl_bin, "--kubeconfig", a.kubeconfig, "create", "namespace", a.namespace],
-                   capture_output=True, check=False)
+    kubectl_namespace(kubectl_bin, a.kubeconfig, a.namespace)
+    results: dict[str, Metrics] = {}
     notes: list[str] = []
     with operator_for(a.namespace, a.kubeconfig, a.start_operator), \
-            SandboxManager(a.namespace, kubeconfig=a.kubeconfig) as manager:
+            SandboxManager(a.namespace, kubeconfig=a.kubeconfig, transport="channel") as channel_manager, \
+            SandboxManager(a.namespace, kubeconfig=a.kubeconfig, transport="exec") as exec_manager:
         created = None
         if a.sandbox:
-            sbx = manager.get(a.sandbox)
+            sbx = channel_manager.get(a.sandbox)
+            first_after_ready = None
         else:
             started = time.perf_counter()
-            created = sbx = manager.create(f"bench-{uuid.uuid4().hex[:6]}", memory="1Gi",
-                                           ephemeral_storage="2Gi", labels={"bench": "exec"})
+            created = sbx = channel_manager.create(f"bench-{uuid.uuid4().hex[:6]}", memory="1Gi",
+                                                   ephemeral_storage="2Gi", labels={"bench": "exec"})
             notes.append(f"sandbox create -> Ready: {time.perf_counter() - started:.2f} s")
+            first_after_ready = once(lambda: sbx.run(["true"]).check()) * 1000
         try:
-            kubectl = Kubectl(kubectl_bin, a.kubeconfig, a.namespace, sbx.pod_name)
-            rows = bench_sdk_and_kubectl(sbx, kubectl, a.iterations, sizes)
+            with SandboxManager(a.namespace, kubeconfig=a.kubeconfig, transport="channel") as fresh:
+                newcomer = fresh.get(sbx.name)
+                first_new = once(lambda: newcomer.run(["true"]).check()) * 1000
+            results[CHANNEL] = bench_sdk(sbx, a) | {FIRST: first_after_ready, FIRST_NEW: first_new}
+            by_exec = exec_manager.get(sbx.name)
+            first_exec = once(lambda: by_exec.run(["true"]).check()) * 1000
+            results[EXEC] = bench_sdk(by_exec, a) | {FIRST_NEW: first_exec}
+            results[KUBECTL] = bench_kubectl(Kubectl(kubectl_bin, a.kubeconfig, a.namespace, sbx.pod_name), a)
+            floor = stream_floor(sbx, a.iterations)
+            notes.append(f"floor: 16 bytes echoed by cat through one open pods/exec stream: p50 {floor[0]:.2f} ms, "
+                         f"p95 {floor[1]:.2f} ms")
+            spawn = json.loads(sbx.run(["python3", "-c", SPAWN_TRUE], check=True).stdout)
+            notes.append(f"in the sandbox: a Python process forks, executes and waits for /bin/true: p50 "
+                         f"{spawn[0]:.2f} ms, p95 {spawn[1]:.2f} ms (the agent's own work per command, "
+                         f"without its limits)")
         finally:
             if created is not None:
                 # Wait while the operator still runs: it removes its finalizer from the Sandbox.
                 created.delete(wait=True, timeout=120)
     if a.llm_sandbox_python:
-        llm_rows, error = bench_llm_sandbox(a.llm_sandbox_python, a.kubeconfig, a.namespace, a.iterations, sizes)
-        rows += llm_rows
-        if error:
-            notes.append(f"llm-sandbox: {error}")
+        llm_namespace = a.llm_sandbox_namespace or f"{a.namespace}-llm"
+        kubectl_namespace(kubectl_bin, a.kubeconfig, llm_namespace, "pod-security.kubernetes.io/enforce=privileged")
+        results[LLM], llm_notes = bench_llm_sandbox(a.llm_sandbox_python, a.kubeconfig, llm_namespace, a)
+        notes += llm_notes
     else:
         notes.append("llm-sandbox: not run (pass --llm-sandbox-python)")
-    rows.sort(key=lambda r: (r.case.startswith("write"), r.case, r.client))
+    goal_list = goals(a.small_mb, a.large_mb)
     if a.output == "json":
-        print(json.dumps({"command": invocation(), "rows": [asdict(r) for r in rows], "notes": notes}, indent=2))
+        print(json.dumps({"command": invocation(), "results": results, "notes": notes,
+                          "goals": {g.metric: g.goal for g in goal_list if g.goal}}, indent=2))
     else:
         print(f"# {invocation()}")
-        print(format_rows(rows))
+        print(format_table(results, goal_list))
         for note in notes:
             print(f"# {note}")
-        print(f"# median of runs; MB/s counts the bytes written plus read back; p50 of {a.iterations} exec runs")
+        print(f"# `true`: {a.iterations} runs per client; files: p50 of 10 ({a.small_mb} MB) and 3 ({a.large_mb} MB) "
+              f"round trips, MB/s counts the bytes written plus read back; commands per second: {a.threads} threads "
+              f"for {a.seconds:g} s")
     return 0
 
 

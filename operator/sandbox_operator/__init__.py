@@ -14,7 +14,9 @@ from sandbox_operator.constants import PROJECT_VERSION
 
 if TYPE_CHECKING:
     from sandbox_operator.sdk import (
+        AgentUnavailable,
         ApiError,
+        ChannelBroken,
         CommandError,
         CommandHandle,
         CommandResult,
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
         NamespaceNotServed,
         OutputChunk,
         PathOutsideSandbox,
+        RunningCommand,
         Sandbox,
         SandboxAlreadyExists,
         SandboxError,
@@ -48,12 +51,12 @@ if TYPE_CHECKING:
 __version__ = PROJECT_VERSION
 
 __all__ = [
-    "ApiError", "AsyncSandbox", "AsyncSandboxManager", "CommandError", "CommandHandle", "CommandResult",
-    "CommandStream", "CommandTimeout", "ConfigError", "EventStream", "ExecError", "FileError", "FileInfo",
-    "FileTooLarge", "Health", "InvalidSandboxSpec", "NamespaceNotServed", "OutputChunk", "PathOutsideSandbox",
-    "Sandbox",
-    "SandboxAlreadyExists", "SandboxError", "SandboxEvent", "SandboxFailed", "SandboxFileNotFound",
-    "SandboxForbidden", "SandboxManager", "SandboxNotFound", "SandboxNotReady", "WaitTimeout", "__version__",
+    "AgentUnavailable", "ApiError", "AsyncSandbox", "AsyncSandboxManager", "ChannelBroken", "CommandError",
+    "CommandHandle", "CommandResult", "CommandStream", "CommandTimeout", "ConfigError", "EventStream", "ExecError",
+    "FileError", "FileInfo", "FileTooLarge", "Health", "InvalidSandboxSpec", "NamespaceNotServed", "OutputChunk",
+    "PathOutsideSandbox", "RunningCommand", "Sandbox", "SandboxAlreadyExists", "SandboxError", "SandboxEvent",
+    "SandboxFailed", "SandboxFileNotFound", "SandboxForbidden", "SandboxManager", "SandboxNotFound", "SandboxNotReady",
+    "WaitTimeout", "__version__",
 ]
 _AIO_NAMES = frozenset({"AsyncSandbox", "AsyncSandboxManager"})
 _SDK_NAMES = frozenset(__all__) - _AIO_NAMES - {"__version__"}

@@ -307,7 +307,7 @@ class Context:
 
             self._manager = SandboxManager(
                 getattr(self.args, "namespace", None), kubeconfig=getattr(self.args, "kubeconfig", None),
-                context=getattr(self.args, "context", None))
+                context=getattr(self.args, "context", None), transport=getattr(self.args, "transport", None))
         return self._manager
 
     def sandbox(self, name: str) -> Sandbox:
@@ -565,6 +565,9 @@ def _common() -> argparse.ArgumentParser:
     g.add_argument("--context", default=argparse.SUPPRESS, help="kubeconfig context")
     g.add_argument("-o", "--output", choices=OUTPUTS, default=argparse.SUPPRESS,
                    help="output format: table (default), json or yaml")
+    g.add_argument("--transport", choices=("auto", "channel", "exec"), default=argparse.SUPPRESS,
+                   help="how commands and files reach the sandbox: auto (default: its channel, or one exec per "
+                        "command when the image has no agent), channel, or exec (default: $SANDBOX_EXEC_TRANSPORT)")
     return p
 
 
@@ -625,8 +628,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
 
     p = add("exec", cmd_exec, "run a command in a sandbox, streaming its output",
-            "Run a command in a sandbox through the exec wrapper (so timeouts and limits apply), streaming "
-            "stdout and stderr as they arrive. Exits with the command's exit code.",
+            "Run a command in a sandbox (timeouts and limits apply), streaming stdout and stderr as they arrive. "
+            "Exits with the command's exit code. With -o json|yaml the result follows the output: exit code, "
+            "duration, and over the channel the command's CPU seconds and peak memory.",
             "examples:\n  sandboxctl exec sbx-x7k2p -- ls -la /workspace\n"
             "  sandboxctl exec sbx-x7k2p --sh -- 'echo $HOME | tr a-z A-Z'\n"
             "  echo data | sandboxctl exec -i sbx-x7k2p -- wc -c")

@@ -54,6 +54,8 @@ EXEC_WRAPPER: Final = "/usr/local/bin/sandbox-exec"
 FILES_TOOL: Final = "/usr/local/bin/sandbox-files"
 INIT_PROGRAM: Final = "/usr/local/bin/sandbox-init"
 READY_PROGRAM: Final = "/usr/local/bin/sandbox-ready"
+# The SDK's channel: started through one long-lived pods/exec stream per sandbox (docs/channel.md).
+AGENT_PROGRAM: Final = "/usr/local/bin/sandbox-agent"
 
 # Environment the operator sets in the sandbox container; the exec wrapper reads its defaults from it.
 ENV_PIDS_LIMIT: Final = "SANDBOX_PIDS_LIMIT"

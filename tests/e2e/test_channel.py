@@ -1,8 +1,9 @@
 """The channel over a real pods/exec stream: the image's sandbox-agent, the official client's WebSocket.
 
 Needs the sandbox image with /usr/local/bin/sandbox-agent. The channel is opened directly (Channel over
-pod_exec_transport), next to the SDK's per-command path, which the tests use to act on the agent from inside
-the sandbox (kill it, stop it, look for processes).
+pod_exec_transport), next to the SDK's per-command path (a manager with transport "exec"), which the tests use to
+act on the agent from inside the sandbox (kill it, stop it, look for processes). The last tests are the SDK's
+choice of transport: the fallback where the image has no agent.
 """
 
 from __future__ import annotations
@@ -12,31 +13,28 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from kubernetes import client
 
 from sandbox_operator import constants
 from sandbox_operator.sdk import Sandbox, SandboxManager, errors
 from sandbox_operator.sdk.channel import Channel, pod_exec_transport
-from tests.kit import READY_TIMEOUT, SMALL_SPEC, Cluster, operator_namespace
+from tests.kit import READY_TIMEOUT, SMALL_SPEC, Cluster, namespace_fixture
 from tests.unit.test_channel import from_threads, in_background
 
-
-@pytest.fixture(scope="module")
-def namespace(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with operator_namespace(cluster, "channel-e2e", tmp_path_factory.mktemp("logs")) as ns:
-        yield ns
+namespace = namespace_fixture("channel-e2e")
 
 
 @pytest.fixture(scope="module")
 def sandbox(cluster: Cluster, namespace: str) -> Iterator[Sandbox]:
+    """A sandbox whose own commands go one exec each: they act on the channels under test without using one."""
     with SandboxManager(namespace, kubeconfig=cluster.kubeconfig, ready_timeout=READY_TIMEOUT,
-                        default_spec=SMALL_SPEC) as manager, manager.create(labels={"e2e": "channel"}) as sbx:
+                        default_spec=SMALL_SPEC, transport="exec") as manager, \
+            manager.create(labels={"e2e": "channel"}) as sbx:
         yield sbx
 
 
 def open_channel(sandbox: Sandbox, **options: float) -> Channel:
-    core = client.CoreV1Api(sandbox.manager.api.api_client)
-    transport = pod_exec_transport(core, sandbox.namespace, sandbox.pod_name, container=constants.CONTAINER_NAME)
+    transport = pod_exec_transport(sandbox.manager.api.api_client, sandbox.namespace, sandbox.pod_name,
+                                   container=constants.CONTAINER_NAME)
     return Channel(transport, sandbox=sandbox.name, namespace=sandbox.namespace, **options)
 
 
@@ -123,9 +121,40 @@ def test_a_cut_stream_ends_the_commands_in_flight(sandbox: Sandbox) -> None:
 
 
 def test_a_missing_agent_is_agent_unavailable(sandbox: Sandbox) -> None:
-    core = client.CoreV1Api(sandbox.manager.api.api_client)
-    transport = pod_exec_transport(core, sandbox.namespace, sandbox.pod_name, container=constants.CONTAINER_NAME,
-                                   program="/usr/local/bin/no-such-agent")
     with pytest.raises(errors.AgentUnavailable) as unavailable:
+        transport = pod_exec_transport(sandbox.manager.api.api_client, sandbox.namespace, sandbox.pod_name,
+                                       container=constants.CONTAINER_NAME, program="/usr/local/bin/no-such-agent")
         Channel(transport, sandbox=sandbox.name, hello_timeout=30)
     assert unavailable.value.reason == "AgentMissing"
+
+
+def test_without_the_agent_auto_falls_back_to_one_exec_per_command(sandbox: Sandbox,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(constants, "AGENT_PROGRAM", "/usr/local/bin/no-such-agent")  # an image without it
+    api_client = sandbox.manager.api.api_client
+    with SandboxManager(sandbox.namespace, api_client=api_client, transport="auto") as manager:
+        box = manager.get(sandbox.name)
+        result = box.run(["sh", "-c", "echo fell back"])
+        assert result.stdout == "fell back\n" and result.cpu_seconds is None  # no agent, no wait4 report
+        box.files.write("fallback.txt", "via the file tool\n")
+        assert box.files.read_text("fallback.txt") == "via the file tool\n"
+        slot = manager._channels.slot(sandbox.namespace, sandbox.name, sandbox.pod_name)
+        assert slot.no_agent is not None and slot.no_agent.reason == "AgentMissing"
+    with SandboxManager(sandbox.namespace, api_client=api_client, transport="channel") as manager, \
+            pytest.raises(errors.AgentUnavailable):
+        manager.get(sandbox.name).run(["true"])
+
+
+def test_the_sdk_over_the_channel_reports_resource_use_and_records_activity(sandbox: Sandbox) -> None:
+    with SandboxManager(sandbox.namespace, api_client=sandbox.manager.api.api_client, transport="channel",
+                        activity_interval=1) as manager:
+        box = manager.get(sandbox.name)
+        def last_activity() -> str:
+            return str((box.refresh().obj["metadata"].get("annotations") or {}).get(
+                constants.ANNOTATION_LAST_ACTIVITY, ""))
+
+        before = last_activity()
+        time.sleep(1.1)  # the annotation has whole seconds
+        result = box.run(["python3", "-c", "sum(range(3 * 10**6))"])
+        assert result.exit_code == 0 and result.cpu_seconds is not None and result.cpu_seconds > 0
+        assert last_activity() > before

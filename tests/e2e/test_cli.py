@@ -1,4 +1,7 @@
-"""sandboxctl against the real cluster, with the real operator."""
+"""sandboxctl against the real cluster, with the real operator.
+
+exec, cp, ls, cat and rm run twice (the ``tctl`` fixture, which sets ``SANDBOX_EXEC_TRANSPORT``): over the sandbox's
+channel (``[channel]``) and with one exec per command (``[exec]``), the fallback for images without the agent."""
 
 from __future__ import annotations
 
@@ -13,16 +16,27 @@ import pytest
 import yaml
 
 from sandbox_operator import constants
-from tests.kit import Cluster, Sandboxctl, operator_namespace
+from sandbox_operator.sdk.transport import ENV_TRANSPORT
+from tests.kit import Cluster, Sandboxctl, namespace_fixture
 
 MiB = 1024 * 1024
 SMALL = ("--cpu", "250m", "--memory", "256Mi")  # fits next to other suites' sandboxes on the test node
 
 
+namespace = namespace_fixture("cli-e2e")
+
+
 @pytest.fixture(scope="module")
-def ctl(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandboxctl]:
-    with operator_namespace(cluster, "cli-e2e", tmp_path_factory.mktemp("logs")) as namespace:
-        yield Sandboxctl(cluster.kubeconfig, namespace)
+def ctl(cluster: Cluster, namespace: str) -> Sandboxctl:
+    return Sandboxctl(cluster.kubeconfig, namespace)
+
+
+@pytest.fixture(scope="module", params=["channel", "exec"])
+def tctl(request: pytest.FixtureRequest, cluster: Cluster, namespace: str) -> Sandboxctl:
+    """sandboxctl with one transport, chosen by the environment variable a user would set."""
+    over = Sandboxctl(cluster.kubeconfig, namespace)
+    over.env[ENV_TRANSPORT] = request.param
+    return over
 
 
 @pytest.fixture(scope="module")
@@ -46,29 +60,34 @@ def test_create_list_get(ctl: Sandboxctl, box: str) -> None:
     assert health["health"]["ready"] is True and health["sandbox"]["metadata"]["name"] == box
 
 
-def test_exec_hello_exit_codes_stderr_stdin_env_cwd(ctl: Sandboxctl, box: str) -> None:
-    out = ctl("exec", box, "--", "python3", "-c", 'print("Hello")')
+def test_exec_hello_exit_codes_stderr_stdin_env_cwd(tctl: Sandboxctl, box: str) -> None:
+    out = tctl("exec", box, "--", "python3", "-c", 'print("Hello")')
     assert out.stdout == b"Hello\n"
-    failed = ctl("exec", box, "--", "sh", "-c", "echo out; echo err >&2; exit 7", check=False)
+    failed = tctl("exec", box, "--", "sh", "-c", "echo out; echo err >&2; exit 7", check=False)
     assert (failed.returncode, failed.stdout, failed.stderr) == (7, b"out\n", b"err\n")
-    assert ctl("exec", box, "--", "no-such-command-xyz", check=False).returncode == 127
-    assert ctl("exec", "-i", box, "--", "wc", "-c", input=b"x" * 12345).stdout.strip() == b"12345"
-    assert ctl("exec", box, "-e", "FOO=bar baz", "--sh", "--", "echo $FOO").stdout == b"bar baz\n"
-    assert ctl("exec", box, "-w", "/tmp", "--", "pwd").stdout == b"/tmp\n"
-    as_json = json.loads(ctl("exec", box, "-o", "json", "--", "sh", "-c", "exit 0").stdout)
+    assert tctl("exec", box, "--", "no-such-command-xyz", check=False).returncode == 127
+    assert tctl("exec", "-i", box, "--", "wc", "-c", input=b"x" * 12345).stdout.strip() == b"12345"
+    assert tctl("exec", box, "-e", "FOO=bar baz", "--sh", "--", "echo $FOO").stdout == b"bar baz\n"
+    assert tctl("exec", box, "-w", "/tmp", "--", "pwd").stdout == b"/tmp\n"
+    as_json = json.loads(tctl("exec", box, "-o", "json", "--", "sh", "-c", "exit 0").stdout)
     assert as_json["exitCode"] == 0 and as_json["timedOut"] is False
+    over_channel = tctl.env[ENV_TRANSPORT] == "channel"
+    assert ("cpuSeconds" in as_json and "peakRssBytes" in as_json) == over_channel  # the agent's wait4() report
+    # The option beats the environment.
+    forced = json.loads(tctl("--transport", "exec", "exec", box, "-o", "json", "--", "true").stdout)
+    assert forced["exitCode"] == 0 and "cpuSeconds" not in forced
 
 
-def test_exec_timeout_kills_and_reports(ctl: Sandboxctl, box: str) -> None:
+def test_exec_timeout_kills_and_reports(tctl: Sandboxctl, box: str) -> None:
     started = time.monotonic()
-    out = ctl("exec", box, "-t", "2", "--", "sh", "-c", "sleep 300; echo never", check=False)
+    out = tctl("exec", box, "-t", "2", "--", "sh", "-c", "sleep 300; echo never", check=False)
     assert out.returncode == 124 and b"never" not in out.stdout and b"timed out" in out.stderr
     assert time.monotonic() - started < 30
 
 
-def test_exec_streams_first_chunk_before_the_end(ctl: Sandboxctl, box: str) -> None:
+def test_exec_streams_first_chunk_before_the_end(tctl: Sandboxctl, box: str) -> None:
     started = time.monotonic()
-    proc = ctl.popen("exec", box, "--", "sh", "-c", "echo first; sleep 4; echo second")
+    proc = tctl.popen("exec", box, "--", "sh", "-c", "echo first; sleep 4; echo second")
     assert proc.stdout is not None
     first = proc.stdout.readline()
     first_at = time.monotonic() - started
@@ -78,55 +97,55 @@ def test_exec_streams_first_chunk_before_the_end(ctl: Sandboxctl, box: str) -> N
     assert first_at < ended - 3
 
 
-def test_cp_binary_round_trip_cat_ls_rm(ctl: Sandboxctl, box: str, tmp_path: Path) -> None:
+def test_cp_binary_round_trip_cat_ls_rm(tctl: Sandboxctl, box: str, tmp_path: Path) -> None:
     data = os.urandom(MiB)
     src = tmp_path / "data.bin"
     src.write_bytes(data)
-    ctl("cp", str(src), f"{box}:/workspace/in/data.bin")
+    tctl("cp", str(src), f"{box}:/workspace/in/data.bin")
     back = tmp_path / "back.bin"
-    ctl("cp", f"{box}:in/data.bin", str(back))
+    tctl("cp", f"{box}:in/data.bin", str(back))
     assert back.read_bytes() == data
-    assert ctl("cat", box, "/workspace/in/data.bin").stdout == data
-    listing = ctl("ls", box, "in").stdout.decode().splitlines()
+    assert tctl("cat", box, "/workspace/in/data.bin").stdout == data
+    listing = tctl("ls", box, "in").stdout.decode().splitlines()
     assert listing[0].split() == ["MODE", "SIZE", "MODIFIED", "NAME"]
     assert listing[1].split()[1] == str(MiB) and listing[1].split()[-1] == "data.bin"
-    entries = json.loads(ctl("ls", box, "in", "-o", "json").stdout)
+    entries = json.loads(tctl("ls", box, "in", "-o", "json").stdout)
     assert entries[0]["size"] == MiB and entries[0]["type"] == "file"
-    ctl("cp", "-", f"{box}:/tmp/piped.txt", input=b"piped\n")
-    assert ctl("cp", f"{box}:/tmp/piped.txt", "-").stdout == b"piped\n"
-    ctl("rm", box, "-r", "in")
-    missing = ctl("cat", box, "in/data.bin", check=False)
+    tctl("cp", "-", f"{box}:/tmp/piped.txt", input=b"piped\n")
+    assert tctl("cp", f"{box}:/tmp/piped.txt", "-").stdout == b"piped\n"
+    tctl("rm", box, "-r", "in")
+    missing = tctl("cat", box, "in/data.bin", check=False)
     assert missing.returncode == 3 and b"FileNotFoundError" in missing.stderr
 
 
-def test_cp_directories_both_ways(ctl: Sandboxctl, box: str, tmp_path: Path) -> None:
+def test_cp_directories_both_ways(tctl: Sandboxctl, box: str, tmp_path: Path) -> None:
     src = tmp_path / "tree"
     (src / "a" / "b").mkdir(parents=True)
     (src / "top.txt").write_text("top\n")
     (src / "a" / "b" / "deep.bin").write_bytes(os.urandom(100_000))
-    ctl("cp", str(src), f"{box}:/workspace/tree")
-    assert ctl("exec", box, "--", "cat", "/workspace/tree/top.txt").stdout == b"top\n"
+    tctl("cp", str(src), f"{box}:/workspace/tree")
+    assert tctl("exec", box, "--", "cat", "/workspace/tree/top.txt").stdout == b"top\n"
     dest = tmp_path / "copy"
-    ctl("cp", f"{box}:/workspace/tree", str(dest))
+    tctl("cp", f"{box}:/workspace/tree", str(dest))
     cmp = filecmp.dircmp(src, dest)
     assert not cmp.left_only and not cmp.right_only and not cmp.diff_files
     assert (dest / "a" / "b" / "deep.bin").read_bytes() == (src / "a" / "b" / "deep.bin").read_bytes()
 
 
-def test_traversal_and_oversize_rejected(ctl: Sandboxctl, box: str, tmp_path: Path) -> None:
+def test_traversal_and_oversize_rejected(tctl: Sandboxctl, box: str, tmp_path: Path) -> None:
     small = tmp_path / "small.txt"
     small.write_text("x")
     for dest in (f"{box}:../etc/x", f"{box}:/etc/passwd", f"{box}:/workspace/../../x"):
-        out = ctl("cp", str(small), dest, check=False)
+        out = tctl("cp", str(small), dest, check=False)
         assert out.returncode == 5, out
         assert b"outside the sandbox" in out.stderr or b"traversal" in out.stderr, out
-    assert ctl("cat", box, "/etc/passwd", check=False).returncode == 5
-    ctl("exec", box, "--", "ln", "-sfn", "/etc", "/workspace/escape")
-    assert ctl("cat", box, "escape/passwd", check=False).returncode == 5
+    assert tctl("cat", box, "/etc/passwd", check=False).returncode == 5
+    tctl("exec", box, "--", "ln", "-sfn", "/etc", "/workspace/escape")
+    assert tctl("cat", box, "escape/passwd", check=False).returncode == 5
     huge = tmp_path / "huge.bin"  # sparse: over the 100 MiB default cap without using the disk
     with huge.open("wb") as f:
         f.truncate(101 * MiB)
-    out = ctl("cp", str(huge), f"{box}:/workspace/huge.bin", check=False)
+    out = tctl("cp", str(huge), f"{box}:/workspace/huge.bin", check=False)
     assert out.returncode == 5 and b"cap" in out.stderr
 
 

@@ -10,6 +10,7 @@ node supports them, once with them on; the limit tests run under both.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -25,7 +26,7 @@ from typing import Any
 import pytest
 
 from sandbox_operator import constants
-from sandbox_operator.sdk import ExecError, PathOutsideSandbox, Sandbox, SandboxManager
+from sandbox_operator.sdk import ChannelBroken, ExecError, PathOutsideSandbox, Sandbox, SandboxManager
 from tests.kit import READY_TIMEOUT, SMALL_SPEC, Cluster, Sandboxctl, operator_namespace, sandbox_manifest, wait_until
 
 pytestmark = pytest.mark.timeout(900)
@@ -210,7 +211,8 @@ ATTACKER = textwrap.dedent("""
                 cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
             except OSError:
                 continue
-            if pid != "1" and b"sandbox-files" not in cmdline and b"sandbox-exec" not in cmdline:
+            tools = (b"sandbox-files", b"sandbox-exec", b"sandbox-agent")
+            if pid != "1" and not any(tool in cmdline for tool in tools):
                 continue
             if b"ATTACK_SECONDS" in cmdline or (pid, cmdline) in seen:
                 continue
@@ -233,8 +235,9 @@ ATTACKER = textwrap.dedent("""
 
 
 def test_a_leftover_process_cannot_forge_or_read_the_tools_output(env: Env, box: Sandbox, tmp_path: Path) -> None:
-    """A process left running in the sandbox watches for the file tool and the exec wrapper and tries to write a
-    forged answer into their stdout (the hole that let a sandbox write anywhere on the client) or to ptrace them."""
+    """A process left running in the sandbox watches for the file tool, the exec wrapper and the channel's agent and
+    tries to write a forged answer into their stdout (the hole that let a sandbox write anywhere on the client) or to
+    ptrace them."""
     box.run(["bash", "-c", "mkdir -p /workspace/dl && echo real > /workspace/dl/x.py"]).check()
     box.files.write("/workspace/attacker.py", ATTACKER)
     attacker = box.start(["python3", "/workspace/attacker.py"], env={"ATTACK_SECONDS": "25"})
@@ -300,8 +303,10 @@ def test_a_finished_command_leaves_nothing_behind(box: Sandbox) -> None:
 
 
 def test_a_command_that_kills_its_own_wrapper_leaves_nothing_behind(box: Sandbox) -> None:
-    """The wrapper runs as the same UID, so a command can SIGKILL it; what it started then ends anyway."""
-    box.run(["bash", "-c", "setsid sleep 1006 & (setsid sleep 1007 &); kill -9 $PPID; sleep 5"])
+    """The wrapper runs as the same UID, so a command can SIGKILL it; what it started then ends anyway. Over the
+    channel the command's parent is the agent: killing it breaks the channel, and the next call opens another."""
+    with contextlib.suppress(ChannelBroken):
+        box.run(["bash", "-c", "setsid sleep 1006 & (setsid sleep 1007 &); kill -9 $PPID; sleep 5"])
     wait_until_gone(box, "sleep 100", timeout=15)
 
 

@@ -3,6 +3,11 @@
 A module-scoped fixture applies the CRD, makes a fresh namespace, and runs the operator from this checkout as
 a subprocess (``python -m sandbox_operator``) watching only that namespace, with a 2-second collection pass
 (``tests.kit.operator_namespace``; SANDBOX_E2E_EXTERNAL_OPERATOR=1 uses an operator that already runs).
+
+Commands, files, kill, timeouts, background commands, stdin and events run twice (the ``sandbox`` and
+``by_transport`` fixtures): over the sandbox's channel (``[channel]``) and with one exec per command, the fallback
+for images without the agent (``[exec]``). The other tests use the default transport (``auto``: the channel;
+``SANDBOX_EXEC_TRANSPORT=exec`` runs them with the fallback too).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import pytest
 
 from sandbox_operator import constants
 from sandbox_operator.sdk import (
+    ChannelBroken,
     CommandTimeout,
     FileTooLarge,
     PathOutsideSandbox,
@@ -33,15 +39,12 @@ from sandbox_operator.sdk import (
     SandboxNotFound,
 )
 from sandbox_operator.sdk.aio import AsyncSandbox, AsyncSandboxManager
-from tests.kit import READY_TIMEOUT, SMALL_SPEC, Cluster, operator_namespace, wait_until
+from tests.kit import READY_TIMEOUT, SMALL_SPEC, Cluster, namespace_fixture, wait_until
 
 MiB = 1024 * 1024
 
 
-@pytest.fixture(scope="module")
-def namespace(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with operator_namespace(cluster, "sdk-e2e", tmp_path_factory.mktemp("logs")) as ns:
-        yield ns
+namespace = namespace_fixture("sdk-e2e")
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +55,28 @@ def manager(cluster: Cluster, namespace: str) -> Iterator[SandboxManager]:
 
 
 @pytest.fixture(scope="module")
-def sandbox(manager: SandboxManager) -> Iterator[Sandbox]:
+def shared(manager: SandboxManager) -> Iterator[Sandbox]:
+    """The sandbox most tests share, through the default manager."""
     with manager.create(labels={"e2e": "shared"}) as sbx:
         yield sbx
+
+
+@pytest.fixture(scope="module", params=["channel", "exec"])
+def by_transport(request: pytest.FixtureRequest, cluster: Cluster, namespace: str) -> Iterator[SandboxManager]:
+    """A manager that uses one transport (explicitly: ``channel`` fails rather than fall back)."""
+    with SandboxManager(namespace, kubeconfig=cluster.kubeconfig, ready_timeout=READY_TIMEOUT,
+                        default_spec=SMALL_SPEC, transport=request.param) as m:
+        yield m
+
+
+@pytest.fixture(scope="module")
+def sandbox(by_transport: SandboxManager, shared: Sandbox) -> Sandbox:
+    """The shared sandbox, through ``by_transport``."""
+    return by_transport.get(shared.name)
+
+
+def over_channel(sbx: Sandbox) -> bool:
+    return sbx.manager.transport == "channel"
 
 
 # The session API example of the README -------------------------------------------------------------------
@@ -85,6 +107,12 @@ def test_the_session_example_prints_hello(cluster: Cluster, namespace: str, mana
 def test_exit_codes_and_stderr(sandbox: Sandbox) -> None:
     r = sandbox.run("echo out; echo err >&2; exit 3")
     assert (r.exit_code, r.stdout, r.stderr, r.timed_out) == (3, "out\n", "err\n", False)
+    # Resource use comes from the agent's wait4(): over the channel only.
+    assert (r.cpu_seconds is not None, r.peak_rss_bytes is not None) == (over_channel(sandbox),) * 2
+    if over_channel(sandbox):
+        big = sandbox.run(["python3", "-c", "b = bytearray(100 * 1024 * 1024); sum(range(10**7))"])
+        assert big.peak_rss_bytes is not None and big.peak_rss_bytes > 100 * MiB
+        assert big.cpu_seconds is not None and big.cpu_seconds > 0.1
     assert sandbox.run(["false"]).exit_code == 1
     assert sandbox.run(["true"]).exit_code == 0
     missing = sandbox.run(["no-such-command-xyz"])
@@ -194,7 +222,8 @@ def test_directories_upload_and_download(sandbox: Sandbox, tmp_path: Path) -> No
     assert (dest / "pkg" / "link.md").is_symlink()
 
 
-def test_traversal_symlinks_and_oversize_are_rejected(manager: SandboxManager, sandbox: Sandbox) -> None:
+def test_traversal_symlinks_and_oversize_are_rejected(sandbox: Sandbox) -> None:
+    manager = sandbox.manager
     for bad in ("../etc/passwd", "/etc/passwd", "/workspace/../etc/shadow", "/proc/self/environ"):
         with pytest.raises(PathOutsideSandbox):
             sandbox.files.read_bytes(bad)
@@ -208,7 +237,7 @@ def test_traversal_symlinks_and_oversize_are_rejected(manager: SandboxManager, s
         sandbox.files.write("etc-link/evil", b"x")
 
     small = SandboxManager(manager.namespace, api_client=manager.api.api_client, max_file_bytes=MiB,
-                           default_spec=SMALL_SPEC)
+                           default_spec=SMALL_SPEC, transport=manager.transport)
     capped = small.get(sandbox.name)
     with pytest.raises(FileTooLarge):
         capped.files.write("big.bin", b"\0" * (MiB + 1))
@@ -216,11 +245,13 @@ def test_traversal_symlinks_and_oversize_are_rejected(manager: SandboxManager, s
     with pytest.raises(FileTooLarge):
         capped.files.read_bytes("big.bin")
     assert len(sandbox.files.read_bytes("big.bin")) == 2 * MiB  # under the default cap
+    small.close()
 
 
 # Health, sessions, errors -----------------------------------------------------------------------------------
 
-def test_health(sandbox: Sandbox) -> None:
+def test_health(shared: Sandbox) -> None:
+    sandbox = shared
     sandbox.run(["true"])
     sandbox.touch()
     health = sandbox.health()
@@ -231,7 +262,8 @@ def test_health(sandbox: Sandbox) -> None:
     assert any(c.type == "Ready" and c.status == "True" for c in health.conditions)
 
 
-def test_get_list_and_errors(manager: SandboxManager, sandbox: Sandbox) -> None:
+def test_get_list_and_errors(manager: SandboxManager, shared: Sandbox) -> None:
+    sandbox = shared
     assert manager.get(sandbox.name).phase == "Ready"
     assert sandbox.name in [s.name for s in manager.list({"e2e": "shared"})]
     assert sandbox.name not in [s.name for s in manager.list("e2e=other")]
@@ -261,7 +293,8 @@ def test_context_manager_destroys_and_exec_after_delete_fails(manager: SandboxMa
         sbx.run("echo too late")
 
 
-def test_events_create_ready_delete(manager: SandboxManager) -> None:
+def test_events_create_ready_delete(by_transport: SandboxManager) -> None:
+    manager = by_transport
     seen: list[SandboxEvent] = []
     lock = threading.Lock()
 
@@ -308,6 +341,57 @@ def test_async_twin(cluster: Cluster, namespace: str) -> None:
 
     stdout, chunks, data = asyncio.run(scenario())
     assert stdout == "async\n" and "".join(chunks) == "a\nb\n" and data == b"\0\1\2"
+
+
+# The channel under load and after its agent dies --------------------------------------------------------------
+
+def test_one_hundred_commands_from_ten_threads_share_the_channel(shared: Sandbox) -> None:
+    sandbox = shared
+    failures: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            for i in range(10):
+                assert sandbox.run(["echo", f"{n}-{i}"]).stdout == f"{n}-{i}\n"
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(10)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not failures, failures[0]
+    assert time.monotonic() - started < 60
+
+
+def test_a_command_cut_off_by_the_agents_death_raises_and_the_next_call_reopens(shared: Sandbox) -> None:
+    sandbox = shared
+    channel = sandbox._channel()
+    if channel is None:
+        pytest.skip("no channel: the transport is exec ($SANDBOX_EXEC_TRANSPORT)")
+    assert channel.hello is not None
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            sandbox.run(["sleep", "60"])
+        except BaseException as exc:
+            raised.append(exc)
+
+    caller = threading.Thread(target=run)
+    caller.start()
+    time.sleep(1)
+    killer = SandboxManager(sandbox.namespace, api_client=sandbox.manager.api.api_client, transport="exec")
+    assert killer.get(sandbox.name).run(["kill", "-KILL", str(channel.hello.pid)]).exit_code == 0
+    caller.join(30)
+    assert len(raised) == 1 and isinstance(raised[0], ChannelBroken), raised
+    assert "not retried" in str(raised[0])
+    assert sandbox.run(["echo", "again"]).stdout == "again\n"
+    fresh = sandbox._channel()
+    assert fresh is not None and fresh is not channel and fresh.hello is not None
+    assert fresh.hello.pid != channel.hello.pid
 
 
 # Acceptance 2: activity keeps a busy sandbox; an untouched one is collected ---------------------------------

@@ -20,7 +20,14 @@ imports pytest. The unit tests' in-memory API server is ``tests/unit/fake_kube.p
 
 from tests.kit.cli import Sandboxctl
 from tests.kit.cluster import Cluster, configured_kubeconfig, default_kubeconfig, kubectl_binary
-from tests.kit.environment import READY_TIMEOUT, SMALL_SPEC, ServedNamespace, operator_namespace, served_namespace
+from tests.kit.environment import (
+    READY_TIMEOUT,
+    SMALL_SPEC,
+    ServedNamespace,
+    namespace_fixture,
+    operator_namespace,
+    served_namespace,
+)
 from tests.kit.kube import Heartbeat, Kube, or_none_if_missing, sandbox_manifest
 from tests.kit.net import free_port, http_get
 from tests.kit.operator_process import OperatorProcess, running_operator, start_operator
@@ -53,6 +60,7 @@ __all__ = [
     "invocation",
     "kubectl_binary",
     "make_var",
+    "namespace_fixture",
     "operator_namespace",
     "or_none_if_missing",
     "percentile",

@@ -7,6 +7,9 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tests.kit.cluster import Cluster
 from tests.kit.kube import Kube
@@ -55,3 +58,16 @@ def operator_namespace(cluster: Cluster, prefix: str, log_dir: Path, **settings:
     with served_namespace(cluster, prefix, log_dir, start=not external,
                           **{"gc_interval_seconds": E2E_GC_INTERVAL, **settings}) as served:
         yield served.name
+
+
+def namespace_fixture(prefix: str) -> Any:
+    """A module-scoped ``namespace`` fixture: one :func:`operator_namespace` for every test of the module.
+
+    In a test module: ``namespace = namespace_fixture("sdk-e2e")``."""
+
+    @pytest.fixture(scope="module")
+    def namespace(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+        with operator_namespace(cluster, prefix, tmp_path_factory.mktemp("logs")) as name:
+            yield name
+
+    return namespace

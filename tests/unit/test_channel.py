@@ -2,7 +2,7 @@
 through :class:`Channel`; and scripted hostile agents for what a real one never sends.
 
 The agent is stdlib Python and runs here as in the image (with ``-S``; its writable roots pointed at a temporary
-directory). The kubernetes transport is tested against a fake WSClient; over a real pods/exec stream the channel
+directory). The pods/exec transport is tested against a fake WebSocket; over a real pods/exec stream the channel
 is exercised by the cluster tests.
 """
 
@@ -20,15 +20,19 @@ import sys
 import tarfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from importlib.machinery import SourceFileLoader
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes.client import ApiException
+import websocket
+from kubernetes.client import ApiClient, Configuration
 
+from sandbox_operator import constants
 from sandbox_operator.sdk import errors
+from sandbox_operator.sdk import exec as exec_module
 from sandbox_operator.sdk import protocol as p
 from sandbox_operator.sdk.channel import Channel, PodExecTransport, pod_exec_transport
 from sandbox_operator.sdk.exec import StdinPipe
@@ -54,7 +58,8 @@ class LocalAgent:
         assert self.proc.stdin is not None and self.proc.stdout is not None and self.proc.stderr is not None
         self.stdin, self.stdout = self.proc.stdin.fileno(), self.proc.stdout.fileno()
         self.stderr = b""
-        threading.Thread(target=self._collect_stderr, daemon=True).start()
+        self._stderr_reader = threading.Thread(target=self._collect_stderr, daemon=True)
+        self._stderr_reader.start()
 
     def _collect_stderr(self) -> None:
         assert self.proc.stderr is not None
@@ -67,7 +72,12 @@ class LocalAgent:
             view = view[os.write(self.stdin, view):]
 
     def read(self, n: int) -> bytes:
-        return os.read(self.stdout, n)
+        data = os.read(self.stdout, n)
+        if not data:
+            # Like an exec stream, whose end comes with the runtime's status: what the process said on stderr is
+            # all there by the time its stdout ends.
+            self._stderr_reader.join(timeout=5)
+        return data
 
     def close(self) -> None:
         """End of stdin for the agent (as when the exec stream closes)."""
@@ -261,9 +271,13 @@ def test_limits_above_the_sandboxes_own_are_refused(open_channel: Callable[..., 
 def test_a_timeout_is_124_and_ends_every_process_the_command_started(channel: Channel, tmp_path: Path) -> None:
     script, pids = escapes(tmp_path, detached_output=False)
     start = time.monotonic()
-    result = channel.run(["sh", "-c", script + "sleep 60"], timeout=1.5)
+    chunks: list[str] = []
+    result = channel.run(["sh", "-c", script + "sleep 60"], timeout=1.5, on_stderr=chunks.append)
     assert result.exit_code == 124 and result.timed_out
     assert time.monotonic() - start < 6
+    # Said on stderr as sandbox-exec says it, for whoever follows the output (sandboxctl exec) and in the result.
+    assert chunks[-1] == "sandbox-agent: command timed out after 1.5s; its processes were killed\n"
+    assert result.stderr.endswith(chunks[-1])
     assert all(wait_gone(pid) for pid in read_pids(pids))  # setsid, double forks, env -i: all gone
 
 
@@ -623,65 +637,86 @@ def test_archives_round_trip(channel: Channel, roots: dict[str, Path]) -> None:
 
 # --- the kubernetes transport -------------------------------------------------------------------------------------
 
-class FakeWSClient:
-    """What PodExecTransport uses of kubernetes.stream.ws_client.WSClient. ``frames`` arrive one per update();
-    ``respond`` turns what is written to stdin into more of them."""
+class _Message:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
 
-    def __init__(self, frames: list[tuple[int, bytes]],
+
+class FakeWebSocket:
+    """What PodExecTransport uses of a websocket-client WebSocket. ``messages`` are (exec channel, bytes), one per
+    receive; ``respond`` turns what the client sends on stdin into more. A receive with nothing to give waits, as a
+    socket does, until ``abort()`` shuts it down; ``None`` among the messages is the server closing."""
+
+    def __init__(self, messages: list[tuple[int, bytes] | None],
                  respond: Callable[[bytes], list[tuple[int, bytes]]] | None = None) -> None:
-        self.frames = list(frames)
+        self.messages: queue.Queue[tuple[int, bytes] | None] = queue.Queue()
+        for message in messages:
+            self.messages.put(message)
         self.respond = respond
-        self._channels: dict[int, bytes] = {}
-        self._all: Any = io.BytesIO()
-        self.open = True
-        self.written: list[bytes] = []
+        self.sent: list[bytes] = []
+        self.aborted = threading.Event()
+        self.shut = False
 
-    def is_open(self) -> bool:
-        return self.open
+    def recv_data_frame(self, control_frame: bool) -> tuple[int, _Message]:
+        while not self.aborted.is_set():
+            try:
+                message = self.messages.get(timeout=0.01)
+            except queue.Empty:
+                continue
+            if message is None:
+                return websocket.ABNF.OPCODE_CLOSE, _Message(b"")
+            channel, data = message
+            return websocket.ABNF.OPCODE_BINARY, _Message(bytes([channel]) + data)
+        raise OSError("the socket was shut down")
 
-    def update(self, timeout: float = 0) -> None:
-        if not self.frames:
-            if self.respond is None:
-                self.open = False
-            return
-        channel, data = self.frames.pop(0)
-        self._all.write(data)
-        self._channels[channel] = self._channels.get(channel, b"") + data
-
-    def read_channel(self, channel: int, timeout: float = 0) -> bytes:
-        return self._channels.pop(channel, b"")
-
-    def write_stdin(self, data: bytes) -> None:
-        self.written.append(data)
+    def send(self, payload: bytes, opcode: int = websocket.ABNF.OPCODE_TEXT) -> None:
+        assert opcode == websocket.ABNF.OPCODE_BINARY and payload[0] == 0  # exec channel 0: stdin
+        self.sent.append(payload[1:])
         if self.respond is not None:
-            self.frames.extend(self.respond(data))
+            for message in self.respond(payload[1:]):
+                self.messages.put(message)
 
-    def close(self) -> None:
-        self.open = False
+    def abort(self) -> None:
+        self.aborted.set()
+
+    def shutdown(self) -> None:
+        self.shut = True
 
 
 def test_the_pod_exec_transport_reads_stdout_and_keeps_the_rest_for_diagnostics() -> None:
     status = json.dumps({"status": "Failure", "reason": "InternalError", "message": "exec: no such file"})
-    client = FakeWSClient([(1, b"abc"), (2, b"agent says hi\n"), (1, b"def"), (3, status.encode())])
-    captured = client._all
-    transport = PodExecTransport(client, poll_interval=0)
+    ws = FakeWebSocket([(1, b"abc"), (2, b"agent says hi\n"), (1, b"def"), (3, status.encode()), None])
+    transport = PodExecTransport(ws)
     assert transport.read(2) == b"ab"
     assert transport.read(100) == b"c"
     assert transport.read(100) == b"def"
     assert transport.read(100) == b""
     assert transport.diagnostic() == "exec: no such file; agent says hi"
-    assert captured.getvalue() == b""  # the copy WSClient keeps of all output is switched off
     transport.write(b"frame")
-    assert client.written == [b"frame"]
+    assert ws.sent == [b"frame"]
     transport.close()
-    with pytest.raises(OSError):
+    assert ws.aborted.is_set() and ws.shut
+    with pytest.raises(OSError, match="closed"):
         transport.write(b"more")
+
+
+def test_closing_the_pod_exec_transport_wakes_a_blocked_reader() -> None:
+    transport = PodExecTransport(FakeWebSocket([]))
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(transport.read(10)))
+    reader.start()
+    time.sleep(0.1)
+    assert reader.is_alive()
+    transport.close()
+    reader.join(5)
+    assert got == [b""]
+    assert transport.diagnostic() == ""  # a close of our own is no failure
 
 
 def test_a_missing_agent_over_pods_exec_is_agent_unavailable() -> None:
     status = json.dumps({"status": "Failure", "reason": "InternalError",
                          "message": 'exec: "/usr/local/bin/sandbox-agent": stat: no such file or directory'})
-    transport = PodExecTransport(FakeWSClient([(3, status.encode())]), poll_interval=0)
+    transport = PodExecTransport(FakeWebSocket([(3, status.encode()), None]))
     with pytest.raises(errors.AgentUnavailable, match="no such file") as unavailable:
         Channel(transport, hello_timeout=5)
     assert unavailable.value.reason == "AgentMissing"
@@ -694,42 +729,53 @@ def client_frame(data: bytes) -> p.Frame:
     return p.Frame(kind, stream, data[p.HEADER.size:])
 
 
-class FakeCoreApi:
-    def connect_get_namespaced_pod_exec(self, *args: Any, **kwargs: Any) -> None:
-        raise AssertionError("called through kubernetes.stream.stream, never directly")
+class FakeSocket:
+    def __init__(self) -> None:
+        self.timeouts: list[float | None] = []
+
+    def settimeout(self, timeout: float | None) -> None:
+        self.timeouts.append(timeout)
 
 
-def test_pod_exec_transport_asks_for_a_binary_stream_of_the_agent(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[tuple[Any, ...]] = []
-    fake = FakeWSClient([])
+def test_pod_exec_transport_starts_the_agent_with_stdin_and_no_socket_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    opened: list[tuple[Any, ...]] = []
+    ws = FakeSocket()
 
-    def stream(method: Any, *args: Any, **kwargs: Any) -> FakeWSClient:
-        calls.append((method.__name__, args, kwargs))
-        return fake
+    def create_websocket(configuration: Any, url: str, headers: dict[str, str]) -> FakeSocket:
+        opened.append((url, headers))
+        return ws
 
-    monkeypatch.setattr("kubernetes.stream.stream", stream)
-    transport = pod_exec_transport(FakeCoreApi(), "ns", "pod-1", container="sandbox")
+    monkeypatch.setattr(exec_module.ws_client, "create_websocket", create_websocket)
+    api = ApiClient(Configuration(host="https://cluster.example:6443"))
+    transport = pod_exec_transport(api, "ns", "pod-1", container="sandbox", sandbox="box")
     assert isinstance(transport, PodExecTransport)
-    [(method, args, kwargs)] = calls
-    assert (method, args) == ("connect_get_namespaced_pod_exec", ("pod-1", "ns"))
-    assert kwargs == {"container": "sandbox", "command": ["/usr/local/bin/sandbox-agent"], "stdin": True,
-                      "stdout": True, "stderr": True, "tty": False, "_preload_content": False, "binary": True}
+    [(url, headers)] = opened
+    assert url.startswith("wss://cluster.example:6443/api/v1/namespaces/ns/pods/pod-1/exec?")
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+    assert query == {"command": [constants.AGENT_PROGRAM], "container": ["sandbox"], "stdin": ["true"],
+                     "stdout": ["true"], "stderr": ["true"], "tty": ["false"]}
+    assert headers["sec-websocket-protocol"] == "v5.channel.k8s.io,v4.channel.k8s.io"
+    assert ws.timeouts[-1] is None  # the keep-alive, not the socket, tells a quiet stream from a dead one
 
 
-@pytest.mark.parametrize(("reason", "error", "why"), [
-    ('exec: "/usr/local/bin/sandbox-agent": stat /usr/local/bin/sandbox-agent: no such file or directory',
-     errors.AgentUnavailable, "AgentMissing"),
-    ("Handshake status 403 Forbidden", errors.ExecError, "ConnectionFailed"),
+@pytest.mark.parametrize(("status", "body", "error", "reason"), [
+    (500, {"message": 'exec: "/usr/local/bin/sandbox-agent": stat /usr/local/bin/sandbox-agent: no such file or '
+                      "directory"}, errors.AgentUnavailable, "AgentMissing"),
+    (403, {"reason": "Forbidden", "message": "pods/exec is forbidden"}, errors.SandboxForbidden, "Forbidden"),
+    (404, {"reason": "NotFound", "message": 'pods "pod-1" not found'}, errors.SandboxNotFound, "NotFound"),
+    (400, {"message": "container sandbox is not valid"}, errors.ExecError, "ExecRejected"),
 ])
 def test_pod_exec_transport_tells_a_missing_agent_from_other_refusals(
-        monkeypatch: pytest.MonkeyPatch, reason: str, error: type[errors.ExecError], why: str) -> None:
-    def stream(*args: Any, **kwargs: Any) -> None:
-        raise ApiException(status=0, reason=reason)
+        monkeypatch: pytest.MonkeyPatch, status: int, body: dict[str, str], error: type[errors.SandboxError],
+        reason: str) -> None:
+    def create_websocket(*args: Any) -> None:
+        raise websocket.WebSocketBadStatusException(f"Handshake status {status}", status,
+                                                    resp_body=json.dumps(body).encode())
 
-    monkeypatch.setattr("kubernetes.stream.stream", stream)
+    monkeypatch.setattr(exec_module.ws_client, "create_websocket", create_websocket)
     with pytest.raises(error) as refused:
-        pod_exec_transport(FakeCoreApi(), "ns", "pod-1", container="sandbox")
-    assert type(refused.value) is error and refused.value.reason == why
+        pod_exec_transport(ApiClient(Configuration(host="https://h")), "ns", "pod-1", container="sandbox")
+    assert type(refused.value) is error and refused.value.reason == reason
 
 
 def test_a_channel_over_the_pod_exec_transport() -> None:
@@ -740,14 +786,14 @@ def test_a_channel_over_the_pod_exec_transport() -> None:
         answer = p.encode(p.STDOUT, frame.stream, b"hi\n") + exit_frame(frame.stream)
         return [(1, answer[:5]), (2, b"noise on stderr"), (1, answer[5:])]  # frames split across messages
 
-    client = FakeWSClient([(1, HELLO)], respond)
-    channel = Channel(PodExecTransport(client, poll_interval=0.01))
+    ws = FakeWebSocket([(1, HELLO)], respond)
+    channel = Channel(PodExecTransport(ws))
     assert channel.hello is not None
     assert channel.run(["echo", "hi"]).stdout == "hi\n"
-    sent = client_frame(client.written[0])
+    sent = client_frame(ws.sent[0])
     assert sent.kind == p.RUN and json.loads(sent.payload)["argv"] == ["echo", "hi"]
     channel.close()
-    assert not client.open
+    assert ws.aborted.is_set()
 
 
 def test_disconnecting_stops_following_and_leaves_the_command_running(channel: Channel, tmp_path: Path) -> None:

@@ -43,7 +43,7 @@ class Exec:
 def sandbox_with(answer: Callable[[list[str]], Frames], *, delay: float = 0.0, max_output_bytes: int = 1 << 20,
                  spec: dict[str, Any] | None = None) -> tuple[Sandbox, Exec]:
     manager = SandboxManager("ns", api_client=client.ApiClient(), record_activity=False,
-                             max_output_bytes=max_output_bytes)
+                             max_output_bytes=max_output_bytes, transport="exec")
     sandbox = Sandbox(manager, "box", "ns", {"metadata": {"name": "box"}, "spec": spec or {}, "status": {}})
     fake = Exec(answer, delay)
     sandbox._open = fake  # type: ignore[method-assign,assignment]
@@ -102,7 +102,7 @@ def test_stream_passes_everything_through_and_keeps_nothing() -> None:
     assert got == b"".join(chunks)
     assert result.stdout_bytes == b"" and result.stderr_bytes == b""
     assert result.stdout_dropped == 50 * 4096 and result.stderr_dropped == 5 and result.exit_code == 3
-    assert stream._stdout.data == b""
+    assert stream.kept_output() == (b"", b"")
 
 
 def test_run_builds_the_result_once_and_lets_go_of_its_buffers() -> None:
@@ -111,7 +111,7 @@ def test_run_builds_the_result_once_and_lets_go_of_its_buffers() -> None:
                           max_output=1000) as stream:
         result = stream.wait()
     assert result.stdout_bytes == b"a" * 100
-    assert len(stream._stdout.data) == 0 and len(stream._stderr.data) == 0
+    assert stream.kept_output() == (b"", b"")
 
 
 def test_the_wrapper_timeout_is_seen_after_a_flood_of_stderr() -> None:

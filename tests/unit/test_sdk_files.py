@@ -7,16 +7,19 @@ import json
 import os
 import stat
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import pytest
 from pydantic import ValidationError
 
 from sandbox_operator.sdk import errors
+from sandbox_operator.sdk.channel import Channel
 from sandbox_operator.sdk.commands import CommandResult
 from sandbox_operator.sdk.files import FileInfo, Files
+
+T = TypeVar("T")
 
 ENTRY = {"name": "a.py", "path": "/workspace/a.py", "type": "file", "size": 12, "mode": 0o644,
          "mtime": 1764291723.5}
@@ -58,6 +61,9 @@ class FakeRunner:
 
     def answer(self, args: Sequence[str]) -> tuple[int, bytes, bytes]:
         return self.exit_code, self.stdout, self.stderr
+
+    def _on_channel(self, operation: Callable[[Channel], T], *, hold: bool = False) -> tuple[T] | None:
+        return None  # a sandbox without a channel: every operation runs the file tool
 
     def _run_tool(self, args: Sequence[str], *, stdin: bytes | IO[bytes] | None = None,
                   timeout: float | None = None, max_output: int,

@@ -1,7 +1,9 @@
-"""The SDK's file API against the image's real tools (sandbox-exec, sandbox-files), run locally.
+"""The SDK's file API against the image's real tools, run locally: sandbox-files through sandbox-exec (a sandbox
+without a channel), and the same tests again over a channel to sandbox-agent.
 
 No cluster: the tools run as local processes with their writable roots pointed at a temporary directory under
-/tmp, so the whole contract (arguments, stdin sizes, tar layout, JSON errors) is exercised end to end.
+/tmp, so the whole contract (arguments, stdin sizes, tar layout, JSON errors) is exercised end to end, and both
+ways must give the same answers and the same errors.
 """
 
 from __future__ import annotations
@@ -11,20 +13,24 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import pytest
 
 from sandbox_operator import constants
 from sandbox_operator.sdk import errors
+from sandbox_operator.sdk.channel import Channel
 from sandbox_operator.sdk.commands import CommandResult, is_wrapper_timeout
 from sandbox_operator.sdk.exec import wrapper_argv
 from sandbox_operator.sdk.files import Files
+from tests.unit.test_channel import LocalAgent
+from tests.unit.test_image_tools import clean_env
 
 BIN = Path(__file__).resolve().parents[2] / "images" / "sandbox" / "bin"
 pytestmark = pytest.mark.skipif(not (BIN / "sandbox-files").exists(), reason="the image's tools are not here")
+T = TypeVar("T")
 
 
 def local_argv(argv: list[str]) -> list[str]:
@@ -44,6 +50,9 @@ class LocalRunner:
     def __init__(self, root: str) -> None:
         self.env = {**os.environ, "SANDBOX_WRITABLE_ROOTS": root}
         self.calls: list[list[str]] = []
+
+    def _on_channel(self, operation: Callable[[Channel], T], *, hold: bool = False) -> tuple[T] | None:
+        return None
 
     def _run_tool(self, args: Sequence[str], *, stdin: bytes | IO[bytes] | None = None,
                   timeout: float | None = None, max_output: int,
@@ -68,9 +77,33 @@ def root() -> Iterator[str]:
         yield d
 
 
-@pytest.fixture
-def files(root: str) -> Files:
-    return Files(LocalRunner(root), max_file_bytes=4 * 1024 * 1024)
+class ChannelRunner:
+    """A sandbox with a channel: every file operation goes to the agent, none runs the file tool."""
+
+    name = "local"
+    namespace = "local"
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+
+    def _on_channel(self, operation: Callable[[Channel], T], *, hold: bool = False) -> tuple[T] | None:
+        return (operation(self.channel),)
+
+    def _run_tool(self, args: Sequence[str], **kwargs: object) -> CommandResult:
+        raise AssertionError(f"the file tool ran although there is a channel: {args}")
+
+
+@pytest.fixture(params=["tool", "channel"])
+def files(request: pytest.FixtureRequest, root: str) -> Iterator[Files]:
+    if request.param == "tool":
+        yield Files(LocalRunner(root), max_file_bytes=4 * 1024 * 1024)
+        return
+    agent = LocalAgent(clean_env(SANDBOX_WRITABLE_ROOTS=root, SANDBOX_COMMAND_TIMEOUT="30"))
+    try:
+        with Channel(agent, sandbox="local") as channel:
+            yield Files(ChannelRunner(channel), max_file_bytes=4 * 1024 * 1024)
+    finally:
+        agent.stop()
 
 
 def test_write_read_stat_list_exists_remove(files: Files, root: str) -> None:

@@ -6,6 +6,9 @@
 ...     print(sandbox.run("python3 -c 'print(1 + 1)'").stdout)
 2
 
+Commands and files travel over one persistent channel per sandbox (one exec each where the image has no agent,
+or with ``SandboxManager(transport="exec")``).
+
 One name per action: ``manager.create/get/list/delete``; on a sandbox ``run`` (to completion), ``stream``
 (output as it arrives), ``start`` (in the background), ``files.read_bytes/read_text/write/list/stat/exists/
 remove/mkdir/upload/download``, ``health``, ``events``, ``delete``. The session methods of the manager
@@ -16,9 +19,11 @@ Importing this package talks to nothing; it needs neither the operator nor kopf.
 
 from sandbox_operator.models.conditions import Condition
 from sandbox_operator.sdk.activity import ActivityRecorder
-from sandbox_operator.sdk.commands import CommandHandle, CommandResult, CommandStream, OutputChunk
+from sandbox_operator.sdk.commands import CommandHandle, CommandResult, CommandStream, OutputChunk, RunningCommand
 from sandbox_operator.sdk.errors import (
+    AgentUnavailable,
     ApiError,
+    ChannelBroken,
     CommandError,
     CommandTimeout,
     ConfigError,
@@ -46,11 +51,11 @@ from sandbox_operator.sdk.manager import Progress, SandboxManager, build_sandbox
 from sandbox_operator.sdk.sandbox import Sandbox
 
 __all__ = [
-    "ActivityRecorder", "ApiError", "CommandError", "CommandHandle", "CommandResult", "CommandStream",
-    "CommandTimeout", "Condition", "ConfigError", "CrdNotInstalled", "EventStream", "ExecError", "FileError",
-    "FileInfo", "FileTooLarge", "Files", "Health", "InvalidSandboxSpec", "NamespaceNotServed", "OutputChunk",
-    "PathOutsideSandbox",
-    "Progress", "Sandbox", "SandboxAlreadyExists", "SandboxError", "SandboxEvent", "SandboxFailed",
-    "SandboxFileNotFound", "SandboxForbidden", "SandboxManager", "SandboxNotFound", "SandboxNotReady",
-    "StdinPipe", "Subscription", "WaitTimeout", "build_sandbox", "build_spec",
+    "ActivityRecorder", "AgentUnavailable", "ApiError", "ChannelBroken", "CommandError", "CommandHandle",
+    "CommandResult", "CommandStream", "CommandTimeout", "Condition", "ConfigError", "CrdNotInstalled", "EventStream",
+    "ExecError", "FileError", "FileInfo", "FileTooLarge", "Files", "Health", "InvalidSandboxSpec",
+    "NamespaceNotServed", "OutputChunk", "PathOutsideSandbox", "Progress", "RunningCommand", "Sandbox",
+    "SandboxAlreadyExists", "SandboxError", "SandboxEvent", "SandboxFailed", "SandboxFileNotFound",
+    "SandboxForbidden", "SandboxManager", "SandboxNotFound", "SandboxNotReady", "StdinPipe", "Subscription",
+    "WaitTimeout", "build_sandbox", "build_spec",
 ]

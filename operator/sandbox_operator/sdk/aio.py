@@ -2,7 +2,8 @@
 
 The official Kubernetes client is blocking, so each call runs the synchronous SDK in a worker thread
 (:func:`asyncio.to_thread`); streams (command output, events) are bridged chunk by chunk, so the event loop
-is never blocked and the first chunk arrives as soon as the sandbox sends it.
+is never blocked and the first chunk arrives as soon as the sandbox sends it. Commands and files go the
+synchronous SDK's way: over the sandbox's one channel, which any number of threads (and so tasks) share.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox_operator import constants
-from sandbox_operator.sdk.commands import CommandHandle, CommandResult, CommandStream, OutputChunk
+from sandbox_operator.sdk.commands import CommandHandle, CommandResult, OutputChunk, RunningCommand
 from sandbox_operator.sdk.events import EventStream, SandboxEvent
 from sandbox_operator.sdk.exec import StdinSource
 from sandbox_operator.sdk.files import FileInfo, Files
@@ -196,9 +197,9 @@ class AsyncSandbox:
                      stdin: StdinSource | None = None, shell: str | None = None) -> AsyncIterator[OutputChunk]:
         """Output chunks as they arrive (none of them kept); the command's exit is checked at the end
         (CommandError)."""
-        holder: list[CommandStream] = []
+        holder: list[RunningCommand] = []
 
-        def open_stream() -> CommandStream:
+        def open_stream() -> RunningCommand:
             stream = self.sync.stream(command, timeout=timeout, env=env, cwd=cwd, stdin=stdin, shell=shell)
             holder.append(stream)
             return stream

@@ -3,8 +3,9 @@
 The in-image agent (``/usr/local/bin/sandbox-agent``) is started once per channel through one long-lived
 ``pods/exec`` stream and speaks the framed protocol of :mod:`sandbox_operator.sdk.protocol` on that stream's
 stdin and stdout (docs/channel.md). :class:`Channel` is the client side; it works over any :class:`Transport`
-(``write``/``read``/``close``): :class:`PodExecTransport` wraps the official client's ``stream()`` WebSocket, and
-the unit tests use a local process's pipes.
+(``write``/``read``/``close``): :class:`PodExecTransport` is one ``pods/exec`` WebSocket (opened with the official
+client's WebSocket helpers), and the unit tests use a local process's pipes. The SDK's ``Sandbox`` keeps one channel
+per sandbox and falls back to one exec per command where there is no agent (:mod:`sandbox_operator.sdk.transport`).
 
 Every frame from the agent is treated as hostile: sizes are bounded, the output on each stream is flow-controlled
 (the agent may send at most a window of bytes beyond what the client has taken), JSON answers are parsed
@@ -23,10 +24,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import IO, Any, Final, Protocol
+from typing import IO, Any, Protocol
 
 import websocket
 
+from sandbox_operator import constants
 from sandbox_operator.sdk import errors
 from sandbox_operator.sdk import protocol as p
 from sandbox_operator.sdk.commands import (
@@ -41,11 +43,13 @@ from sandbox_operator.sdk.commands import (
 )
 from sandbox_operator.sdk.exec import ERROR as EXEC_STATUS
 from sandbox_operator.sdk.exec import STDERR as EXEC_STDERR
+from sandbox_operator.sdk.exec import STDIN as EXEC_STDIN
 from sandbox_operator.sdk.exec import STDOUT as EXEC_STDOUT
 from sandbox_operator.sdk.exec import (
     StdinSource,
     _checked_signal,
     _stdin_chunks,
+    open_exec_websocket,
     parse_exec_status,
     shell_argv,
     wrapper_argv,
@@ -55,7 +59,6 @@ from sandbox_operator.sdk.text import escape_control
 
 log = logging.getLogger(__name__)
 
-AGENT_PROGRAM: Final = "/usr/local/bin/sandbox-agent"
 DEFAULT_PING_INTERVAL = 5.0
 DEFAULT_PING_TIMEOUT = 15.0
 DEFAULT_HELLO_TIMEOUT = 30.0
@@ -63,6 +66,7 @@ INPUT_CHUNK = 256 * 1024  # one INPUT frame
 CREDIT_BATCH = p.WINDOW // 4  # output credit is granted back in pieces at least this big
 MAX_DIAGNOSTIC = 64 * 1024  # what a transport keeps of the agent's stderr and exec status
 SIGNAL_TIMEOUT = 30.0  # a SIGNAL request is answered after one sweep of /proc
+AGENT_NAME = "sandbox-agent"  # the prefix of the diagnostics on a command's stderr, as "sandbox-exec:" without it
 
 
 class Transport(Protocol):
@@ -229,9 +233,11 @@ class ChannelCommand(_Stream):
     accepts = frozenset({p.STDOUT, p.STDERR, p.CREDIT, p.EXIT, p.ERROR})
 
     def __init__(self, channel: Channel, command: list[str], *, max_output: int, max_stderr: int | None,
-                 client_deadline: float | None, hold: Callable[[], Any] | None = None) -> None:
+                 client_deadline: float | None, hold: Callable[[], Any] | None = None,
+                 timeout: float | None = None) -> None:
         super().__init__(channel, "command")
         self.command = command
+        self.timeout = timeout
         self.command_id: str | None = None
         self.sandbox = channel.sandbox
         self.namespace = channel.namespace
@@ -274,8 +280,8 @@ class ChannelCommand(_Stream):
         if item is None:
             self._done = True
             self._release()
-            if not self._closed:
-                self._finish()
+            if not self._closed and (note := self._finish()):
+                return OutputChunk("stderr", note)
             raise StopIteration
         kind, data = item
         self.taken(len(data))
@@ -305,7 +311,13 @@ class ChannelCommand(_Stream):
             f"period); the command was killed: {_shown(self.command)}", result=partial,
             reason="ClientDeadlineExceeded", name=self.sandbox, namespace=self.namespace)
 
-    def _finish(self) -> None:
+    def _finish(self) -> bytes:
+        """Sets the result from the final frame, or raises what ended the stream. Returns the line that says the
+        command timed out (also added to its stderr), as sandbox-exec prints it, or b"" when it did not."""
+        if isinstance(self.error, errors.ChannelBroken):
+            raise errors.ChannelBroken(
+                f"{self.error.message}; the command was cut off and is not retried (it may have run in part): "
+                f"{_shown(self.command)}", reason=self.error.reason, name=self.sandbox, namespace=self.namespace)
         if self.error is not None:
             raise self.error
         assert self.final is not None
@@ -314,11 +326,17 @@ class ChannelCommand(_Stream):
             raise errors.ExecError(escape_control(report.message, limit=500), reason=escape_control(
                 report.error, limit=100), name=self.sandbox, namespace=self.namespace)
         exit_report = p.parse_payload(p.ExitReport, self.final.payload, "EXIT")
+        note = b""
+        if exit_report.timed_out:
+            limit = "its timeout" if self.timeout is None else f"{self.timeout:g}s"
+            note = f"{AGENT_NAME}: command timed out after {limit}; its processes were killed\n".encode()
+            self._stderr.add(note)
         self.result = self._result(exit_code=exit_report.exit_code, timed_out=exit_report.timed_out,
                                    report=exit_report)
         # The result holds the output now; keeping the buffers too would hold it twice.
         self._stdout.release()
         self._stderr.release()
+        return note
 
     def _result(self, *, exit_code: int, timed_out: bool, report: p.ExitReport | None) -> CommandResult:
         return CommandResult(
@@ -347,6 +365,9 @@ class ChannelCommand(_Stream):
     def wait(self) -> CommandResult:
         """Reads the rest of the output and returns the result."""
         return follow(self)
+
+    def kept_output(self) -> tuple[bytes, bytes]:
+        return bytes(self._stdout.data), bytes(self._stderr.data)
 
     def feed_stdin(self, source: StdinSource) -> None:
         """Sends ``source`` as the command's whole input, then its end (for a :class:`StdinPipe`: what is
@@ -473,8 +494,8 @@ class Channel:
                                           reason="NotAnAgent", name=self.sandbox, namespace=self.namespace) from None
         if frame is None:
             reason = "AgentMissing" if not self._frames.received_any else "NotAnAgent"
-            raise errors.AgentUnavailable(self._ended_message(f"{AGENT_PROGRAM} did not start"), reason=reason,
-                                          name=self.sandbox, namespace=self.namespace)
+            raise errors.AgentUnavailable(self._ended_message(f"{constants.AGENT_PROGRAM} did not start"),
+                                          reason=reason, name=self.sandbox, namespace=self.namespace)
         if frame.kind != p.HELLO or frame.stream != 0:
             raise errors.AgentUnavailable(f"sandbox {self.sandbox} began with {p.frame_name(frame.kind)}, not HELLO",
                                           reason="NotAnAgent", name=self.sandbox, namespace=self.namespace)
@@ -597,7 +618,10 @@ class Channel:
         with self._write_lock:
             with self._lock:
                 if self._broken is not None:
-                    raise self._copy(self._broken)
+                    unsent = self._copy(self._broken)
+                    if isinstance(unsent, errors.ChannelBroken):
+                        unsent.request_sent = False  # nothing of this request was written: safe to retry
+                    raise unsent
                 stream.id = self._next_id
                 self._next_id += 1
                 self._streams[stream.id] = stream
@@ -637,7 +661,7 @@ class Channel:
             if value is not None:
                 request[key] = value
         stream = ChannelCommand(self, argv, max_output=max_output, max_stderr=max_stderr,
-                                client_deadline=client_deadline, hold=hold)
+                                client_deadline=client_deadline, hold=hold, timeout=timeout)
         try:
             self._open(stream, p.RUN, request)
         except BaseException:
@@ -679,10 +703,7 @@ class Channel:
         pipe, source = start_stdin(stdin)
         stream = self.stream(command, timeout=timeout, env=env, cwd=cwd, stdin=source, shell=shell, nproc=nproc,
                              fsize=fsize, background=background, max_output=max_output)
-        # CommandHandle needs what CommandStream offers (iteration, result, kill, close, command, command_id,
-        # sandbox and the kept output), which ChannelCommand has.
-        handle_stream: Any = stream
-        return CommandHandle(handle_stream, max_queued_bytes=max_output, stdin=pipe, on_stdout=on_stdout,
+        return CommandHandle(stream, max_queued_bytes=max_output, stdin=pipe, on_stdout=on_stdout,
                              on_stderr=on_stderr)
 
     def _signal(self, target: int, signal: str | int) -> int:
@@ -777,8 +798,8 @@ class Channel:
     def mkdir(self, path: str, *, parents: bool = True, mode: int = 0o755) -> None:
         self._file_answer(self._file_request("mkdir", path, parents=parents, mode=mode), path)
 
-    def remove(self, path: str, *, recursive: bool = False) -> None:
-        self._file_answer(self._file_request("rm", path, recursive=recursive), path)
+    def remove(self, path: str, *, recursive: bool = False, timeout: float | None = None) -> None:
+        self._file_answer(self._file_request("rm", path, recursive=recursive, timeout=timeout), path)
 
     def tar_out(self, path: str, sink: IO[bytes], *, max_bytes: int, arcname: str | None = None,
                 timeout: float | None = None) -> int:
@@ -796,74 +817,80 @@ class Channel:
         self._file_answer(request, directory)
 
 
-# The kubernetes client's exec stream as a transport -----------------------------------------------------------
-
-class _Discard:
-    def write(self, _data: object) -> None:
-        pass
-
+# The exec stream as a transport -------------------------------------------------------------------------------
 
 class PodExecTransport:
-    """The stdin and stdout of a ``pods/exec`` stream as a :class:`Transport`, from the WSClient that
-    ``kubernetes.stream.stream(connect_get_namespaced_pod_exec, ..., stdin=True, stdout=True, stderr=True,
-    tty=False, _preload_content=False, binary=True)`` returns (channel 0 stdin, 1 stdout, 2 stderr, 3 the exec's
-    status). The agent's stderr and the status are kept (bounded) for :meth:`diagnostic`."""
+    """The stdin and stdout of one ``pods/exec`` WebSocket (:func:`~sandbox_operator.sdk.exec.open_exec_websocket`)
+    as a :class:`Transport`: exec channel 0 carries what is written, channel 1 what is read; the agent's stderr
+    (channel 2) and the exec's status (channel 3) are kept, bounded, for :meth:`diagnostic`.
 
-    def __init__(self, client: Any, *, poll_interval: float = 0.5) -> None:
-        self._client = client
-        # WSClient copies all output into a buffer for read_all() unless told not to, which stream() cannot
-        # do: on a long-lived channel that buffer would grow without bound.
-        if hasattr(client, "_all"):
-            client._all = _Discard()
-        self._poll_interval = poll_interval
+    One thread reads while others write (the channel serializes its writes): the WebSocket's sending and receiving
+    sides are independent. :meth:`close` shuts the socket down, which wakes a blocked reader and a writer stuck on a
+    full stream at once; the agent then sees the end of its stdin."""
+
+    def __init__(self, ws: Any) -> None:
+        self._ws = ws
         self._buffer = bytearray()
         self._stderr = bytearray()
         self._status = bytearray()
         self._failure = ""
+        self._ended = False
         self._closed = False
 
     def write(self, data: bytes) -> None:
         if self._closed:
             raise OSError("the exec stream is closed")
         try:
-            self._client.write_stdin(data)
+            self._ws.send(bytes((EXEC_STDIN,)) + data, opcode=websocket.ABNF.OPCODE_BINARY)
         except (OSError, websocket.WebSocketException) as exc:
             raise OSError(f"the exec stream broke: {exc}") from exc
 
     def read(self, n: int) -> bytes:
         while not self._buffer:
-            if self._closed:
+            if self._ended or self._closed:
                 return b""
-            if not self._client.is_open():
-                self._collect()
-                if not self._buffer:
-                    return b""
-                break
-            try:
-                self._client.update(timeout=self._poll_interval)
-            except (OSError, websocket.WebSocketException) as exc:
-                self._failure = f"the exec stream broke: {exc}"
-                self._collect()
-                self._closed = True
-                continue
-            self._collect()
+            payload = self._next_stdout()
+            if payload is not None and len(payload) <= n:
+                return payload  # the common case: no copy through the buffer
+            if payload is not None:
+                self._buffer += payload
         data = bytes(self._buffer[:n])
         del self._buffer[:n]
         return data
 
-    def _collect(self) -> None:
-        for channel, into, limit in ((EXEC_STDOUT, self._buffer, None), (EXEC_STDERR, self._stderr, MAX_DIAGNOSTIC),
-                                     (EXEC_STATUS, self._status, MAX_DIAGNOSTIC)):
-            data = self._client.read_channel(channel, timeout=0)
-            if isinstance(data, str):
-                data = data.encode()
-            if data:
-                into += data if limit is None else data[:max(0, limit - len(into))]
+    def _next_stdout(self) -> bytes | None:
+        """Receives one WebSocket message: the agent's stdout, or None (another channel, or the end)."""
+        try:
+            opcode, frame = self._ws.recv_data_frame(True)
+        except websocket.WebSocketConnectionClosedException:
+            self._ended = True
+            return None
+        except (OSError, websocket.WebSocketException) as exc:
+            if not self._closed:
+                self._failure = f"the exec stream broke: {exc}"
+            self._ended = True
+            return None
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            self._ended = True
+            return None
+        data: bytes = frame.data if isinstance(frame.data, bytes) else bytes(frame.data)
+        if opcode not in (websocket.ABNF.OPCODE_BINARY, websocket.ABNF.OPCODE_TEXT) or len(data) < 2:
+            return None
+        channel, payload = data[0], data[1:]
+        if channel == EXEC_STDOUT:
+            return payload
+        if channel in (EXEC_STDERR, EXEC_STATUS):
+            kept = self._stderr if channel == EXEC_STDERR else self._status
+            kept += payload[:max(0, MAX_DIAGNOSTIC - len(kept))]
+        return None  # a v5 CLOSE of one of the server's channels, or a resize echo
 
     def close(self) -> None:
+        if self._closed:
+            return
         self._closed = True
         try:
-            self._client.close()
+            self._ws.abort()  # shutdown(): wakes a reader and a stuck writer
+            self._ws.shutdown()
         except Exception:
             log.debug("closing the exec stream failed", exc_info=True)
 
@@ -880,30 +907,29 @@ class PodExecTransport:
         return "; ".join(part.strip() for part in parts if part.strip())
 
 
-def pod_exec_transport(core_api: Any, namespace: str, pod: str, *, container: str,
-                       program: str = AGENT_PROGRAM) -> PodExecTransport:
-    """Starts the agent in the pod's container through one ``pods/exec`` stream (the official client's
-    WebSocket support) and returns that stream as a transport; pass it to :class:`Channel`.
+def pod_exec_transport(api_client: Any, namespace: str, pod: str, *, container: str,
+                       program: str = constants.AGENT_PROGRAM, sandbox: str | None = None) -> PodExecTransport:
+    """Starts the agent in the pod's container through one ``pods/exec`` WebSocket and returns that stream as a
+    transport; pass it to :class:`Channel`. ``api_client`` is a ``kubernetes.client.ApiClient`` (only its
+    configuration and URL building are used: other threads may go on using it).
 
-    :class:`AgentUnavailable` (reason ``AgentMissing``) when the exec is refused because the program is not in the
-    image; :class:`ExecError` (reason ``ConnectionFailed``) when the stream cannot be opened for another reason.
-    Usually a missing program shows later, as a stream that ends at once: :class:`Channel` tells that apart."""
-    from kubernetes.client import ApiException
-    from kubernetes.stream import stream
-
+    Refusals are the SDK's errors (:class:`SandboxNotFound` for a missing pod, :class:`SandboxForbidden`,
+    :class:`ExecError`), and :class:`AgentUnavailable` (reason ``AgentMissing``) when the exec is refused because
+    the program is not in the image. Usually a missing program shows later, as a stream that ends before any byte
+    with the runtime's complaint in the exec status: :class:`Channel` tells that apart."""
     try:
-        client = stream(core_api.connect_get_namespaced_pod_exec, pod, namespace, container=container,
-                        command=[program], stdin=True, stdout=True, stderr=True, tty=False, _preload_content=False,
-                        binary=True)
-    except ApiException as exc:
-        said = escape_control(str(exc.reason or exc), limit=500)
-        lowered = said.lower()
-        if program in said and ("no such file" in lowered or "not found" in lowered):
-            raise errors.AgentUnavailable(f"the image of pod {pod} has no {program}: {said}", reason="AgentMissing",
-                                          namespace=namespace) from exc
-        raise errors.ExecError(f"cannot open the channel's exec stream to pod {pod}: {said}",
-                               reason="ConnectionFailed", namespace=namespace) from exc
-    return PodExecTransport(client)
+        ws = open_exec_websocket(api_client, namespace, pod, [program], container=container, stdin=True,
+                                 sandbox=sandbox or pod)
+    except errors.ExecError as exc:
+        lowered = exc.message.lower()
+        if program in exc.message and ("no such file" in lowered or "not found" in lowered):
+            raise errors.AgentUnavailable(f"the image of pod {pod} has no {program}: {exc.message}",
+                                          reason="AgentMissing", name=sandbox, namespace=namespace) from exc
+        raise
+    # Read by one thread for as long as the channel lives: the keep-alive, not a socket timeout, tells a silent
+    # stream from a stuck one.
+    ws.settimeout(None)
+    return PodExecTransport(ws)
 
 
-__all__ = ["AGENT_PROGRAM", "Channel", "ChannelCommand", "PodExecTransport", "Transport", "pod_exec_transport"]
+__all__ = ["Channel", "ChannelCommand", "PodExecTransport", "Transport", "pod_exec_transport"]

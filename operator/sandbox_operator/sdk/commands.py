@@ -7,7 +7,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, Self
 
 from sandbox_operator.sdk import errors
 from sandbox_operator.sdk.exec import (
@@ -163,6 +163,32 @@ class FollowedCommand(Protocol):
     def __iter__(self) -> Iterator[OutputChunk]: ...
 
 
+class RunningCommand(FollowedCommand, Protocol):
+    """A command whose output is read as it arrives: :class:`CommandStream` (one exec of its own) or
+    :class:`~sandbox_operator.sdk.channel.ChannelCommand` (over the sandbox's channel). What ``Sandbox.stream``
+    returns and what :class:`CommandHandle` follows."""
+
+    @property
+    def command(self) -> list[str]: ...
+
+    @property
+    def command_id(self) -> str | None: ...
+
+    def kept_output(self) -> tuple[bytes, bytes]:
+        """The stdout and stderr kept so far (up to the caps)."""
+        ...
+
+    def kill(self, signal: str | int = "KILL") -> int: ...
+
+    def close(self) -> None: ...
+
+    def wait(self) -> CommandResult: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
 def follow(stream: FollowedCommand, on_stdout: Callable[[str], None] | None = None,
            on_stderr: Callable[[str], None] | None = None) -> CommandResult:
     """Reads a command's output to its end, passing each chunk to the callback of its stream, and returns the
@@ -296,6 +322,9 @@ class CommandStream:
         """Reads the rest of the output and returns the result."""
         return follow(self)
 
+    def kept_output(self) -> tuple[bytes, bytes]:
+        return bytes(self._stdout.data), bytes(self._stderr.data)
+
     def _note_stderr(self, data: bytes) -> None:
         if len(self._stderr_head) < DIAGNOSTIC_BYTES:
             self._stderr_head += data[:DIAGNOSTIC_BYTES - len(self._stderr_head)]
@@ -402,7 +431,7 @@ class CommandHandle:
     sandbox. With ``stdin=True`` at start, :meth:`send_stdin`/:meth:`close_stdin` feed it.
     """
 
-    def __init__(self, stream: CommandStream, *, max_queued_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+    def __init__(self, stream: RunningCommand, *, max_queued_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
                  stdin: StdinPipe | None = None,
                  on_stdout: Callable[[str], None] | None = None,
                  on_stderr: Callable[[str], None] | None = None) -> None:
@@ -436,12 +465,12 @@ class CommandHandle:
     @property
     def stdout(self) -> str:
         result = self._stream.result
-        return result.stdout if result is not None else _decode(bytes(self._stream._stdout.data))
+        return result.stdout if result is not None else _decode(self._stream.kept_output()[0])
 
     @property
     def stderr(self) -> str:
         result = self._stream.result
-        return result.stderr if result is not None else _decode(bytes(self._stream._stderr.data))
+        return result.stderr if result is not None else _decode(self._stream.kept_output()[1])
 
     @property
     def running(self) -> bool:

@@ -131,7 +131,13 @@ class ExecError(SandboxError):
 class ChannelBroken(ExecError):
     """The channel to the sandbox's agent broke: the agent was killed or stopped (no answer within the ping
     timeout), it broke the protocol, or the stream was cut. Every call in flight on the channel raises this; the
-    channel is unusable from then on, and the next call needs a new one."""
+    channel is unusable from then on, and the next call needs a new one.
+
+    ``request_sent`` is False when the call failed before any of its request was written (the channel had broken
+    already): it did nothing in the sandbox, and the SDK retries it once on a new channel. A call whose request
+    went out is never retried, since it may have run."""
+
+    request_sent: bool = True
 
 
 class AgentUnavailable(ExecError):

@@ -246,6 +246,48 @@ class DeadlineExceeded(Exception):  # noqa: N818 - internal signal, not an error
     """The client-side deadline passed before the command ended (the connection is then closed)."""
 
 
+def open_exec_websocket(api_client: client.ApiClient, namespace: str, pod: str, argv: Sequence[str], *,
+                        container: str, stdin: bool, sandbox: str) -> Any:
+    """Opens one ``pods/exec`` WebSocket running ``argv`` (``v5.channel.k8s.io``, else ``v4``), with the official
+    client's URL and WebSocket helpers but none of its shared state, so any number of threads may call it while
+    others use ``api_client``. A refusal is the SDK's error: :class:`SandboxNotFound` (404),
+    :class:`SandboxForbidden` (403), :class:`ExecError` (the container is not running, the connection failed)."""
+    query: list[tuple[str, Any]] = [
+        ("command", list(argv)), ("container", container),
+        ("stdin", "true" if stdin else "false"), ("stdout", "true"), ("stderr", "true"),
+        ("tty", "false"),
+    ]
+    _method, url, headers, _body, _post = api_client.param_serialize(
+        method="GET",
+        resource_path="/api/v1/namespaces/{namespace}/pods/{name}/exec",
+        path_params={"namespace": namespace, "name": pod},
+        query_params=query,
+        header_params={"Accept": "*/*"},
+        auth_settings=["BearerToken"],
+        collection_formats={"command": "multi"},
+    )
+    ws_url = ws_client.get_websocket_url(url)
+    headers = {k.lower(): v for k, v in (headers or {}).items()}
+    headers["sec-websocket-protocol"] = f"{V5_PROTOCOL},{V4_PROTOCOL}"
+    try:
+        ws = ws_client.create_websocket(api_client.configuration, ws_url, headers)
+    except websocket.WebSocketBadStatusException as exc:
+        status = status_from_body(exc.resp_body or b"")
+        if not status.get("message"):
+            status["message"] = str(exc)
+        err = error_from_status(exc.status_code, status, name=sandbox, namespace=namespace, fallback="exec failed")
+        if isinstance(err, errors.ApiError) and exc.status_code in (400, 500):
+            # e.g. "container not found", "pod does not have a running container"
+            err = errors.ExecError(err.message, reason=err.reason or "ExecRejected", status=err.status,
+                                   name=sandbox, namespace=namespace, details=err.details)
+        raise err from exc
+    except (OSError, websocket.WebSocketException) as exc:
+        raise errors.ExecError(f"cannot open the exec connection: {exc}", reason="ConnectionFailed", name=sandbox,
+                               namespace=namespace) from exc
+    ws.settimeout(SOCKET_STALL_TIMEOUT)
+    return ws
+
+
 class ExecConnection:
     """One command over one ``pods/exec`` WebSocket.
 
@@ -289,41 +331,8 @@ class ExecConnection:
     # Connection ----------------------------------------------------------------------------------------
 
     def _connect(self, api_client: client.ApiClient, container: str, *, want_stdin: bool) -> Any:
-        query: list[tuple[str, Any]] = [
-            ("command", self.argv), ("container", container),
-            ("stdin", "true" if want_stdin else "false"), ("stdout", "true"), ("stderr", "true"),
-            ("tty", "false"),
-        ]
-        _method, url, headers, _body, _post = api_client.param_serialize(
-            method="GET",
-            resource_path="/api/v1/namespaces/{namespace}/pods/{name}/exec",
-            path_params={"namespace": self.namespace, "name": self.pod},
-            query_params=query,
-            header_params={"Accept": "*/*"},
-            auth_settings=["BearerToken"],
-            collection_formats={"command": "multi"},
-        )
-        ws_url = ws_client.get_websocket_url(url)
-        headers = {k.lower(): v for k, v in (headers or {}).items()}
-        headers["sec-websocket-protocol"] = f"{V5_PROTOCOL},{V4_PROTOCOL}"
-        try:
-            ws = ws_client.create_websocket(api_client.configuration, ws_url, headers)
-        except websocket.WebSocketBadStatusException as exc:
-            status = status_from_body(exc.resp_body or b"")
-            if not status.get("message"):
-                status["message"] = str(exc)
-            err = error_from_status(exc.status_code, status, name=self.sandbox, namespace=self.namespace,
-                                    fallback="exec failed")
-            if isinstance(err, errors.ApiError) and exc.status_code in (400, 500):
-                # e.g. "container not found", "pod does not have a running container"
-                err = errors.ExecError(err.message, reason=err.reason or "ExecRejected", status=err.status,
-                                       name=self.sandbox, namespace=self.namespace, details=err.details)
-            raise err from exc
-        except (OSError, websocket.WebSocketException) as exc:
-            raise errors.ExecError(f"cannot open the exec connection: {exc}", reason="ConnectionFailed",
-                                   name=self.sandbox, namespace=self.namespace) from exc
-        ws.settimeout(SOCKET_STALL_TIMEOUT)
-        return ws
+        return open_exec_websocket(api_client, self.namespace, self.pod, self.argv, container=container,
+                                   stdin=want_stdin, sandbox=self.sandbox)
 
     def close(self) -> None:
         """Closes the connection (idempotent). The process in the sandbox is not signalled by this."""
@@ -449,5 +458,6 @@ def status_error(status: ExecStatus, *, name: str, namespace: str) -> errors.Exe
 
 __all__ = [
     "CLOSE", "ERROR", "STDERR", "STDIN", "STDOUT", "DeadlineExceeded", "ExecConnection", "ExecStatus",
-    "StdinPipe", "StdinSource", "kill_argv", "parse_exec_status", "shell_argv", "status_error", "wrapper_argv",
+    "StdinPipe", "StdinSource", "kill_argv", "open_exec_websocket", "parse_exec_status", "shell_argv", "status_error",
+    "wrapper_argv",
 ]

@@ -1,8 +1,10 @@
-"""File operations on a sandbox, through the in-image file tool run by the exec wrapper.
+"""File operations on a sandbox: over its channel (the agent runs ``sandbox-files``'s code), or through the
+in-image file tool run by the exec wrapper where there is no channel.
 
 ``sandbox-exec --timeout N -- sandbox-files VERB PATH ...``: the wrapper bounds every operation in time, the
-tool resolves paths (symlinks included) and refuses any outside the writable roots. Paths are also checked
-here before anything is sent (:mod:`sandbox_operator.sdk.paths`), and sizes are capped on both directions.
+tool resolves paths (symlinks included) and refuses any outside the writable roots; the agent does the same with
+the same code. Paths are also checked here before anything is sent (:mod:`sandbox_operator.sdk.paths`), and sizes
+are capped on both directions.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Literal, NoReturn, Protocol, TypeVar, cast
+from typing import IO, TYPE_CHECKING, Any, Literal, NoReturn, Protocol, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -27,6 +29,9 @@ from sandbox_operator.sdk.commands import CommandResult
 from sandbox_operator.sdk.exec import EXIT_NOT_FOUND, WRAPPER_DIAGNOSTIC_PREFIX
 from sandbox_operator.sdk.paths import sandbox_path
 from sandbox_operator.sdk.text import escape_control
+
+if TYPE_CHECKING:
+    from sandbox_operator.sdk.channel import Channel
 
 T = TypeVar("T")
 
@@ -158,10 +163,13 @@ def parse_listing(data: bytes, *, path: str, sandbox: str) -> list[FileInfo]:
 
 
 class ToolRunner(Protocol):
-    """What :class:`Files` needs from a sandbox: run the file tool through the exec wrapper."""
+    """What :class:`Files` needs from a sandbox: an operation on its channel (None when it has none), else the file
+    tool run through the exec wrapper."""
 
     name: str
     namespace: str
+
+    def _on_channel(self, operation: Callable[[Channel], T], *, hold: bool = False) -> tuple[T] | None: ...
 
     def _run_tool(self, args: Sequence[str], *, stdin: bytes | IO[bytes] | None = None,
                   timeout: float | None = None, max_output: int,
@@ -249,6 +257,10 @@ class Files:
         self.max_archive_members = max_archive_members
         self.timeout = timeout
 
+    def _on_channel(self, operation: Callable[[Channel], T]) -> tuple[T] | None:
+        """The operation over the sandbox's channel, activity kept fresh while it runs; None without a channel."""
+        return self._runner._on_channel(operation, hold=True)
+
     def _run(self, args: Sequence[str], *, path: str | None, stdin: bytes | IO[bytes] | None = None,
              max_output: int = MAX_QUIET_OUTPUT_BYTES, sink: IO[bytes] | None = None,
              ok_codes: tuple[int, ...] = (0,)) -> CommandResult:
@@ -263,6 +275,8 @@ class Files:
         """The file's exact bytes; :class:`FileTooLarge` past ``max_bytes`` (default: the file cap)."""
         p = sandbox_path(path)
         cap = self.max_file_bytes if max_bytes is None else max_bytes
+        if (read := self._on_channel(lambda ch: ch.read_file(p, max_bytes=cap, timeout=self.timeout))) is not None:
+            return read[0]
         return self._run(["read", p], path=p, max_output=cap).stdout_bytes
 
     def read_text(self, path: str, *, encoding: str = "utf-8", errors: str = "strict",
@@ -282,6 +296,9 @@ class Files:
                 path=p, reason="FileTooLarge", name=self._runner.name)
         if not 0 <= mode <= 0o7777:
             raise ValueError(f"invalid file mode {mode:o}")
+        if self._on_channel(lambda ch: ch.write_file(p, payload, mode=mode, parents=parents,
+                                                     timeout=self.timeout)) is not None:
+            return p
         args = ["write", p, "--mode", f"{mode:04o}", "--size", str(len(payload))]
         if parents:
             args.append("--parents")
@@ -290,26 +307,34 @@ class Files:
 
     def remove(self, path: str, *, recursive: bool = False) -> None:
         p = sandbox_path(path, allow_root=False)
-        self._run(["rm", p, *(["--recursive"] if recursive else [])], path=p)
+        if self._on_channel(lambda ch: ch.remove(p, recursive=recursive, timeout=self.timeout)) is None:
+            self._run(["rm", p, *(["--recursive"] if recursive else [])], path=p)
 
     def mkdir(self, path: str, *, parents: bool = True, mode: int = 0o755) -> str:
         p = sandbox_path(path)
-        self._run(["mkdir", p, *(["--parents"] if parents else []), "--mode", f"{mode:04o}"], path=p)
+        if self._on_channel(lambda ch: ch.mkdir(p, parents=parents, mode=mode)) is None:
+            self._run(["mkdir", p, *(["--parents"] if parents else []), "--mode", f"{mode:04o}"], path=p)
         return p
 
     def exists(self, path: str) -> bool:
         p = sandbox_path(path)
+        if (found := self._on_channel(lambda ch: ch.exists(p))) is not None:
+            return found[0]
         result = self._run(["exists", p], path=p, ok_codes=(0, 1))
         return result.exit_code == 0
 
     def stat(self, path: str) -> FileInfo:
         p = sandbox_path(path)
+        if (entry := self._on_channel(lambda ch: ch.stat(p))) is not None:
+            return entry[0]
         result = self._run(["stat", p], path=p, max_output=MAX_LISTING_BYTES)
         return parse_entry(result.stdout_bytes, path=p, sandbox=self._runner.name)
 
     def list(self, path: str = constants.WORKSPACE_DIR) -> list[FileInfo]:
         """The entries of a directory (name, type, size, mode, mtime), sorted by name."""
         p = sandbox_path(path)
+        if (entries := self._on_channel(lambda ch: ch.list_dir(p))) is not None:
+            return entries[0]
         result = self._run(["ls", p], path=p, max_output=MAX_LISTING_BYTES)
         return sorted(parse_listing(result.stdout_bytes, path=p, sandbox=self._runner.name), key=lambda f: f.name)
 
@@ -347,7 +372,9 @@ class Files:
                     f"directory {src} packs to {size} bytes, over the transfer cap of "
                     f"{self.max_transfer_bytes} bytes", path=str(src), reason="FileTooLarge")
             spool.seek(0)
-            self._run(["tar-in", p, "--parents", "--size", str(size)], path=p, stdin=cast(IO[bytes], spool))
+            source = cast(IO[bytes], spool)
+            if self._on_channel(lambda ch: ch.tar_in(p, source, parents=True, timeout=self.timeout)) is None:
+                self._run(["tar-in", p, "--parents", "--size", str(size)], path=p, stdin=source)
         return p
 
     def download(self, remote: str, local: str | os.PathLike[str]) -> Path:
@@ -373,7 +400,9 @@ class Files:
         temp = Path(temp_name)
         try:
             with os.fdopen(fd, "wb") as sink:
-                self._run(["read", p], path=p, max_output=self.max_file_bytes, sink=sink)
+                if self._on_channel(lambda ch: ch.read_file(p, max_bytes=self.max_file_bytes, sink=sink,
+                                                            timeout=self.timeout)) is None:
+                    self._run(["read", p], path=p, max_output=self.max_file_bytes, sink=sink)
                 os.fchmod(sink.fileno(), _new_file_mode())
             temp.replace(dest)
         except BaseException:
@@ -396,8 +425,10 @@ class Files:
         dest = Path(local)
         sandbox = self._runner.name
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as spool:
-            self._run(["tar-out", p, "--arcname", "."], path=p, max_output=self.max_transfer_bytes,
-                      sink=cast(IO[bytes], spool))
+            sink = cast(IO[bytes], spool)
+            if self._on_channel(lambda ch: ch.tar_out(p, sink, max_bytes=self.max_transfer_bytes, arcname=".",
+                                                      timeout=self.timeout)) is None:
+                self._run(["tar-out", p, "--arcname", "."], path=p, max_output=self.max_transfer_bytes, sink=sink)
             size = spool.tell()
             spool.seek(0)
             head = spool.read(8)

@@ -16,6 +16,7 @@ from sandbox_operator import constants
 from sandbox_operator.sdk import errors
 from sandbox_operator.sdk._kube import KubeApi, load_config
 from sandbox_operator.sdk.activity import DEFAULT_INTERVAL, ActivityRecorder
+from sandbox_operator.sdk.channel import Channel, pod_exec_transport
 from sandbox_operator.sdk.commands import DEFAULT_MAX_OUTPUT_BYTES
 from sandbox_operator.sdk.events import EventStream, SandboxEvent, Subscription
 from sandbox_operator.sdk.files import DEFAULT_FILE_TIMEOUT, DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_TRANSFER_BYTES
@@ -29,6 +30,7 @@ from sandbox_operator.sdk.pickup import (
 )
 from sandbox_operator.sdk.sandbox import Sandbox
 from sandbox_operator.sdk.sessions import SessionApi
+from sandbox_operator.sdk.transport import ChannelPool, transport_from
 
 DEFAULT_READY_TIMEOUT = 180.0
 DEFAULT_COMMAND_TIMEOUT = 300.0  # the project's default per-command timeout (design README)
@@ -158,6 +160,11 @@ class SandboxManager(SessionApi):
     service account; the namespace is the kubeconfig context's unless given. Nothing talks to the cluster
     until a method is called. :meth:`create` returns a :class:`Sandbox` handle; the session methods
     (:meth:`create_session`, :meth:`execute_command`, ...) are the same operations addressed by session id.
+
+    ``transport`` says how commands and file operations reach a sandbox: ``"auto"`` (the default) over one
+    persistent channel per sandbox, or one exec per command where the image has no channel agent; ``"channel"``
+    the channel only; ``"exec"`` one exec per command. Unset, ``$SANDBOX_EXEC_TRANSPORT`` decides. Close the
+    manager (or use it as a context manager) to close its channels.
     """
 
     def __init__(
@@ -179,7 +186,9 @@ class SandboxManager(SessionApi):
         shell: str = "/bin/bash",
         default_spec: Mapping[str, Any] | None = None,
         default_labels: Mapping[str, str] | None = None,
+        transport: str | None = None,
     ) -> None:
+        self.transport = transport_from(transport)
         if max_output_bytes < 0:
             raise ValueError(f"max_output_bytes cannot be negative, got {max_output_bytes}")
         if api_client is None:
@@ -201,6 +210,12 @@ class SandboxManager(SessionApi):
         self.default_spec = dict(default_spec or {})
         self.default_labels = dict(default_labels or {})
         self.activity = ActivityRecorder(self.api, activity_interval, enabled=record_activity)
+        self._channels = ChannelPool(self._open_channel, fallback=self.transport == "auto")
+
+    def _open_channel(self, namespace: str, name: str, pod: str) -> Channel:
+        transport = pod_exec_transport(self.api.api_client, namespace, pod, container=constants.CONTAINER_NAME,
+                                       program=constants.AGENT_PROGRAM, sandbox=name)
+        return Channel(transport, sandbox=name, namespace=namespace, shell=self.shell)
 
     def __enter__(self) -> SandboxManager:
         return self
@@ -209,6 +224,8 @@ class SandboxManager(SessionApi):
         self.close()
 
     def close(self) -> None:
+        """Closes the sandboxes' channels (their background commands run on) and the API client if it is ours."""
+        self._channels.close()
         self.activity.close()
         if self._owns_client:
             cast(Any, self.api.api_client).close()
@@ -252,6 +269,11 @@ class SandboxManager(SessionApi):
             return sandbox
         try:
             sandbox.wait_ready(timeout=timeout, on_progress=on_progress)
+            if self.transport != "exec":
+                # The agent starts while the caller gets the handle, and the activity record a first command makes
+                # is written now: that command waits for neither.
+                self._channels.prepare(ns, sandbox.name, sandbox.pod_name,
+                                       then=lambda: self.activity.touch(ns, sandbox.name))
         except BaseException as failure:
             if delete_on_failure:
                 try:
@@ -293,6 +315,7 @@ class SandboxManager(SessionApi):
             return
         finally:
             self.activity.forget(ns, name)
+            self._channels.forget(ns, name)
         if wait:
             self.wait_deleted(name, namespace=ns, timeout=timeout)
 

@@ -5,16 +5,23 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from sandbox_operator import constants
 from sandbox_operator.sdk import errors
-from sandbox_operator.sdk.commands import CommandHandle, CommandResult, CommandStream
+from sandbox_operator.sdk.channel import Channel
+from sandbox_operator.sdk.commands import (
+    CommandHandle,
+    CommandResult,
+    CommandStream,
+    RunningCommand,
+    follow,
+    start_stdin,
+)
 from sandbox_operator.sdk.events import EventStream, SandboxEvent, Subscription
 from sandbox_operator.sdk.exec import (
     EXIT_KILL_NO_COMMAND,
     ExecConnection,
-    StdinPipe,
     StdinSource,
     kill_argv,
     shell_argv,
@@ -33,6 +40,7 @@ KILL_DEADLINE_SECONDS = 30.0
 KILL_OUTPUT_BYTES = 4096  # one decimal count on stdout, one diagnostic line on stderr
 TOOL_STDERR_BYTES = 64 * 1024  # the file tool's error report is one short JSON line
 _KILL_COUNT = re.compile(rb"[0-9]{1,9}\n?")
+T = TypeVar("T")
 
 
 class Sandbox:
@@ -154,6 +162,37 @@ class Sandbox:
             timeout = float(spec_timeout or self.manager.default_command_timeout)
         return timeout + CLIENT_GRACE_SECONDS
 
+    def _channel(self) -> Channel | None:
+        """This sandbox's channel (opened now if there is none), or None when its commands go one exec each: the
+        manager's transport is ``exec``, or (``auto``) the image has no agent."""
+        if self.manager.transport == "exec":
+            return None
+        try:
+            return self.manager._channels.slot(self.namespace, self.name, self.pod_name).get()
+        except (errors.ExecError, errors.SandboxNotFound) as exc:
+            raise self._diagnose(exc) from exc
+
+    def _on_channel(self, operation: Callable[[Channel], T], *, hold: bool = False) -> tuple[T] | None:
+        """Runs ``operation`` on the channel after recording activity (kept fresh while it runs with ``hold``);
+        None when there is no channel to run it on (use one exec instead).
+
+        A channel found broken before the operation sent anything is replaced, once. One that broke after the
+        request went out raises: the operation may have happened, so it is not repeated."""
+        for attempt in (1, 2):
+            channel = self._channel()
+            if channel is None:
+                return None
+            self.manager.activity.touch(self.namespace, self.name)
+            try:
+                if not hold:
+                    return (operation(channel),)
+                with self.manager.activity.hold(self.namespace, self.name):
+                    return (operation(channel),)
+            except errors.ChannelBroken as exc:
+                if exc.request_sent or attempt == 2:
+                    raise self._diagnose(exc) from exc
+        raise AssertionError("unreachable")
+
     def _open(self, argv: list[str], stdin: StdinSource | None) -> ExecConnection:
         self.manager.activity.touch(self.namespace, self.name)
         try:
@@ -182,9 +221,22 @@ class Sandbox:
 
     def _command(self, command: str | Sequence[str], *, timeout: float | None, env: Mapping[str, str] | None,
                  cwd: str | None, stdin: StdinSource | None, shell: str | None, max_output: int,
-                 max_stderr: int | None = None) -> CommandStream:
-        """Opens one command through the exec wrapper, labelled with a fresh id so it can be killed."""
+                 background: bool = False) -> RunningCommand:
+        """Starts one command over the channel, or through the exec wrapper when there is none. ``background``
+        lets a command on the channel outlive it (as a command run by its own exec outlives its client)."""
         user_argv = self._command_argv(command, shell)
+        started = self._on_channel(lambda channel: channel.stream(
+            user_argv, timeout=timeout, env=env or None, cwd=cwd, stdin=stdin, background=background,
+            max_output=max_output, client_deadline=self._client_deadline(timeout),
+            hold=lambda: self.manager.activity.hold(self.namespace, self.name)))
+        if started is not None:
+            return started[0]
+        return self._exec_command(user_argv, timeout=timeout, env=env, cwd=cwd, stdin=stdin, max_output=max_output)
+
+    def _exec_command(self, user_argv: list[str], *, timeout: float | None, env: Mapping[str, str] | None,
+                      cwd: str | None, stdin: StdinSource | None, max_output: int,
+                      max_stderr: int | None = None) -> CommandStream:
+        """Opens one command through the exec wrapper, labelled with a fresh id so it can be killed."""
         command_id = uuid.uuid4().hex
         argv = wrapper_argv(user_argv, command_id=command_id, timeout=timeout, cwd=cwd, env=env or None)
         return CommandStream(
@@ -195,13 +247,13 @@ class Sandbox:
 
     def stream(self, command: str | Sequence[str], *, timeout: float | None = None,
                env: Mapping[str, str] | None = None, cwd: str | None = None,
-               stdin: StdinSource | None = None, shell: str | None = None) -> CommandStream:
+               stdin: StdinSource | None = None, shell: str | None = None) -> RunningCommand:
         """Starts a command and returns its output as an iterator of chunks, each delivered as it arrives.
 
         A string runs under ``shell -c`` (bash by default); a list is an argv. ``timeout`` (seconds) is
-        enforced by the exec wrapper in the sandbox, which kills every process the command started. The
-        stream keeps none of the output (the final :attr:`~CommandStream.result` has empty output and counts
-        the bytes in ``stdout_dropped``/``stderr_dropped``), so any amount can pass through it.
+        enforced in the sandbox, which kills every process the command started. The stream keeps none of the
+        output (the final :attr:`~RunningCommand.result` has empty output and counts the bytes in
+        ``stdout_dropped``/``stderr_dropped``), so any amount can pass through it.
         """
         return self._command(command, timeout=timeout, env=env, cwd=cwd, stdin=stdin, shell=shell, max_output=0)
 
@@ -211,7 +263,8 @@ class Sandbox:
             on_stdout: Callable[[str], None] | None = None,
             on_stderr: Callable[[str], None] | None = None,
             max_output: int | None = None) -> CommandResult:
-        """Runs a command to completion: stdout, stderr, exit code, duration, timed-out flag.
+        """Runs a command to completion: stdout, stderr, exit code, duration, timed-out flag, and over the channel
+        its CPU seconds and peak memory (``cpu_seconds``, ``peak_rss_bytes``).
 
         At most ``max_output`` bytes of stdout and of stderr are kept (default: the manager's
         ``max_output_bytes``, 16 MiB), the head of each; ``stdout_truncated``/``stdout_dropped`` (and the
@@ -219,18 +272,13 @@ class Sandbox:
 
         A non-zero exit or a timeout is a result, not an error, unless ``check=True`` (then
         :class:`CommandError`/:class:`CommandTimeout`). Failing to run the command at all raises
-        (:class:`ExecError`, :class:`SandboxNotReady`, :class:`SandboxNotFound`...); a ``timeout`` above the
-        sandbox's own limit is refused by the wrapper (:class:`ExecError`, reason ``LimitAboveSandbox``).
+        (:class:`ExecError`, :class:`ChannelBroken`, :class:`SandboxNotReady`, :class:`SandboxNotFound`...); a
+        ``timeout`` above the sandbox's own limit is refused (:class:`ExecError`, reason ``LimitAboveSandbox``).
         """
         cap = self.manager.max_output_bytes if max_output is None else max_output
         with self._command(command, timeout=timeout, env=env, cwd=cwd, stdin=stdin, shell=shell,
                            max_output=cap) as stream:
-            for chunk in stream:
-                if chunk.stream == "stdout" and on_stdout is not None:
-                    on_stdout(chunk.text)
-                elif chunk.stream == "stderr" and on_stderr is not None:
-                    on_stderr(chunk.text)
-            result = stream.wait()
+            result = follow(stream, on_stdout, on_stderr)
         return result.check() if check else result
 
     def start(self, command: str | Sequence[str], *, timeout: float | None = None,
@@ -244,20 +292,12 @@ class Sandbox:
         ``stdin=True`` opens a pipe fed by :meth:`CommandHandle.send_stdin`; other values are sent as
         the command's whole input. ``max_output`` (default: the manager's ``max_output_bytes``) bounds the
         output kept for :attr:`CommandHandle.stdout`/``stderr`` and the result, and the chunks held for
-        :meth:`CommandHandle.chunks`.
+        :meth:`CommandHandle.chunks`. The command runs on to its end or timeout when this client goes away.
         """
-        pipe: StdinPipe | None = None
-        source: StdinSource | None
-        if stdin is True:
-            pipe = StdinPipe()
-            source = pipe
-        elif stdin is False:
-            source = None
-        else:
-            source = stdin
+        pipe, source = start_stdin(stdin)
         cap = self.manager.max_output_bytes if max_output is None else max_output
         stream = self._command(command, timeout=timeout, env=env, cwd=cwd, stdin=source, shell=shell,
-                               max_output=cap)
+                               max_output=cap, background=True)
         return CommandHandle(stream, max_queued_bytes=cap, stdin=pipe, on_stdout=on_stdout, on_stderr=on_stderr)
 
     def _kill(self, command_id: str, signal: str | int) -> int:
@@ -280,12 +320,12 @@ class Sandbox:
 
     def _run_tool(self, args: Sequence[str], *, stdin: bytes | IO[bytes] | None = None,
                   timeout: float | None = None, max_output: int, sink: IO[bytes] | None = None) -> CommandResult:
-        """Runs the in-image file tool through the exec wrapper. Stdout is kept up to ``max_output`` bytes, or
-        written to ``sink`` and not kept; past ``max_output`` the connection is dropped and
-        :class:`FileTooLarge` raised. Stderr is kept up to a small fixed cap."""
-        with self._command([constants.FILES_TOOL, *args], timeout=timeout, env=None, cwd=None,
-                           stdin=stdin, shell=None, max_output=0 if sink is not None else max_output,
-                           max_stderr=TOOL_STDERR_BYTES) as stream:
+        """Runs the in-image file tool through the exec wrapper (for a sandbox without a channel). Stdout is kept up
+        to ``max_output`` bytes, or written to ``sink`` and not kept; past ``max_output`` the connection is dropped
+        and :class:`FileTooLarge` raised. Stderr is kept up to a small fixed cap."""
+        with self._exec_command([constants.FILES_TOOL, *args], timeout=timeout, env=None, cwd=None, stdin=stdin,
+                                max_output=0 if sink is not None else max_output,
+                                max_stderr=TOOL_STDERR_BYTES) as stream:
             size = 0
             for chunk in stream:
                 if chunk.stream == "stdout":
