@@ -82,6 +82,23 @@ test: $(VENV_STAMP) ## The whole suite: lint, unit, then cluster tests (brings t
 	$(PYTEST) tests/unit
 	$(PYTEST) tests/integration tests/e2e
 
+# The peer the exec benchmark measures side by side, pinned, in the cache outside the repository.
+CACHE_ROOT ?= $(or $(SANDBOX_OPERATOR_CACHE),$(HOME)/.cache/sandbox-operator)
+LLM_SANDBOX_VERSION := 0.3.46
+LLM_SANDBOX_PYTHON := $(CACHE_ROOT)/tools/llm-sandbox-$(LLM_SANDBOX_VERSION)/bin/python
+
+$(LLM_SANDBOX_PYTHON):
+	$(PYTHON) -m venv $(CACHE_ROOT)/tools/llm-sandbox-$(LLM_SANDBOX_VERSION)
+	$(CACHE_ROOT)/tools/llm-sandbox-$(LLM_SANDBOX_VERSION)/bin/pip install -q 'llm-sandbox[k8s]==$(LLM_SANDBOX_VERSION)'
+
+.PHONY: bench-exec
+bench-exec: $(VENV_STAMP) $(LLM_SANDBOX_PYTHON) ## Commands and files: the SDK (channel and exec), kubectl exec and llm-sandbox, one table
+	$(PY) -m bench.bench_exec --namespace sandbox-bench --start-operator --llm-sandbox-python $(LLM_SANDBOX_PYTHON)
+
+.PHONY: bench-density
+bench-density: $(VENV_STAMP) ## 100 default sandboxes: burst, single start, idle cost, memory, with the node's profile
+	$(PY) -m bench.bench_density
+
 .PHONY: operator-image
 operator-image: ## Build the operator image (wheels on the host, cached) and import it into the local cluster
 	bash hack/build-operator-image.sh

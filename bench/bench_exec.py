@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.kit import invocation, kubectl_binary, percentile, running_operator
+from tests.kit import default_kubeconfig, invocation, kubectl_binary, percentile, running_operator
 
 from sandbox_operator import constants
 from sandbox_operator.sdk import Sandbox, SandboxManager
@@ -334,7 +334,8 @@ def operator_for(namespace: str, kubeconfig: str, enabled: bool) -> contextlib.A
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"), required=not os.environ.get("KUBECONFIG"))
+    p.add_argument("--kubeconfig", default=str(default_kubeconfig()),
+                   help="default: $SANDBOX_KUBECONFIG, $KUBECONFIG, else the local cluster's")
     p.add_argument("--namespace", default="sandbox-bench")
     p.add_argument("--kubectl", help="kubectl binary (default: the cluster's, else PATH)")
     p.add_argument("--iterations", type=int, default=100, help="runs of `true` per client (default 100)")
