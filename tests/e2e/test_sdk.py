@@ -367,11 +367,14 @@ def test_one_hundred_commands_from_ten_threads_share_the_channel(shared: Sandbox
 
 
 def test_a_command_cut_off_by_the_agents_death_raises_and_the_next_call_reopens(shared: Sandbox) -> None:
-    sandbox = shared
+    # Over the channel whatever $SANDBOX_EXEC_TRANSPORT says: this is about the channel's failure handling.
+    with SandboxManager(shared.namespace, api_client=shared.manager.api.api_client, transport="channel") as on_channel:
+        check_the_agents_death_is_survived(on_channel.get(shared.name))
+
+
+def check_the_agents_death_is_survived(sandbox: Sandbox) -> None:
     channel = sandbox._channel()
-    if channel is None:
-        pytest.skip("no channel: the transport is exec ($SANDBOX_EXEC_TRANSPORT)")
-    assert channel.hello is not None
+    assert channel is not None and channel.hello is not None
     raised: list[BaseException] = []
 
     def run() -> None:
