@@ -31,6 +31,7 @@ import websocket
 from kubernetes.client import ApiClient, Configuration
 
 from sandbox_operator import constants
+from sandbox_operator.sdk import channel as channel_module
 from sandbox_operator.sdk import errors
 from sandbox_operator.sdk import exec as exec_module
 from sandbox_operator.sdk import protocol as p
@@ -756,6 +757,29 @@ def test_pod_exec_transport_starts_the_agent_with_stdin_and_no_socket_timeout(mo
                      "stdout": ["true"], "stderr": ["true"], "tty": ["false"]}
     assert headers["sec-websocket-protocol"] == "v5.channel.k8s.io,v4.channel.k8s.io"
     assert ws.timeouts[-1] is None  # the keep-alive, not the socket, tells a quiet stream from a dead one
+
+
+@pytest.mark.parametrize(("failures", "opens"), [(2, True), (3, False)])
+def test_a_dropped_connection_to_the_agent_is_tried_again_a_bounded_number_of_times(
+        monkeypatch: pytest.MonkeyPatch, failures: int, opens: bool) -> None:
+    attempts: list[str] = []
+
+    def create_websocket(configuration: Any, url: str, headers: dict[str, str]) -> FakeSocket:
+        attempts.append(url)
+        if len(attempts) <= failures:
+            raise websocket.WebSocketConnectionClosedException("socket is already closed.")
+        return FakeSocket()
+
+    monkeypatch.setattr(exec_module.ws_client, "create_websocket", create_websocket)
+    monkeypatch.setattr(channel_module, "AGENT_CONNECT_BACKOFF", 0.0)
+    api = ApiClient(Configuration(host="https://h"))
+    if opens:
+        assert isinstance(pod_exec_transport(api, "ns", "pod-1", container="sandbox"), PodExecTransport)
+    else:
+        with pytest.raises(errors.ExecError) as failed:
+            pod_exec_transport(api, "ns", "pod-1", container="sandbox")
+        assert failed.value.reason == "ConnectionFailed"
+    assert len(attempts) == min(failures + 1, channel_module.AGENT_CONNECT_ATTEMPTS)
 
 
 @pytest.mark.parametrize(("status", "body", "error", "reason"), [

@@ -907,6 +907,27 @@ class PodExecTransport:
         return "; ".join(part.strip() for part in parts if part.strip())
 
 
+AGENT_CONNECT_ATTEMPTS = 3
+AGENT_CONNECT_BACKOFF = 0.2
+
+
+def _open_agent_websocket(api_client: Any, namespace: str, pod: str, program: str, *, container: str,
+                          sandbox: str) -> Any:
+    """Opens the agent's stream, trying again when the connection itself fails (the API server may drop a fresh
+    connection, for example while it is busy). Retrying is safe here as it is not for a user's command: an agent
+    whose client went away reads end of input and exits, having run nothing."""
+    for attempt in range(1, AGENT_CONNECT_ATTEMPTS + 1):
+        try:
+            return open_exec_websocket(api_client, namespace, pod, [program], container=container, stdin=True,
+                                       sandbox=sandbox)
+        except errors.ExecError as exc:
+            if exc.reason != "ConnectionFailed" or attempt == AGENT_CONNECT_ATTEMPTS:
+                raise
+            log.debug("opening the agent's stream failed (attempt %d): %s", attempt, exc.message)
+            time.sleep(AGENT_CONNECT_BACKOFF * attempt)
+    raise AssertionError("unreachable")
+
+
 def pod_exec_transport(api_client: Any, namespace: str, pod: str, *, container: str,
                        program: str = constants.AGENT_PROGRAM, sandbox: str | None = None) -> PodExecTransport:
     """Starts the agent in the pod's container through one ``pods/exec`` WebSocket and returns that stream as a
@@ -918,8 +939,7 @@ def pod_exec_transport(api_client: Any, namespace: str, pod: str, *, container: 
     the program is not in the image. Usually a missing program shows later, as a stream that ends before any byte
     with the runtime's complaint in the exec status: :class:`Channel` tells that apart."""
     try:
-        ws = open_exec_websocket(api_client, namespace, pod, [program], container=container, stdin=True,
-                                 sandbox=sandbox or pod)
+        ws = _open_agent_websocket(api_client, namespace, pod, program, container=container, sandbox=sandbox or pod)
     except errors.ExecError as exc:
         lowered = exc.message.lower()
         if program in exc.message and ("no such file" in lowered or "not found" in lowered):
