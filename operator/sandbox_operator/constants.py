@@ -14,10 +14,23 @@ SINGULAR: Final = "sandbox"
 SHORT_NAMES: Final = ("sbx",)
 CRD_NAME: Final = f"{PLURAL}.{GROUP}"
 
+# Warm pools of ready, unclaimed sandbox pods (docs/pools.md).
+POOL_KIND: Final = "SandboxPool"
+POOL_PLURAL: Final = "sandboxpools"
+POOL_SINGULAR: Final = "sandboxpool"
+POOL_SHORT_NAMES: Final = ("sbxpool",)
+POOL_CRD_NAME: Final = f"{POOL_PLURAL}.{GROUP}"
+
 # Labels every child object carries.
 LABEL_APP_NAME: Final = "app.kubernetes.io/name"
 LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 LABEL_SANDBOX: Final = f"{GROUP}/sandbox"
+# On every pod a SandboxPool started, for its whole life (claimed or not): the pool's deny-all policy selects it.
+LABEL_POOL: Final = f"{GROUP}/pool"
+# On a pool's pods: a hash of the template they were built from (pods of an older template are replaced).
+ANNOTATION_POOL_TEMPLATE: Final = f"{GROUP}/pool-template"
+# On a claimed pod: when it was handed to its Sandbox (RFC 3339 UTC); its idle clock and lifetime start there.
+ANNOTATION_CLAIMED_AT: Final = f"{GROUP}/claimed-at"
 APP_NAME: Final = "sandbox"
 MANAGER_NAME: Final = "sandbox-operator"
 
@@ -75,3 +88,13 @@ def pod_name(sandbox_name: str) -> str:
 
 def network_policy_name(sandbox_name: str) -> str:
     return f"{sandbox_name}-deny-all"
+
+
+# Sandbox names are DNS labels (no dots), so these names can never be a Sandbox's pod or policy name.
+def pool_pod_generate_name(pool_name: str) -> str:
+    """A pool's pods get generated names: ``python.pool-x7k2p``."""
+    return f"{pool_name}.pool-"
+
+
+def pool_network_policy_name(pool_name: str) -> str:
+    return f"{pool_name}.pool-deny-all"

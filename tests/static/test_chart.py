@@ -212,7 +212,7 @@ def test_chart_crd_is_the_canonical_crd() -> None:
     `cp crds/*.yaml charts/sandbox-operator/crds/`."""
     canonical = sorted(p.name for p in (REPO_ROOT / "crds").glob("*.yaml"))
     shipped = sorted(p.name for p in (CHART / "crds").glob("*.yaml"))
-    assert shipped == canonical == [f"{constants.CRD_NAME}.yaml"]
+    assert shipped == canonical == sorted([f"{constants.CRD_NAME}.yaml", f"{constants.POOL_CRD_NAME}.yaml"])
     for name in canonical:
         assert (CHART / "crds" / name).read_bytes() == (REPO_ROOT / "crds" / name).read_bytes(), (
             f"charts/sandbox-operator/crds/{name} differs from crds/{name}: "

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from sandbox_operator import constants, crdgen
@@ -14,9 +16,20 @@ REPO = Path(__file__).resolve().parents[2]
 CRD_PATH = REPO / crdgen.CRD_FILE
 
 
-def test_committed_crd_matches_the_models() -> None:
-    assert CRD_PATH.read_text() == crdgen.render(), (
-        "crds/ is stale: run `.venv/bin/python -m sandbox_operator.crdgen > " + crdgen.CRD_FILE + "`")
+@pytest.mark.parametrize("kind", crdgen.KINDS.values(), ids=crdgen.KINDS.keys())
+def test_committed_crd_matches_the_models(kind: crdgen.CrdKind) -> None:
+    assert (REPO / kind.file).read_text() == crdgen.render(kind), (
+        f"{kind.file} is stale: run `.venv/bin/python -m sandbox_operator.crdgen {kind.plural} > {kind.file}`"
+        " and `cp crds/*.yaml charts/sandbox-operator/crds/`")
+
+
+def test_crdgen_prints_the_asked_kind_and_refuses_others(capsys: pytest.CaptureFixture[str]) -> None:
+    assert crdgen.main([]) == 0
+    assert capsys.readouterr().out == crdgen.render(crdgen.SANDBOX)
+    assert crdgen.main(["sandboxpools"]) == 0
+    assert capsys.readouterr().out == crdgen.render(crdgen.SANDBOX_POOL)
+    assert crdgen.main(["pools"]) == 2
+    assert "usage: python -m sandbox_operator.crdgen [sandboxes|sandboxpools]" in capsys.readouterr().err
 
 
 def _crd() -> dict[str, Any]:
@@ -132,3 +145,70 @@ def test_no_cel_rule_on_status() -> None:
     """Rules on status would make a bad status write fail; the operator owns status."""
     status = _schema()["properties"]["status"]
     assert not [path for path, node in _nodes(status) if "x-kubernetes-validations" in node]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# SandboxPool
+
+
+def _pool_crd() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((REPO / crdgen.SANDBOX_POOL.file).read_text())
+    return data
+
+
+def _pool_schema() -> dict[str, Any]:
+    schema: dict[str, Any] = _pool_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return schema
+
+
+def test_pool_names_scope_and_version() -> None:
+    crd = _pool_crd()
+    assert crd["metadata"]["name"] == "sandboxpools.sandbox-operator.io" == constants.POOL_CRD_NAME
+    names = crd["spec"]["names"]
+    assert (names["kind"], names["plural"], names["singular"]) == ("SandboxPool", "sandboxpools", "sandboxpool")
+    assert names["shortNames"] == ["sbxpool"]
+    assert names["categories"] == [constants.MANAGER_NAME]
+    assert crd["spec"]["scope"] == "Namespaced"
+    [version] = crd["spec"]["versions"]
+    assert (version["name"], version["served"], version["storage"]) == ("v1alpha1", True, True)
+    assert version["subresources"] == {"status": {}}
+
+
+def test_pool_printer_columns() -> None:
+    [version] = _pool_crd()["spec"]["versions"]
+    columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
+    assert [c["name"] for c in version["additionalPrinterColumns"] if c.get("priority", 0) == 0] == [
+        "Size", "Ready", "Starting", "Claimed", "Age"]
+    assert [columns[n]["jsonPath"] for n in ("Size", "Ready", "Starting", "Claimed")] == [
+        ".spec.size", ".status.readyCount", ".status.startingCount", ".status.claimedCount"]
+
+
+def test_pool_schema_is_structural_bounded_and_described() -> None:
+    schema = _pool_schema()
+    assert schema["required"] == ["spec"]
+    spec = schema["properties"]["spec"]
+    assert spec["required"] == ["size"]
+    assert (spec["properties"]["size"]["minimum"], spec["properties"]["size"]["maximum"]) == (0, 1000)
+    max_age = spec["properties"]["maxAgeSeconds"]
+    assert (max_age["minimum"], max_age["maximum"]) == (60, 30 * 86400)
+    for path, node in _nodes(spec, ".spec"):
+        assert "default" not in node, path
+        assert node.get("type") in {"object", "array", "string", "integer", "boolean"} or node.get(
+            "x-kubernetes-int-or-string"), path
+        if node.get("type") == "string" and "enum" not in node:
+            assert "maxLength" in node, path
+        if not path.endswith("[]"):
+            assert node.get("description"), path
+    assert not [path for path, node in _nodes(schema["properties"]["status"]) if "x-kubernetes-validations" in node]
+
+
+def test_pool_template_is_the_sandbox_spec_without_pool_ref_and_update_rules() -> None:
+    """One schema for what a sandbox runs: a change to the Sandbox's spec reaches the pool's template."""
+    sandbox_spec = copy.deepcopy(_schema()["properties"]["spec"])
+    template = _pool_schema()["properties"]["spec"]["properties"]["template"]
+    del sandbox_spec["properties"]["poolRef"]
+    for key in ("x-kubernetes-validations", "default", "description"):
+        sandbox_spec.pop(key)
+    assert "x-kubernetes-validations" not in template
+    template = {k: v for k, v in template.items() if k != "description"}
+    assert template == sandbox_spec

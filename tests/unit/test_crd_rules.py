@@ -230,6 +230,28 @@ def quantity_cases(name: str, where: str, not_a_quantity: str, too_small: str,
     return cases
 
 
+# A Sandbox taking its pod from a pool, with every override it may carry.
+POOLED_SPEC: dict[str, Any] = {
+    "poolRef": {"name": "python"},
+    "timeouts": {"idleSeconds": 600, "lifetimeSeconds": 3600},
+    "podLabels": {"team": "a"},
+    "podAnnotations": {"example.com/note": "hello"},
+}
+NOT_WITH_POOL = ("image", "command", "args", "env", "resources", "workingDir", "runtimeClassName", "nodeSelector",
+                 "tolerations", "timeouts.commandSeconds")
+
+
+def pooled_with(path: str) -> dict[str, Any]:
+    """POOLED_SPEC plus one field (dotted path) taken from VALID_SPEC."""
+    spec = copy.deepcopy(POOLED_SPEC)
+    parent, _, leaf = path.rpartition(".")
+    source, target = VALID_SPEC, spec
+    if parent:
+        source, target = VALID_SPEC[parent], spec[parent]
+    target[leaf] = copy.deepcopy(source[leaf])
+    return spec
+
+
 ENV_OK = {"name": "A", "value": "1"}
 TOL_OK = {"key": "k", "operator": "Equal", "value": "v"}
 CEL = "x-kubernetes-validations"
@@ -346,6 +368,10 @@ BAD_CASES = [
     Case("toleration-exists-with-value", with_spec(tolerations=[{"key": "k", "operator": "Exists", "value": "v"}]),
          [("spec.tolerations[]", CEL)]),
     Case("unknown-field", with_spec(privileged=True), []),
+    Case("pool-ref-name-pattern", {"poolRef": {"name": "Python_3"}}, [("spec.poolRef.name", "pattern")]),
+    Case("pool-ref-name-too-long", {"poolRef": {"name": "p" * 64}}, [("spec.poolRef.name", "maxLength")]),
+    Case("pool-ref-name-missing", {"poolRef": {}}, [("spec.poolRef", "required")]),
+    *(Case(f"pool-ref-with-{path}", pooled_with(path), [("spec", CEL)]) for path in NOT_WITH_POOL),
     Case("name-too-long", VALID_SPEC, [("", CEL)], name="a" * 64),
     Case("name-not-dns-label", VALID_SPEC, [("", CEL)], name="a.b"),
 ]
@@ -368,6 +394,7 @@ TRANSITION_CASES = [
     Case("lifetime-raised", with_spec(timeouts__lifetimeSeconds=7200), [("spec", CEL)]),
     Case("lifetime-removed", with_spec(timeouts={"idleSeconds": 600, "commandSeconds": 60}), [("spec", CEL)]),
     Case("image-removed", {k: v for k, v in VALID_SPEC.items() if k != "image"}, [("spec", CEL)]),
+    Case("pool-ref-added", with_spec(poolRef={"name": "python"}), [("spec", CEL)]),
 ]
 
 GOOD_TRANSITIONS = {
@@ -499,3 +526,53 @@ def test_quantity_shim_matches_kubernetes_semantics() -> None:
     assert _quantity("1Gi") == celtypes.DoubleType(1073741824.0)
     assert parse_quantity("500m") == Decimal("0.5")
     assert not _is_quantity("1GB")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# poolRef: only what applies to a running pod may be overridden, and the reference never changes.
+
+
+@pytest.mark.parametrize("path", NOT_WITH_POOL)
+def test_a_pooled_sandbox_may_not_set_what_the_pool_fixed(path: str) -> None:
+    message = (f"spec.{path} cannot be set together with spec.poolRef: the pool's pod is already running, so only "
+               "timeouts.idleSeconds, timeouts.lifetimeSeconds, podLabels and podAnnotations may be overridden")
+    assert [(r.path, r.message) for r in api_rejections(pooled_with(path))] == [(f".spec.{path}", message)]
+    with pytest.raises(InvalidSpecError) as info:
+        Sandbox.from_body(sandbox(pooled_with(path)))
+    assert str(info.value) == f"spec: {message}"
+
+
+def test_every_field_but_the_overrides_is_refused_with_a_pool() -> None:
+    """A new spec field is refused next to poolRef unless it is added to the overrides on purpose."""
+    spec_fields = set(SCHEMA["properties"]["spec"]["properties"])
+    overrides = {"poolRef", "timeouts", "podLabels", "podAnnotations"}
+    assert spec_fields - overrides == set(NOT_WITH_POOL) - {"timeouts.commandSeconds"}
+
+
+@pytest.mark.parametrize("spec", [POOLED_SPEC, {"poolRef": {"name": "p"}},
+                                  {"poolRef": {"name": "p"}, "timeouts": {"lifetimeSeconds": 60}}],
+                         ids=["all-overrides", "bare", "lifetime-only"])
+def test_a_pooled_sandbox_with_overrides_only_is_accepted_by_both(spec: dict[str, Any]) -> None:
+    assert api_rejections(spec) == []
+    assert not operator_rejects(spec)
+
+
+POOLED_UPDATES = {
+    "pool-ref-changed": ({**POOLED_SPEC, "poolRef": {"name": "other"}}, True),
+    "pool-ref-removed": ({k: v for k, v in POOLED_SPEC.items() if k != "poolRef"}, True),
+    "lifetime-raised": ({**POOLED_SPEC, "timeouts": {"idleSeconds": 600, "lifetimeSeconds": 7200}}, True),
+    "idle-changed": ({**POOLED_SPEC, "timeouts": {"idleSeconds": 60, "lifetimeSeconds": 3600}}, False),
+    "lifetime-lowered": ({**POOLED_SPEC, "timeouts": {"idleSeconds": 600, "lifetimeSeconds": 1800}}, False),
+    "labels-changed": ({**POOLED_SPEC, "podLabels": {"team": "b"}}, False),
+}
+
+
+@pytest.mark.parametrize(("new", "refused"), POOLED_UPDATES.values(), ids=POOLED_UPDATES.keys())
+def test_updates_of_a_pooled_sandbox(new: dict[str, Any], refused: bool) -> None:
+    assert bool(api_rejections(new, old_spec=POOLED_SPEC)) is refused
+    assert operator_rejects(new, old_spec=POOLED_SPEC) is refused
+
+
+def test_the_api_server_names_pool_ref_when_it_changes() -> None:
+    rejected = api_rejections({**POOLED_SPEC, "poolRef": {"name": "other"}}, old_spec=POOLED_SPEC)
+    assert [(r.path, r.message) for r in rejected] == [(".spec.poolRef", "spec.poolRef is immutable")]

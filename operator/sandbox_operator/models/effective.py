@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from sandbox_operator import constants
 from sandbox_operator.models.quantity import parse_quantity
-from sandbox_operator.models.sandbox import EnvVar, InvalidSpecError, SandboxSpec, Timeouts, Toleration
+from sandbox_operator.models.sandbox import EnvVar, InvalidSpecError, SandboxTemplate, Timeouts, Toleration
 from sandbox_operator.settings import ENV_PREFIX, OperatorSettings
 
 
@@ -36,7 +36,7 @@ class EffectiveSpec:
     tolerations: tuple[Toleration, ...]
 
 
-def effective_timeouts(spec: SandboxSpec, settings: OperatorSettings) -> tuple[int, int, int]:
+def effective_timeouts(spec: SandboxTemplate, settings: OperatorSettings) -> tuple[int, int, int]:
     """(commandSeconds, idleSeconds, lifetimeSeconds) with defaults; never raises (used to collect even
     sandboxes whose spec is invalid), values above the maximums are capped."""
     timeouts = spec.timeouts or Timeouts()
@@ -51,7 +51,7 @@ def _allowed(what: str, values: list[str], setting: str) -> str:
     return f"(allowed {what}: {', '.join(values) or 'none'}; {ENV_PREFIX}{setting})"
 
 
-def placement_problems(spec: SandboxSpec, settings: OperatorSettings) -> list[str]:
+def placement_problems(spec: SandboxTemplate, settings: OperatorSettings) -> list[str]:
     """Where the tenant asks its pod to run, checked against the administrator's allow-lists: a tenant must not
     pick a node by name, land on the control plane or on nodes tainted for others, or choose a weaker runtime."""
     problems: list[str] = []
@@ -77,7 +77,7 @@ def placement_problems(spec: SandboxSpec, settings: OperatorSettings) -> list[st
     return problems
 
 
-def resolve(spec: SandboxSpec, settings: OperatorSettings) -> EffectiveSpec:
+def resolve(spec: SandboxTemplate, settings: OperatorSettings) -> EffectiveSpec:
     """Fills in defaults and checks the spec against the operator's settings; raises InvalidSpecError naming
     every problem."""
     problems: list[str] = []

@@ -1,4 +1,4 @@
-"""Absolute bounds of a Sandbox, written into the CRD (OpenAPI bounds and CEL rules).
+"""Absolute bounds of a Sandbox and a SandboxPool, written into the CRD (OpenAPI bounds and CEL rules).
 
 The operator's settings may only tighten these. They are loose on purpose: the API server rejects nonsense,
 the operator's configured maximums reject what this installation does not allow.
@@ -21,6 +21,12 @@ IDLE_SECONDS_MIN: Final = 10
 IDLE_SECONDS_MAX: Final = 30 * 86400
 LIFETIME_SECONDS_MIN: Final = 10
 LIFETIME_SECONDS_MAX: Final = 30 * 86400
+
+# A SandboxPool: how many ready pods it may keep, and the bounds of its pods' maximum age.
+POOL_SIZE_MIN: Final = 0
+POOL_SIZE_MAX: Final = 1000
+POOL_MAX_AGE_SECONDS_MIN: Final = 60
+POOL_MAX_AGE_SECONDS_MAX: Final = 30 * 86400
 
 # Sizes that keep every CEL rule within the API server's cost budget.
 MAX_ARGV_ITEMS: Final = 64

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -294,12 +294,9 @@ _LIFETIME_RULE = CelRule(
 )
 
 
-class SandboxSpec(CrdModel):
-    """Desired sandbox. Every field is optional: the operator fills in its configured defaults."""
-
-    # Transition rules: checked on update only (they use oldSelf).
-    cel_rules = (*(_immutable_rule(f) for f in (*_IMMUTABLE_SPEC_FIELDS, "timeouts.commandSeconds")),
-                 _LIFETIME_RULE)
+class SandboxTemplate(CrdModel):
+    """What a sandbox runs: every field is optional, the operator fills in its configured defaults. A
+    SandboxPool's template has this shape; a Sandbox's spec adds poolRef and the rules on updates."""
 
     image: str | None = Field(None, max_length=limits.MAX_IMAGE_LENGTH, pattern=IMAGE_PATTERN)
     """Container image; must match the operator's allow-list. Defaults to the project's sandbox image.
@@ -358,6 +355,63 @@ class SandboxSpec(CrdModel):
         return value
 
 
+class PoolRef(CrdModel):
+    """The SandboxPool a Sandbox takes its pod from."""
+
+    name: str = Field(max_length=limits.MAX_NAME_LENGTH, pattern=DNS_LABEL_PATTERN)
+    """Name of a SandboxPool in the Sandbox's namespace."""
+
+
+# What a pooled Sandbox may set: what can still be applied to a pod that is already running. Everything else was
+# fixed when the pool started the pod (the container, its environment and limits, its placement).
+POOL_OVERRIDES = ("timeouts.idleSeconds", "timeouts.lifetimeSeconds", "podLabels", "podAnnotations")
+_NOT_WITH_POOL_FIELDS = (*_IMMUTABLE_SPEC_FIELDS, "timeouts.commandSeconds")
+
+
+def _not_with_pool_message(path: str) -> str:
+    return (f"spec.{path} cannot be set together with spec.poolRef: the pool's pod is already running, so only "
+            + ", ".join(POOL_OVERRIDES[:-1]) + f" and {POOL_OVERRIDES[-1]} may be overridden")
+
+
+def _not_with_pool_rule(path: str) -> CelRule:
+    parent, _, leaf = path.rpartition(".")
+    present = f"has(self.{parent}) && has(self.{parent}.{leaf})" if parent else f"has(self.{leaf})"
+    return CelRule(rule=f"!has(self.poolRef) || !({present})", message=_not_with_pool_message(path),
+                   field_path=f".{path}", reason="FieldValueForbidden")
+
+
+class SandboxSpec(SandboxTemplate):
+    """Desired sandbox. Every field is optional: the operator fills in its configured defaults. With poolRef,
+    the sandbox takes a ready pod of that SandboxPool (or starts cold from its template) and may override only
+    timeouts.idleSeconds, timeouts.lifetimeSeconds, podLabels and podAnnotations."""
+
+    # Transition rules (they use oldSelf) are checked on update only; the pool rules on create and update.
+    cel_rules = (*(_immutable_rule(f) for f in (*_IMMUTABLE_SPEC_FIELDS, "timeouts.commandSeconds", "poolRef")),
+                 _LIFETIME_RULE, *(_not_with_pool_rule(f) for f in _NOT_WITH_POOL_FIELDS))
+
+    pool_ref: PoolRef | None = None
+    """Take the sandbox's pod from this SandboxPool: a ready pod of the pool if there is one, otherwise a pod
+    started cold from the pool's template (with an Event saying so). Immutable."""
+
+    @model_validator(mode="after")
+    def _only_overrides_with_pool(self) -> SandboxSpec:
+        problems = pool_override_violations(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def pool_override_violations(spec: SandboxSpec) -> list[str]:
+    """The Python twin of the pool rules: the fields a Sandbox with poolRef sets but may not."""
+    if spec.pool_ref is None:
+        return []
+    problems = [_not_with_pool_message(field) for field in _IMMUTABLE_SPEC_FIELDS
+                if getattr(spec, to_snake(field)) is not None]
+    if spec.timeouts is not None and spec.timeouts.command_seconds is not None:
+        problems.append(_not_with_pool_message("timeouts.commandSeconds"))
+    return problems
+
+
 def immutable_violations(old: SandboxSpec, new: SandboxSpec) -> list[str]:
     """The Python twin of the spec's transition rules: what an update may not change."""
     problems: list[str] = []
@@ -368,6 +422,8 @@ def immutable_violations(old: SandboxSpec, new: SandboxSpec) -> list[str]:
     old_t, new_t = old.timeouts or Timeouts(), new.timeouts or Timeouts()
     if old_t.command_seconds != new_t.command_seconds:
         problems.append("spec.timeouts.commandSeconds is immutable")
+    if old.pool_ref != new.pool_ref:
+        problems.append("spec.poolRef is immutable")
     if old_t.lifetime_seconds is not None and (
             new_t.lifetime_seconds is None or new_t.lifetime_seconds > old_t.lifetime_seconds):
         problems.append("spec.timeouts.lifetimeSeconds may be lowered after creation, not raised or removed")
@@ -441,36 +497,36 @@ class ObjectMeta(BaseModel):
     annotations: dict[str, str] = Field(default_factory=dict)
 
 
-_NAME_RULE = CelRule(
-    rule=(f"self.metadata.name.size() <= {limits.MAX_NAME_LENGTH} && "
-          f"self.metadata.name.matches({cel_string(DNS_LABEL_PATTERN)})"),
-    message=(f"metadata.name must be a DNS label of at most {limits.MAX_NAME_LENGTH} characters "
-             "(lower-case letters, digits and '-'), because the pod is named after the Sandbox"),
-)
+def dns_label_name_rule(because: str) -> CelRule:
+    """The object's name must be a DNS label of at most 63 characters; ``because`` says why, in the message."""
+    return CelRule(
+        rule=(f"self.metadata.name.size() <= {limits.MAX_NAME_LENGTH} && "
+              f"self.metadata.name.matches({cel_string(DNS_LABEL_PATTERN)})"),
+        message=(f"metadata.name must be a DNS label of at most {limits.MAX_NAME_LENGTH} characters "
+                 f"(lower-case letters, digits and '-'), because {because}"),
+    )
+
+
+_NAME_RULE = dns_label_name_rule("the pod is named after the Sandbox")
 
 
 class InvalidSpecError(ValueError):
     """The Sandbox's spec cannot be run (failed validation here or against the operator's settings)."""
 
 
-class Sandbox(BaseModel):
-    """A disposable, hardened sandbox for running untrusted code: one pod behind a deny-all NetworkPolicy,
-    collected when idle or expired."""
+class NamespacedResource(BaseModel):
+    """What a Sandbox and a SandboxPool share: the API's envelope and their name and namespace."""
 
     model_config = ConfigDict(frozen=True, extra="ignore", alias_generator=to_camel, populate_by_name=True,
                               use_attribute_docstrings=True, json_schema_extra=cel_json_schema_extra)
-    cel_rules: ClassVar[tuple[CelRule, ...]] = (_NAME_RULE,)
+    cel_rules: ClassVar[tuple[CelRule, ...]] = ()
 
     api_version: str = constants.API_VERSION
     """APIVersion defines the versioned schema of this representation of an object."""
-    kind: str = constants.KIND
+    kind: str
     """Kind is a string value representing the REST resource this object represents."""
     metadata: Annotated[ObjectMeta, WithJsonSchema({"type": "object"})]
     """Standard object metadata."""
-    spec: SandboxSpec = Field(default_factory=SandboxSpec, json_schema_extra={"default": {}})
-    """Desired sandbox; every field is optional."""
-    status: SandboxStatus = Field(default_factory=SandboxStatus)
-    """Observed state, written by the operator."""
 
     @property
     def name(self) -> str:
@@ -480,22 +536,25 @@ class Sandbox(BaseModel):
     def namespace(self) -> str:
         return self.metadata.namespace
 
+
+class Sandbox(NamespacedResource):
+    """A disposable, hardened sandbox for running untrusted code: one pod behind a deny-all NetworkPolicy,
+    collected when idle or expired."""
+
+    cel_rules = (_NAME_RULE,)
+
+    kind: str = constants.KIND
+    """Kind is a string value representing the REST resource this object represents."""
+    spec: SandboxSpec = Field(default_factory=SandboxSpec, json_schema_extra={"default": {}})
+    """Desired sandbox; every field is optional."""
+    status: SandboxStatus = Field(default_factory=SandboxStatus)
+    """Observed state, written by the operator."""
+
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> Sandbox:
         """Parses a Sandbox object. A bad spec raises :class:`InvalidSpecError`; a bad status (only the operator
         writes it) is ignored rather than fatal."""
-        raw = {key: body[key] for key in ("apiVersion", "kind", "metadata", "spec") if key in body}
-        try:
-            status = SandboxStatus.model_validate(body.get("status") or {})
-        except ValidationError:
-            status = SandboxStatus()
-        try:
-            sandbox = cls.model_validate(raw)
-        except ValidationError as error:
-            raise InvalidSpecError(describe_validation_error(error)) from None
-        if len(sandbox.name) > limits.MAX_NAME_LENGTH or not re.fullmatch(DNS_LABEL_PATTERN, sandbox.name):
-            raise InvalidSpecError(_NAME_RULE.message)
-        return sandbox.model_copy(update={"status": status})
+        return parse_resource(cls, SandboxStatus, body, _NAME_RULE)
 
     @classmethod
     def shell_from_body(cls, body: Mapping[str, Any]) -> Sandbox:
@@ -505,6 +564,29 @@ class Sandbox(BaseModel):
         except ValidationError:
             status = SandboxStatus()
         return cls(metadata=ObjectMeta.model_validate(body.get("metadata") or {}), status=status)
+
+
+ResourceT = TypeVar("ResourceT", bound=BaseModel)
+
+
+def parse_resource(model: type[ResourceT], status_model: type[BaseModel], body: Mapping[str, Any],
+                   name_rule: CelRule) -> ResourceT:
+    """Parses a Sandbox or a SandboxPool. A bad spec raises :class:`InvalidSpecError` naming the fields, and so does
+    a name that is not a DNS label of at most 63 characters (``name_rule`` says why); a bad status (only the
+    operator writes it) is ignored rather than fatal."""
+    raw = {key: body[key] for key in ("apiVersion", "kind", "metadata", "spec") if key in body}
+    try:
+        status = status_model.model_validate(body.get("status") or {})
+    except ValidationError:
+        status = status_model()
+    try:
+        parsed = model.model_validate(raw)
+    except ValidationError as error:
+        raise InvalidSpecError(describe_validation_error(error)) from None
+    name = str((body.get("metadata") or {}).get("name") or "")
+    if len(name) > limits.MAX_NAME_LENGTH or not re.fullmatch(DNS_LABEL_PATTERN, name):
+        raise InvalidSpecError(name_rule.message)
+    return parsed.model_copy(update={"status": status})
 
 
 def describe_validation_error(error: ValidationError) -> str:
