@@ -20,6 +20,19 @@ COLLECTIONS = Counter("sandbox_operator_collections_total", "Sandboxes deleted b
 RECONCILE_ERRORS = Counter("sandbox_operator_reconcile_errors_total",
                            "Handler runs that ended in an error, by handler and error kind",
                            ["handler", "kind"])
+POOL_PODS = Gauge("sandbox_operator_pool_pods", "Unclaimed pods of each SandboxPool, by state (ready or starting)",
+                  ["namespace", "pool", "state"])
+POOL_CLAIMS = Counter("sandbox_operator_pool_claims_total",
+                      "Sandboxes with spec.poolRef, by outcome: warm (a pool pod was claimed) or cold (started "
+                      "from the template)", ["outcome"])
+POOL_CLAIM_SECONDS = Histogram(
+    "sandbox_operator_pool_claim_seconds",
+    "Time from a pooled Sandbox's creation to the write that hands it a warm pod",
+    buckets=(0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5),
+)
+
+for _outcome in ("warm", "cold"):
+    POOL_CLAIMS.labels(_outcome)
 
 for _phase in PHASES:
     SANDBOXES.labels(_phase).set(0)

@@ -113,6 +113,9 @@ class OperatorSettings(BaseSettings):
     # Collection.
     gc_interval_seconds: float = Field(60.0, ge=0.5, le=3600)
     """How often each Sandbox is checked for idleness and expiry."""
+    pool_check_interval_seconds: float = Field(30.0, ge=0.5, le=3600)
+    """How often every SandboxPool is checked for pods past their maximum age or that never became ready (pod
+    events refill a pool at once; this catches what only time changes)."""
 
     # The operator process.
     health_port: int = Field(8080, ge=0, le=65535)

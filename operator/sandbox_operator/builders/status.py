@@ -49,6 +49,7 @@ class PodObservation:
 
     uid: str
     phase: str
+    name: str | None = None
     reason: str | None = None
     message: str | None = None
     node_name: str | None = None
@@ -93,6 +94,7 @@ class PodObservation:
         return cls(
             uid=str(meta.get("uid") or ""),
             phase=str(status.get("phase") or "Pending"),
+            name=meta.get("name"),
             reason=status.get("reason"),
             message=status.get("message"),
             node_name=spec.get("nodeName"),
@@ -242,7 +244,7 @@ def build_status(sandbox: Sandbox, verdict: Verdict, pod: PodObservation | None,
         phase=verdict.phase,
         conditions=[ready, *other_conditions],
         observed_generation=sandbox.metadata.generation,
-        pod_name=old.pod_name or (constants.pod_name(sandbox.name) if live_pod else None),
+        pod_name=old.pod_name or (live_pod.name or constants.pod_name(sandbox.name) if live_pod else None),
         pod_uid=old.pod_uid or (live_pod.uid if live_pod else None),
         node_name=(live_pod.node_name if live_pod else None) or old.node_name,
         pod_ip=(live_pod.pod_ip if live_pod else None) or old.pod_ip,

@@ -20,12 +20,13 @@ CHILD_LABELS: dict[str, Any] = {constants.LABEL_MANAGED_BY: constants.MANAGER_NA
                                 constants.LABEL_SANDBOX: kopf.PRESENT}
 
 
-@kopf.index("", "v1", "pods", labels=CHILD_LABELS, id="sandbox_pod_uids")
+@kopf.index("", "v1", "pods", labels={constants.LABEL_MANAGED_BY: constants.MANAGER_NAME}, id="sandbox_pod_uids")
 def sandbox_pod_uids(body: kopf.Body, **_: Any) -> dict[int, Key]:
-    """The host UIDs sandbox pods run as, by UID (passed to handlers as ``sandbox_pod_uids``)."""
+    """The host UIDs sandbox pods run as, by UID (passed to handlers as ``sandbox_pod_uids``): a Sandbox's pod
+    under the Sandbox's key, an unclaimed pool pod under its own name (the key its UID was reserved under)."""
     meta = body.get("metadata") or {}
-    key = (str(meta.get("namespace")), str((meta.get("labels") or {}).get(constants.LABEL_SANDBOX)))
-    return dict.fromkeys(pod_run_as_users(body), key)
+    owner = (meta.get("labels") or {}).get(constants.LABEL_SANDBOX) or meta.get("name")
+    return dict.fromkeys(pod_run_as_users(body), (str(meta.get("namespace")), str(owner)))
 
 
 @kopf.on.event("", "v1", "pods", labels=CHILD_LABELS, id="pod-status")

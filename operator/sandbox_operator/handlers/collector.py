@@ -33,7 +33,7 @@ async def collector(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: 
     rt.remember(raw)
     sandbox, _invalid = parse_sandbox(raw)
     now = utcnow()
-    due = collection_due(sandbox, rt.settings, now)
+    due = collection_due(rt.run_view(sandbox), rt.settings, now)
     if due is not None:
         if due.reason == "LifetimeExpired":
             updated = await sync_status(rt, sandbox.namespace, sandbox.name,

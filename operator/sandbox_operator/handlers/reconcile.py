@@ -72,7 +72,7 @@ async def sync_status(rt: Runtime, namespace: str, name: str, *, override: Verdi
     if verdict.phase in TERMINAL_PHASES and pod is not None and not pod.deleting \
             and pod.phase in ("Pending", "Running"):
         # A terminal sandbox keeps no running pod (e.g. one stuck pulling a missing image).
-        await asyncio.to_thread(rt.api.delete_pod, namespace, constants.pod_name(name), pod.uid,
+        await asyncio.to_thread(rt.api.delete_pod, namespace, pod.name or constants.pod_name(name), pod.uid,
                                 rt.settings.termination_grace_seconds)
     if verdict.phase == "Expired" and not (latest.get("metadata") or {}).get("deletionTimestamp"):
         await collect(rt, latest, verdict.reason, verdict.message or "the sandbox's lifetime is over", log=log)
@@ -95,7 +95,8 @@ async def _write_status(rt: Runtime, body: JSON, override: Verdict | None, pod_b
     else:
         pod_body = rt.latest_pod((namespace, name))
         if pod_body is None:
-            pod_body = await asyncio.to_thread(rt.api.get_pod, namespace, constants.pod_name(name))
+            pod_body = await asyncio.to_thread(rt.api.get_pod, namespace,
+                                               sandbox.status.pod_name or constants.pod_name(name))
             if pod_body is not None:
                 rt.remember_pod((namespace, name), pod_body)
     pod = None
@@ -107,7 +108,7 @@ async def _write_status(rt: Runtime, body: JSON, override: Verdict | None, pod_b
             pod = with_eviction(pod, evicted)
     verdict = decide(sandbox, pod, override)
     now = utcnow()
-    _, _, lifetime = effective_timeouts(sandbox.spec, rt.settings)
+    _, _, lifetime = effective_timeouts(rt.run_view(sandbox).spec, rt.settings)
     new_status = build_status(sandbox, verdict, pod, lifetime_seconds=lifetime, now=now)
     old_raw: dict[str, Any] = dict(body.get("status") or {})
     patch = status_patch(old_raw, status_body(new_status))

@@ -14,9 +14,25 @@ from typing import Any
 from sandbox_operator.handlers.uids import Key, UidPool
 from sandbox_operator.k8s.api import JSON, KubeApi, make_api_client
 from sandbox_operator.metrics import PhaseTracker
+from sandbox_operator.models.sandbox import Sandbox, SandboxSpec
 from sandbox_operator.settings import OperatorSettings, get_settings
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PoolRefill:
+    """The refill of one SandboxPool: one pass at a time, and one more after it when news came in meanwhile."""
+
+    running: bool = False
+    again: bool = False
+    unseen: dict[str, tuple[JSON, float]] = field(default_factory=dict)
+    """Pods this process created (by UID, with the monotonic time of the create) that the watch has not
+    delivered yet: counted, so a refill never overshoots."""
+    policy_for: str | None = None
+    """The pool UID whose deny-all policy this process made or adopted."""
+    template: tuple[str, str] | None = None
+    """(pool UID/generation, template hash) of the pool version last seen."""
 
 
 @dataclass
@@ -30,6 +46,14 @@ class Runtime:
     _sandboxes: dict[Key, JSON] = field(default_factory=dict)
     _children: dict[Key, str] = field(default_factory=dict)
     _pods: dict[Key, JSON] = field(default_factory=dict)
+    _pools: dict[Key, JSON] = field(default_factory=dict)
+    _run_specs: dict[Key, SandboxSpec] = field(default_factory=dict)
+    refills: dict[Key, PoolRefill] = field(default_factory=dict)
+    picked_pool_pods: set[str] = field(default_factory=set)
+    """UIDs of pool pods that claims in this process picked: never offered to another claim."""
+    pool_pods: Any = None
+    """kopf's ``pool_pods`` index (pool pods by (namespace, pool)), a live view kept from the first handler."""
+    pool_ticker: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
         self.uids = UidPool(self.settings.sandbox_uids)
@@ -78,6 +102,42 @@ class Runtime:
     def latest_pod(self, key: Key) -> JSON | None:
         return self._pods.get(key)
 
+    def remember_pool(self, body: Mapping[str, Any]) -> None:
+        """Keeps the latest version of a SandboxPool seen (its watch events and the status writes)."""
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("namespace")), str(meta.get("name")))
+        known = self._pools.get(key)
+        if known is None or not _older(meta, known.get("metadata") or {}):
+            self._pools[key] = dict(body)
+
+    def latest_pool(self, key: Key) -> JSON | None:
+        return self._pools.get(key)
+
+    def known_pools(self) -> list[Key]:
+        return list(self._pools)
+
+    def forget_pool(self, key: Key) -> None:
+        self._pools.pop(key, None)
+        self.refills.pop(key, None)
+
+    def pods_of_pool(self, key: Key) -> list[JSON]:
+        """The pool's pods as the watch delivered them (claimed ones included: they keep the pool's label)."""
+        if self.pool_pods is None:
+            return []
+        return [dict(pod) for pod in self.pool_pods.get(key, ())]
+
+    def set_run_spec(self, key: Key, spec: SandboxSpec) -> None:
+        """What a pooled Sandbox runs: its pool's template with its overrides (its own spec holds only those)."""
+        self._run_specs[key] = spec
+
+    def run_view(self, sandbox: Sandbox) -> Sandbox:
+        """The Sandbox with the spec it runs: for one with poolRef, the template with its overrides once known
+        (from the claim, or its pool on a resume); else, and for any other Sandbox, as it is."""
+        spec = self._run_specs.get((sandbox.namespace, sandbox.name))
+        if spec is None or sandbox.spec.pool_ref is None:
+            return sandbox
+        return sandbox.model_copy(update={"spec": spec})
+
     def children_made(self, key: Key, sandbox_uid: str) -> bool:
         """Whether this process already created or adopted the policy and pod of this very Sandbox."""
         return self._children.get(key) == sandbox_uid
@@ -89,6 +149,7 @@ class Runtime:
         self._sandboxes.pop(key, None)
         self._pods.pop(key, None)
         self._children.pop(key, None)
+        self._run_specs.pop(key, None)
         self._pod_gone.pop(key, None)
         self.uids.release(key)
         lock = self._locks.get(key)

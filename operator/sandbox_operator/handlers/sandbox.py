@@ -22,13 +22,17 @@ from sandbox_operator import constants
 from sandbox_operator.builders.meta import child_labels
 from sandbox_operator.builders.network_policy import build_network_policy
 from sandbox_operator.builders.pod import build_pod
+from sandbox_operator.builders.pool import claimed_pod_of
 from sandbox_operator.builders.status import Verdict
 from sandbox_operator.handlers.errors import counted
+from sandbox_operator.handlers.pool import claim_pod, keep_pool_index, pooled_spec
 from sandbox_operator.handlers.reconcile import post_event, sync_status
 from sandbox_operator.handlers.runtime import Runtime, failpoint, runtime, utcnow
-from sandbox_operator.handlers.uids import Key, PodUids, UidRangeExhausted, pod_run_as_users
+from sandbox_operator.handlers.uids import Key, PodUids, UidRangeExhausted, has_pod, pod_run_as_users
 from sandbox_operator.k8s.api import JSON, Adoption, ChildResult, api_message, controlled_by
+from sandbox_operator.metrics import POOL_CLAIMS
 from sandbox_operator.models.effective import EffectiveSpec, effective_timeouts, resolve
+from sandbox_operator.models.pool import SandboxPool
 from sandbox_operator.models.sandbox import (
     TERMINAL_PHASES,
     InvalidSpecError,
@@ -81,14 +85,18 @@ async def ensure_sandbox(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, 
     rt.remember(raw)
     try:
         sandbox = Sandbox.from_body(raw)
-        spec = resolve(sandbox.spec, rt.settings)
     except InvalidSpecError as error:
         await _fail(rt, Sandbox.shell_from_body(raw), "InvalidSpec", str(error), logger)
         return
     if sandbox.status.phase in TERMINAL_PHASES or sandbox.metadata.deletion_timestamp is not None:
         return
     try:
-        created_pod = await make_children(rt, sandbox, spec, pod_uids, logger)
+        pool, spec = await run_spec(rt, sandbox)
+    except InvalidSpecError as error:
+        await _fail(rt, sandbox, "InvalidSpec", str(error), logger)
+        return
+    try:
+        created_pod = await make_children(rt, sandbox, spec, pool, pod_uids, logger)
     except _Refused as refused:
         await _fail(rt, sandbox, refused.reason, refused.message, logger)
         return
@@ -99,11 +107,25 @@ async def ensure_sandbox(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, 
     await sync_status(rt, sandbox.namespace, sandbox.name, pod_body=created_pod, log=logger)
 
 
-async def make_children(rt: Runtime, sandbox: Sandbox, spec: EffectiveSpec, pod_uids: PodUids,
-                        logger: kopf.Logger) -> JSON | None:
-    """The deny-all policy, then the pod unless one was recorded; returns the pod if this call made or adopted
-    it. Under the Sandbox's lock, so a pod event cannot sync the status halfway through; once this process has
-    made both for this very Sandbox, a second call makes no API call."""
+async def run_spec(rt: Runtime, sandbox: Sandbox) -> tuple[SandboxPool | None, EffectiveSpec]:
+    """What the Sandbox runs and, with poolRef, the pool it comes from. A Sandbox that already has its pod keeps
+    running if its pool went away since (then it is treated as its own spec). Raises :class:`InvalidSpecError`."""
+    if sandbox.spec.pool_ref is None:
+        return None, resolve(sandbox.spec, rt.settings)
+    try:
+        return await pooled_spec(rt, sandbox)
+    except InvalidSpecError:
+        if sandbox.status.pod_uid:
+            return None, resolve(sandbox.spec, rt.settings)
+        raise
+
+
+async def make_children(rt: Runtime, sandbox: Sandbox, spec: EffectiveSpec, pool: SandboxPool | None,
+                        pod_uids: PodUids, logger: kopf.Logger) -> JSON | None:
+    """The deny-all policy, then the pod unless one was recorded: with a pool, a claimed pool pod if there is
+    one, else a cold one. Returns the pod if this call made, claimed or adopted it. Under the Sandbox's lock, so
+    a pod event cannot sync the status halfway through; once this process has made both for this very Sandbox,
+    a second call makes no API call."""
     key = (sandbox.namespace, sandbox.name)
     async with rt.lock(key):
         if rt.children_made(key, sandbox.metadata.uid):
@@ -113,10 +135,32 @@ async def make_children(rt: Runtime, sandbox: Sandbox, spec: EffectiveSpec, pod_
         if not sandbox.status.pod_uid:
             # Once a pod was recorded it is never created again (a resume after it vanished reports PodDeleted
             # through the status sync).
-            pod = await _ensure_pod(rt, sandbox, spec, pod_uids, logger)
+            if pool is not None:
+                pod = await _pool_pod(rt, sandbox, pool, spec, pod_uids, logger)
+            if pod is None:
+                pod = await _ensure_pod(rt, sandbox, spec, pod_uids, logger)
             rt.remember_pod(key, pod)
         rt.note_children_made(key, sandbox.metadata.uid)
         return pod
+
+
+async def _pool_pod(rt: Runtime, sandbox: Sandbox, pool: SandboxPool, spec: EffectiveSpec, pod_uids: PodUids,
+                    logger: kopf.Logger) -> JSON | None:
+    """The pool pod this Sandbox claimed earlier or claims now; None for a cold start (an earlier run's cold pod
+    is adopted by the caller, never doubled with a claim)."""
+    earlier = claimed_pod_of(sandbox, rt.pods_of_pool((sandbox.namespace, pool.name)))
+    if earlier is not None:
+        return dict(earlier)
+    if has_pod(pod_uids, (sandbox.namespace, sandbox.name)):
+        return None
+    pod = await claim_pod(rt, sandbox, pool, spec, logger)
+    if pod is None:
+        POOL_CLAIMS.labels("cold").inc()
+        body = rt.latest((sandbox.namespace, sandbox.name))
+        if body is not None:
+            post_event(body, "Warning", "PoolEmpty",
+                       f"pool {pool.name} has no ready pod to hand out; starting cold from its template")
+    return pod
 
 
 def needs_children(rt: Runtime, body: JSON) -> bool:
@@ -169,14 +213,18 @@ async def _ensure_pod(rt: Runtime, sandbox: Sandbox, spec: EffectiveSpec, pod_ui
 @kopf.on.create(*RESOURCE, id="create")
 @counted("create")
 async def create_fn(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger,
-                    sandbox_pod_uids: kopf.Index[int, Key] | None = None, **_: Any) -> None:
+                    sandbox_pod_uids: kopf.Index[int, Key] | None = None, pool_pods: Any = None,
+                    **_: Any) -> None:
+    keep_pool_index(runtime(memo), pool_pods)
     await ensure_sandbox(body, memo, logger, sandbox_pod_uids)
 
 
 @kopf.on.resume(*RESOURCE, id="resume")
 @counted("resume")
 async def resume_fn(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger,
-                    sandbox_pod_uids: kopf.Index[int, Key] | None = None, **_: Any) -> None:
+                    sandbox_pod_uids: kopf.Index[int, Key] | None = None, pool_pods: Any = None,
+                    **_: Any) -> None:
+    keep_pool_index(runtime(memo), pool_pods)
     await ensure_sandbox(body, memo, logger, sandbox_pod_uids)
 
 
@@ -206,7 +254,7 @@ async def update_fn(body: kopf.Body, old: Any, new: Any, memo: kopf.Memo, logger
 
 
 async def _apply_mutable(rt: Runtime, sandbox: Sandbox, old_spec: SandboxSpec, logger: kopf.Logger) -> None:
-    spec, name = sandbox.spec, constants.pod_name(sandbox.name)
+    spec, name = sandbox.spec, sandbox.status.pod_name or constants.pod_name(sandbox.name)
     labels: dict[str, str | None] = {key: None for key in (old_spec.pod_labels or {})}
     labels.update(spec.pod_labels or {})
     labels.update(child_labels(sandbox.name))
@@ -216,7 +264,7 @@ async def _apply_mutable(rt: Runtime, sandbox: Sandbox, old_spec: SandboxSpec, l
     pod = await asyncio.to_thread(rt.api.get_pod, sandbox.namespace, name)
     if pod is None:
         return
-    _, _, lifetime = effective_timeouts(spec, rt.settings)
+    _, _, lifetime = effective_timeouts(rt.run_view(sandbox).spec, rt.settings)
     start = (pod.get("status") or {}).get("startTime")
     current = (pod.get("spec") or {}).get("activeDeadlineSeconds")
     created = sandbox.metadata.creation_timestamp
@@ -239,7 +287,8 @@ async def delete_fn(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: 
     meta = body.get("metadata") or {}
     namespace, name, uid = meta["namespace"], meta["name"], meta.get("uid")
     await sync_status(rt, namespace, name, log=logger)
-    pod_name = constants.pod_name(name)
+    latest = rt.latest((namespace, name)) or body
+    pod_name = str((latest.get("status") or {}).get("podName") or constants.pod_name(name))
     pod = await asyncio.to_thread(rt.api.get_pod, namespace, pod_name)
     if pod is not None and controlled_by(pod, uid):
         gone = rt.pod_gone((namespace, name))  # set by the pod watch on the pod's DELETED event
@@ -262,11 +311,13 @@ async def delete_fn(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: 
 
 @kopf.on.event(*RESOURCE, id="sandbox-events")
 async def sandbox_event(type: str | None, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger,
-                        sandbox_pod_uids: kopf.Index[int, Key] | None = None, **_: Any) -> None:
+                        sandbox_pod_uids: kopf.Index[int, Key] | None = None, pool_pods: Any = None,
+                        **_: Any) -> None:
     """Every Sandbox event: keeps the latest body and the phase gauge, and makes the policy and pod of a new
     Sandbox at once. kopf runs the create handler only after another round trip (its finalizer patch and the
     event that follows); that handler stays, writes the status, and makes the children if this did not."""
     rt = runtime(memo)
+    keep_pool_index(rt, pool_pods)
     meta = body.get("metadata") or {}
     key = (str(meta.get("namespace")), str(meta.get("name")))
     if type == "DELETED":
@@ -281,7 +332,8 @@ async def sandbox_event(type: str | None, body: kopf.Body, memo: kopf.Memo, logg
         # No status write here: it would change the Sandbox under kopf's finalizer patch, which follows at once
         # and is conditional on this version. The pod's first event writes the status.
         sandbox = Sandbox.from_body(raw)
-        await make_children(rt, sandbox, resolve(sandbox.spec, rt.settings), sandbox_pod_uids, logger)
+        pool, spec = await run_spec(rt, sandbox)
+        await make_children(rt, sandbox, spec, pool, sandbox_pod_uids, logger)
     except Exception as error:  # best effort: the create handler retries with backoff
         logger.info("making the policy and pod at first sight did not finish (%s); the create handler retries",
                     error)

@@ -32,6 +32,11 @@ def pod_run_as_users(pod: Mapping[str, Any]) -> set[int]:
     return {uid for uid in (context.get("runAsUser") for context in contexts) if isinstance(uid, int)}
 
 
+def has_pod(pod_uids: PodUids, key: Key) -> bool:
+    """Whether the index holds a pod of Sandbox ``key`` (a pod made by an earlier run of its handler)."""
+    return any(key in owners for owners in pod_uids.values())
+
+
 class UidPool:
     """Hands out the UIDs of a range, one per Sandbox, never one a live pod or another reservation holds."""
 

@@ -126,6 +126,20 @@ class KubeApi:
             raise
         return True
 
+    # SandboxPools ------------------------------------------------------------------------------------------
+
+    def get_pool(self, namespace: str, name: str) -> JSON | None:
+        return _unless_missing(lambda: self.custom.get_namespaced_custom_object(
+            constants.GROUP, constants.VERSION, namespace, constants.POOL_PLURAL, name,
+            _preload_content=False, _request_timeout=REQUEST_TIMEOUT))
+
+    def patch_pool_status(self, namespace: str, name: str, status_patch: Mapping[str, Any]) -> JSON | None:
+        """Merge-patches a SandboxPool's ``status``; None if the pool is gone."""
+        return _unless_missing(lambda: self.custom.patch_namespaced_custom_object_status(
+            constants.GROUP, constants.VERSION, namespace, constants.POOL_PLURAL, name,
+            {"status": dict(status_patch)}, field_manager=constants.MANAGER_NAME,
+            _preload_content=False, _request_timeout=REQUEST_TIMEOUT))
+
     # Pods --------------------------------------------------------------------------------------------------
 
     def get_pod(self, namespace: str, name: str) -> JSON | None:
@@ -137,9 +151,13 @@ class KubeApi:
             name, namespace, dict(patch), field_manager=constants.MANAGER_NAME, _content_type=MERGE_PATCH,
             _preload_content=False, _request_timeout=REQUEST_TIMEOUT))
 
-    def delete_pod(self, namespace: str, name: str, uid: str | None, grace_seconds: int) -> None:
-        options = client.V1DeleteOptions(grace_period_seconds=grace_seconds,
-                                         preconditions=client.V1Preconditions(uid=uid) if uid else None)
+    def delete_pod(self, namespace: str, name: str, uid: str | None, grace_seconds: int,
+                   resource_version: str | None = None) -> None:
+        """Deletes this very pod (UID precondition) and, with ``resource_version``, only if it has not changed
+        since: a pool pod claimed in between has another version, and the delete leaves it alone (409)."""
+        preconditions = (client.V1Preconditions(uid=uid, resource_version=resource_version)
+                         if uid or resource_version else None)
+        options = client.V1DeleteOptions(grace_period_seconds=grace_seconds, preconditions=preconditions)
         try:
             self.core.delete_namespaced_pod(name, namespace, body=options, _preload_content=False,
                                             _request_timeout=REQUEST_TIMEOUT)
@@ -153,6 +171,18 @@ class KubeApi:
             lambda namespace: self.core.create_namespaced_pod(
                 namespace, pod, field_manager=constants.MANAGER_NAME, _preload_content=False,
                 _request_timeout=REQUEST_TIMEOUT))
+
+    def create_pool_pod(self, pod: client.V1Pod) -> JSON | None:
+        """Creates a pool's pod; None when the name is taken (the refill picks another name next time)."""
+        assert pod.metadata is not None and pod.metadata.namespace
+        try:
+            return _json(self.core.create_namespaced_pod(
+                pod.metadata.namespace, pod, field_manager=constants.MANAGER_NAME, _preload_content=False,
+                _request_timeout=REQUEST_TIMEOUT))
+        except ApiException as error:
+            if error.status == 409:
+                return None
+            raise
 
     def pod_event_message(self, namespace: str, pod_uid: str, reason: str) -> str | None:
         """The message of the latest Event with ``reason`` about this very pod (by UID), or None."""
@@ -208,12 +238,14 @@ class KubeApi:
 
     @staticmethod
     def _judge_existing(existing: JSON | None, owner_uid: str) -> ChildResult:
-        """After a 409: ours (adopt it), an earlier namesake Sandbox's (wait), or someone else's (conflict)."""
+        """After a 409: ours (adopt it), an earlier namesake Sandbox's or pool's (wait), or someone else's
+        (conflict)."""
         if existing is None:  # deleted between our create and our read: the caller retries
             return ChildResult(Adoption.STALE, {})
         if controlled_by(existing, owner_uid):
             return ChildResult(Adoption.EXISTING, existing)
         controller = controller_of(existing)
-        if (controller.get("apiVersion"), controller.get("kind")) == (constants.API_VERSION, constants.KIND):
+        if controller.get("apiVersion") == constants.API_VERSION \
+                and controller.get("kind") in (constants.KIND, constants.POOL_KIND):
             return ChildResult(Adoption.STALE, existing)
         return ChildResult(Adoption.FOREIGN, existing)
