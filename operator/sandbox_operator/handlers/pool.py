@@ -39,7 +39,7 @@ from sandbox_operator.handlers.reconcile import post_event
 from sandbox_operator.handlers.runtime import PoolRefill, Runtime, failpoint, runtime, utcnow
 from sandbox_operator.handlers.uids import Key, PodUids, UidRangeExhausted, pod_run_as_users
 from sandbox_operator.k8s.api import JSON, Adoption, api_message, controlled_by
-from sandbox_operator.metrics import POOL_CLAIM_SECONDS, POOL_CLAIMS, POOL_PODS
+from sandbox_operator.metrics import POOL_CLAIMS, POOL_PODS
 from sandbox_operator.models.conditions import CONDITION_READY
 from sandbox_operator.models.effective import EffectiveSpec, resolve
 from sandbox_operator.models.pool import SandboxPool, spec_with_overrides
@@ -378,6 +378,3 @@ def _record_claim(rt: Runtime, sandbox: Sandbox, pod: JSON) -> None:
             rt.uids.adopt(key, uid)
         rt.uids.release((sandbox.namespace, str(pod["metadata"]["name"])))
     POOL_CLAIMS.labels("warm").inc()
-    created = sandbox.metadata.creation_timestamp
-    if created is not None:
-        POOL_CLAIM_SECONDS.observe(max(0.0, (utcnow() - created).total_seconds()))

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import datetime
 import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -30,7 +31,7 @@ from sandbox_operator.handlers.reconcile import post_event, sync_status
 from sandbox_operator.handlers.runtime import Runtime, failpoint, runtime, utcnow
 from sandbox_operator.handlers.uids import Key, PodUids, UidRangeExhausted, has_pod, pod_run_as_users
 from sandbox_operator.k8s.api import JSON, Adoption, ChildResult, api_message, controlled_by
-from sandbox_operator.metrics import POOL_CLAIMS
+from sandbox_operator.metrics import POOL_CLAIM_SECONDS, POOL_CLAIMS
 from sandbox_operator.models.effective import EffectiveSpec, effective_timeouts, resolve
 from sandbox_operator.models.pool import SandboxPool
 from sandbox_operator.models.sandbox import (
@@ -130,6 +131,7 @@ async def make_children(rt: Runtime, sandbox: Sandbox, spec: EffectiveSpec, pool
     async with rt.lock(key):
         if rt.children_made(key, sandbox.metadata.uid):
             return None
+        started = time.monotonic()
         await _ensure_policy(rt, sandbox, logger)
         pod = None
         if not sandbox.status.pod_uid:
@@ -137,6 +139,8 @@ async def make_children(rt: Runtime, sandbox: Sandbox, spec: EffectiveSpec, pool
             # through the status sync).
             if pool is not None:
                 pod = await _pool_pod(rt, sandbox, pool, spec, pod_uids, logger)
+                if pod is not None:
+                    POOL_CLAIM_SECONDS.observe(time.monotonic() - started)
             if pod is None:
                 pod = await _ensure_pod(rt, sandbox, spec, pod_uids, logger)
             rt.remember_pod(key, pod)
@@ -333,7 +337,11 @@ async def sandbox_event(type: str | None, body: kopf.Body, memo: kopf.Memo, logg
         # and is conditional on this version. The pod's first event writes the status.
         sandbox = Sandbox.from_body(raw)
         pool, spec = await run_spec(rt, sandbox)
-        await make_children(rt, sandbox, spec, pool, sandbox_pod_uids, logger)
+        pod = await make_children(rt, sandbox, spec, pool, sandbox_pod_uids, logger)
+        if pod is not None and pool is not None and constants.LABEL_POOL in (pod["metadata"].get("labels") or {}):
+            # A claimed pod is usually ready already: say so now rather than after its next event. This write
+            # makes kopf's finalizer patch, conditional on the version, go again on the next event.
+            await sync_status(rt, sandbox.namespace, sandbox.name, pod_body=pod, log=logger)
     except Exception as error:  # best effort: the create handler retries with backoff
         logger.info("making the policy and pod at first sight did not finish (%s); the create handler retries",
                     error)
