@@ -99,6 +99,10 @@ bench-exec: $(VENV_STAMP) $(LLM_SANDBOX_PYTHON) ## Commands and files: the SDK (
 bench-density: $(VENV_STAMP) ## 100 default sandboxes: burst, single start, idle cost, memory, with the node's profile
 	$(PY) -m bench.bench_density
 
+.PHONY: bench-pool
+bench-pool: $(VENV_STAMP) ## Warm pools: claim -> Ready serial, 20 at once, 20/s for 60 s, first command, next to cold creates
+	$(PY) -m bench.bench_pool
+
 .PHONY: operator-image
 operator-image: ## Build the operator image (wheels on the host, cached) and import it into the local cluster
 	bash hack/build-operator-image.sh

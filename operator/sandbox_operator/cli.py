@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from sandbox_operator.sdk import Progress, Sandbox, SandboxEvent, SandboxManager
     from sandbox_operator.sdk.files import FileInfo
     from sandbox_operator.sdk.health import Health
+    from sandbox_operator.sdk.pools import PoolInfo
 
 PROG = "sandboxctl"
 
@@ -131,6 +132,14 @@ def sandbox_row(obj: dict[str, Any], now: datetime | None = None) -> list[str]:
 
 
 SANDBOX_HEADERS = ("NAME", "PHASE", "REASON", "NODE", "IDLE", "EXPIRES", "AGE")
+POOL_HEADERS = ("NAME", "SIZE", "READY", "STARTING", "CLAIMED", "AGE")
+
+
+def pool_row(pool: PoolInfo, now: datetime | None = None) -> list[str]:
+    """NAME, SIZE, READY, STARTING, CLAIMED, AGE of one SandboxPool (kubectl's printer columns)."""
+    now = now or datetime.now(UTC)
+    return [shown(pool.name), str(pool.size), str(pool.ready_count), str(pool.starting_count),
+            str(pool.claimed_count), human_duration(_since(pool.created, now))]
 
 
 def health_lines(health: Health, now: datetime | None = None) -> str:
@@ -323,8 +332,25 @@ class Context:
             print(text)
 
 
+# What `create --pool` refuses: the pool's pod already runs, so these are its template's.
+NOT_WITH_POOL = ("image", "cpu", "memory", "ephemeral_storage", "cpu_request", "memory_request",
+                 "ephemeral_storage_request", "pids", "command_timeout", "working_dir", "runtime_class", "env",
+                 "node_selector")
+
+
+def not_with_pool(args: argparse.Namespace) -> list[str]:
+    """The options given that cannot go with ``--pool``, as typed (``--memory``)."""
+    return ["--" + dest.replace("_", "-") for dest in NOT_WITH_POOL if getattr(args, dest, None) is not None]
+
+
 def cmd_create(ctx: Context) -> int:
     a = ctx.args
+    if a.pool is not None:
+        refused = not_with_pool(a)
+        if refused:
+            raise UsageError(f"{', '.join(refused)} cannot be used with --pool: the pool's pod is already running, "
+                             "so only --idle-timeout, --lifetime and --pod-label may be given (and --label, the "
+                             "Sandbox's own labels)")
     spec: dict[str, Any] = {}
     labels = parse_key_values(a.label, "--label")
     annotations: dict[str, str] = {}
@@ -353,7 +379,7 @@ def cmd_create(ctx: Context) -> int:
 
     spec = _deep_merge(spec, build_spec(**kwargs))
     with Spinner() as spinner:
-        sandbox = ctx.manager.create(name, labels=labels or None, annotations=annotations or None,
+        sandbox = ctx.manager.create(name, pool=a.pool, labels=labels or None, annotations=annotations or None,
                                      wait=not a.no_wait, timeout=a.timeout, on_progress=spinner.on_progress,
                                      spec=spec)
     ctx.emit(sandbox.obj, lambda: shown(sandbox.name))
@@ -387,6 +413,25 @@ def cmd_list(ctx: Context) -> int:
     if not objs and ctx.output == "table":
         print("No sandboxes found.", file=sys.stderr)
     ctx.emit({"apiVersion": "v1", "kind": "List", "items": objs}, table)
+    return EXIT_OK
+
+
+def cmd_pools(ctx: Context) -> int:
+    pools = ctx.manager.pools(all_namespaces=ctx.args.all_namespaces)
+
+    def table() -> str:
+        if not pools:
+            return ""
+        now = datetime.now(UTC)
+        rows = [pool_row(p, now) for p in pools]
+        if ctx.args.all_namespaces:
+            return format_table(("NAMESPACE", *POOL_HEADERS), [[shown(p.namespace), *r] for p, r in zip(pools, rows,
+                                                                                                     strict=True)])
+        return format_table(POOL_HEADERS, rows)
+
+    if not pools and ctx.output == "table":
+        print("No sandbox pools found.", file=sys.stderr)
+    ctx.emit({"apiVersion": "v1", "kind": "List", "items": [p.obj for p in pools]}, table)
     return EXIT_OK
 
 
@@ -593,10 +638,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("create", cmd_create, "create a sandbox and wait until it is Ready",
             "Create a sandbox and wait until it is Ready (a progress line shows on a terminal). Prints the "
             "name (or the object with -o json|yaml). When no running operator serves the namespace it says so "
-            "within seconds, names the namespaces that are served, and deletes the sandbox it created.",
+            "within seconds, names the namespaces that are served, and deletes the sandbox it created. With "
+            "--pool it takes a ready pod of that SandboxPool (or starts cold from the pool's template when none is "
+            "ready): the pool fixes image, resources, environment and the rest, so only --idle-timeout, "
+            "--lifetime, --pod-label and --label may go with it.",
             "examples:\n  sandboxctl create\n  sandboxctl create my-box --memory 1Gi --idle-timeout 600 "
-            "--env MODE=test\n  sandboxctl create -f sandbox.yaml")
+            "--env MODE=test\n  sandboxctl create --pool python --lifetime 900\n  sandboxctl create -f sandbox.yaml")
     p.add_argument("name", nargs="?", help="name (default: generated, sbx-xxxxx)")
+    p.add_argument("--pool", metavar="NAME", help="take a warm pod of this SandboxPool (see: sandboxctl pools)")
     p.add_argument("-f", "--filename", help="a Sandbox manifest or a spec mapping (YAML/JSON; - for stdin)")
     p.add_argument("--image", help="container image (must be allowed by the operator)")
     p.add_argument("--cpu", help="CPU limit, e.g. 500m or 2")
@@ -622,6 +671,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("list", cmd_list, "list sandboxes", epilog="examples:\n  sandboxctl list -l team=a\n  "
             "sandboxctl list -A -o yaml")
     p.add_argument("-l", "--selector", help="label selector, e.g. team=a,env!=prod")
+    p.add_argument("-A", "--all-namespaces", action="store_true", help="list in every namespace")
+
+    p = add("pools", cmd_pools, "list sandbox pools: their size and pods ready, starting and claimed",
+            "List the SandboxPools: SIZE is how many ready, unclaimed pods each keeps; READY and STARTING count its "
+            "unclaimed pods; CLAIMED counts the live pods it handed to sandboxes (never returned to the pool).",
+            "examples:\n  sandboxctl pools\n  sandboxctl pools -A -o json\n  sandboxctl create --pool python")
     p.add_argument("-A", "--all-namespaces", action="store_true", help="list in every namespace")
 
     p = add("get", cmd_get, "show a sandbox's health: phase, conditions, pod, restarts, activity, expiry")

@@ -131,7 +131,7 @@ class OperatorSettings(BaseSettings):
     instance_name: str = ""
     """This operator's name in the registry of served namespaces on the Sandbox CRD, after its pod's namespace
     (the chart sets the Deployment's name). Empty: the host name and process ID."""
-    failpoint: Literal["", "after-pod-create"] = ""
+    failpoint: Literal["", "after-pod-create", "after-pod-claim"] = ""
     """Test-only: hang (so that a test can kill the process) at the named point."""
 
     @field_validator("namespaces", "allowed_images", "allowed_runtime_classes", "allowed_toleration_keys",

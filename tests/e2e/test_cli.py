@@ -17,7 +17,7 @@ import yaml
 
 from sandbox_operator import constants
 from sandbox_operator.sdk.transport import ENV_TRANSPORT
-from tests.kit import Cluster, Sandboxctl, namespace_fixture
+from tests.kit import SMALL_SPEC, Cluster, Sandboxctl, namespace_fixture, pool_manifest, wait_until
 
 MiB = 1024 * 1024
 SMALL = ("--cpu", "250m", "--memory", "256Mi")  # fits next to other suites' sandboxes on the test node
@@ -190,3 +190,36 @@ def test_events_create_ready_delete_and_wait(ctl: Sandboxctl) -> None:
     assert reasons.index("Created") < reasons.index("Ready") < reasons.index("Deleted")
     table = ctl("events", name).stdout.decode()
     assert table == "" or table.splitlines()[0].split()[:4] == ["TIME", "KIND", "TYPE", "REASON"]
+
+
+def test_create_from_a_pool_and_list_pools(cluster: Cluster, ctl: Sandboxctl, namespace: str) -> None:
+    pool = "cli-pool"
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(pool_manifest(namespace, pool, 2, SMALL_SPEC)))
+    try:
+        def ready_pool() -> dict[str, object] | None:
+            items = json.loads(ctl("pools", "-o", "json").stdout)["items"]
+            return next((i for i in items if i["metadata"]["name"] == pool
+                         and (i.get("status") or {}).get("readyCount", 0) >= 1), None)
+
+        wait_until(ready_pool, 240, message=f"a ready pod in pool {pool}")
+        refused = ctl("create", "--pool", pool, *SMALL, check=False)
+        assert refused.returncode == 2 and b"--cpu, --memory cannot be used with --pool" in refused.stderr
+        name = ctl("create", "--pool", pool, "--lifetime", "900", "--timeout", "240").stdout.decode().strip()
+        try:
+            health = json.loads(ctl("get", name, "-o", "json").stdout)["health"]
+            assert health["ready"], health
+            assert health["pod"]["name"].startswith(constants.pool_pod_generate_name(pool)), health
+            assert ctl("exec", name, "--", "echo", "warm").stdout == b"warm\n"
+
+            def claimed_row() -> list[str] | None:
+                lines = ctl("pools").stdout.decode().splitlines()
+                assert lines[0].split() == ["NAME", "SIZE", "READY", "STARTING", "CLAIMED", "AGE"]
+                row = next((line.split() for line in lines[1:] if line.split()[0] == pool), None)
+                return row if row is not None and int(row[4]) >= 1 else None
+
+            row = wait_until(claimed_row, 60, message="the claim in sandboxctl pools")
+            assert row[1] == "2" and int(row[2]) + int(row[3]) <= 2
+        finally:
+            ctl("delete", name, "--ignore-not-found")
+    finally:
+        cluster.kubectl("delete", constants.POOL_PLURAL, pool, "-n", namespace, "--ignore-not-found", "--wait=false")

@@ -5,7 +5,9 @@ from the locally built operator image; the in-cluster operator (nothing started 
 to Ready and sandboxctl runs Python in it; `kubectl auth can-i` proves the operator's ServiceAccount cannot
 exec or read Secrets and that the client ClusterRole allows exec only where it is bound; `helm upgrade` with a
 changed setting replaces the operator pod and the new setting shows in the next Sandbox; `helm uninstall`
-leaves no operator object behind (only what docs/chart.md says it keeps).
+leaves no operator object behind (only what docs/chart.md says it keeps). The install also declares one warm
+pool (values: pools); a Sandbox with poolRef takes its pod, and removing the entry deletes the pool but not the
+claimed pod.
 
 The operator is namespaced (the chart's default): it never sees the namespaces other tests work in. The test
 applies the CRD from crds/ like every other suite (Helm would skip its crds/ copy anyway when it exists) and
@@ -14,11 +16,13 @@ never deletes it. The tests run in file order; each later one builds on the rele
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import yaml
 
 from sandbox_operator import constants
 from tests.kit import REPO_ROOT, Cluster, wait_until
@@ -26,18 +30,25 @@ from tests.kit.helm import CHART, Release, installed_release
 
 SANDBOXCTL = REPO_ROOT / ".venv" / "bin" / "sandboxctl"
 UPGRADED_LIFETIME = 1234
+POOL = "warm"
+# One small pool: its pod starts with the release, and a Sandbox with poolRef claims it.
+POOLS = [{"name": POOL, "size": 1, "template": {"resources": {"cpu": "500m", "memory": "256Mi"}}}]
+POOL_RESOURCE = f"{constants.POOL_PLURAL}.{constants.GROUP}"
 
 pytestmark = pytest.mark.timeout(1800)
 
 
 @pytest.fixture(scope="module")
 def release(cluster: Cluster) -> Iterator[Release]:
-    """Namespaced (the chart's default), one sandbox namespace, the client role bound to one ServiceAccount."""
+    """Namespaced (the chart's default), one sandbox namespace, the client role bound to one ServiceAccount, one
+    warm pool in the sandbox namespace (the pool's namespace left to its default)."""
+    pools = json.dumps(POOLS).replace("{", "{{").replace("}", "}}")  # installed_release formats the values
     with installed_release(
             cluster, "e2e-helm",
             "--set-json", ('clientRole.subjects=[{{"kind": "ServiceAccount", "name": "{release.client_sa}", '
                            '"namespace": "{release.namespace}"}}]'),
-            "--set", "config.gcIntervalSeconds=5") as rel:
+            "--set", "config.gcIntervalSeconds=5",
+            "--set-json", f"pools={pools}") as rel:
         yield rel
 
 
@@ -149,6 +160,75 @@ def test_client_role_allows_exec_only_where_bound(release: Release) -> None:
     assert not release.can_i("create", "pods", sbx, unbound, subresource="exec")
     assert not release.can_i("get", "secrets", sbx, bound)
     assert not release.can_i("create", "pods", sbx, bound)  # clients go through Sandboxes, not raw pods
+
+
+def test_pool_permissions_operator_reconciles_clients_only_read(release: Release) -> None:
+    sa, sbx = release.operator_sa, release.sandbox_namespace
+    client = f"system:serviceaccount:{release.namespace}:{release.client_sa}"
+    for verb in ("get", "list", "watch"):
+        assert release.can_i(verb, POOL_RESOURCE, sbx, sa), verb
+    assert release.can_i("patch", POOL_RESOURCE, sbx, sa, subresource="status")
+    assert release.can_i("update", POOL_RESOURCE, sbx, sa, subresource="finalizers")
+    for verb in ("create", "update", "patch", "delete"):  # pools are the chart's or an administrator's
+        assert not release.can_i(verb, POOL_RESOURCE, sbx, sa), verb
+    for verb in ("get", "list", "watch"):
+        assert release.can_i(verb, POOL_RESOURCE, sbx, client), verb
+    for verb in ("create", "update", "patch", "delete"):
+        assert not release.can_i(verb, POOL_RESOURCE, sbx, client), verb
+    for namespace in ("default", release.namespace):
+        assert not release.can_i("list", POOL_RESOURCE, namespace, sa), namespace
+        assert not release.can_i("list", POOL_RESOURCE, namespace, client), namespace
+
+
+# --- warm pools ---------------------------------------------------------------------------------------------
+
+def test_pool_from_values_hands_its_pod_to_a_sandbox_and_goes_with_its_entry(release: Release) -> None:
+    sbx, kubectl = release.sandbox_namespace, release.cluster.kubectl
+
+    def pool_status() -> dict[str, Any]:
+        return dict(release.kubectl_json("-n", sbx, "get", POOL_RESOURCE, POOL).get("status") or {})
+
+    pool = release.kubectl_json("-n", sbx, "get", POOL_RESOURCE, POOL)
+    assert pool["metadata"]["labels"]["app.kubernetes.io/instance"] == release.name  # the chart's
+    wait_until(lambda: pool_status().get("readyCount") == 1, 180, interval=1,
+               message=lambda: f"pool {POOL} with readyCount 1: {pool_status()}\n{release.operator_log()[-3000:]}")
+
+    body = {"apiVersion": constants.API_VERSION, "kind": constants.KIND,
+            "metadata": {"name": "warm-claim", "namespace": sbx}, "spec": {"poolRef": {"name": POOL}}}
+    kubectl("apply", "-f", "-", input=yaml.safe_dump(body))
+    sandbox = release.wait_ready("warm-claim")
+    pod_name = sandbox["status"]["podName"]
+    assert pod_name.startswith(constants.pool_pod_generate_name(POOL)), pod_name  # the pool's pod, not a cold one
+    pod = release.kubectl_json("-n", sbx, "get", "pod", pod_name)
+    assert sandbox["status"]["podUID"] == pod["metadata"]["uid"]
+    controllers = [o for o in pod["metadata"]["ownerReferences"] if o.get("controller")]
+    assert [(o["kind"], o["uid"]) for o in controllers] == [(constants.KIND, sandbox["metadata"]["uid"])]
+    assert pod["metadata"]["labels"][constants.LABEL_SANDBOX] == "warm-claim"
+
+    def unclaimed_pods() -> list[str]:
+        return kubectl("-n", sbx, "get", "pods", "-l", f"{constants.LABEL_POOL}={POOL},!{constants.LABEL_SANDBOX}",
+                       "-o", "name").stdout.split()
+
+    wait_until(unclaimed_pods, 60, interval=1, message="the pool refilled after the claim")
+
+    # The entry removed from values: Helm deletes the SandboxPool and garbage collection its unclaimed pods and
+    # policy; the claimed pod belongs to its Sandbox and stays.
+    result = release.helm("upgrade", release.name, str(CHART), "--namespace", release.namespace, "--reuse-values",
+                          "--set-json", "pools=[]", "--wait", "--timeout", "5m")
+    assert result.returncode == 0, result.stderr
+
+    def pool_gone() -> bool:
+        found = kubectl("-n", sbx, "get", f"{POOL_RESOURCE}/{POOL}",
+                        f"networkpolicies/{constants.pool_network_policy_name(POOL)}", "--ignore-not-found",
+                        "-o", "name").stdout
+        return found == "" and not unclaimed_pods()
+
+    wait_until(pool_gone, 120, interval=1, message=lambda: f"pool {POOL}, its policy and unclaimed pods gone: "
+                                                           f"{unclaimed_pods()}")
+    claimed = release.kubectl_json("-n", sbx, "get", "pod", pod_name)
+    assert claimed["metadata"]["uid"] == pod["metadata"]["uid"]
+    assert not claimed["metadata"].get("deletionTimestamp")
+    release.delete_sandbox("warm-claim")
 
 
 # --- upgrade and uninstall ----------------------------------------------------------------------------------

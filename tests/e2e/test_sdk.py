@@ -30,6 +30,7 @@ from sandbox_operator.sdk import (
     ChannelBroken,
     CommandTimeout,
     FileTooLarge,
+    InvalidSandboxSpec,
     PathOutsideSandbox,
     Sandbox,
     SandboxEvent,
@@ -37,9 +38,10 @@ from sandbox_operator.sdk import (
     SandboxFileNotFound,
     SandboxManager,
     SandboxNotFound,
+    build_sandbox,
 )
 from sandbox_operator.sdk.aio import AsyncSandbox, AsyncSandboxManager
-from tests.kit import READY_TIMEOUT, SMALL_SPEC, Cluster, namespace_fixture, wait_until
+from tests.kit import READY_TIMEOUT, SMALL_SPEC, Cluster, Kube, namespace_fixture, wait_until
 
 MiB = 1024 * 1024
 
@@ -412,6 +414,63 @@ def test_idle_collection_spares_a_busy_sandbox(manager: SandboxManager) -> None:
     with pytest.raises(SandboxNotFound):
         manager.get(idle.name)  # collected: untouched for over 60 s with idleSeconds 20
     busy.delete()
+
+
+# Warm pools -----------------------------------------------------------------------------------------------------
+
+POOL_SIZE = 2
+
+
+@pytest.fixture(scope="module")
+def warm_pool(cluster: Cluster, namespace: str, manager: SandboxManager) -> Iterator[str]:
+    """A SandboxPool of the tests' small sandboxes in the module's namespace, once one of its pods is ready."""
+    kube = Kube(cluster)
+    name = "python"
+    kube.create_pool(namespace, name, POOL_SIZE, SMALL_SPEC)
+    try:
+        wait_until(lambda: manager.get_pool(name).ready_count >= 1, READY_TIMEOUT,
+                   message=lambda: f"a ready pod in pool {name}: {manager.get_pool(name)}")
+        yield name
+    finally:
+        kube.delete_pool(namespace, name)
+
+
+def test_a_sandbox_from_a_warm_pool(cluster: Cluster, namespace: str, manager: SandboxManager,
+                                    warm_pool: str) -> None:
+    listed = {p.name: p for p in manager.pools()}
+    assert listed[warm_pool].size == POOL_SIZE and listed[warm_pool].ready_count >= 1
+    # The manager's default_spec (SMALL_SPEC) is not sent: the API server would refuse resources next to poolRef.
+    with manager.create(pool=warm_pool, lifetime=900, pod_labels={"e2e": "pool"}) as sbx:
+        assert sbx.phase == "Ready"
+        # A warm pod, not a cold one: it keeps the pool's generated name.
+        assert sbx.pod_name.startswith(constants.pool_pod_generate_name(warm_pool)), sbx.status
+        assert sbx.run("echo warm").stdout == "warm\n"
+        health = sbx.health()
+        assert health.ready and health.pod_name == sbx.pod_name and health.container_state == "running"
+        # A session call in another process knows neither the object nor the pod: it finds the pod, over exec too.
+        with SandboxManager(namespace, kubeconfig=cluster.kubeconfig, transport="exec") as elsewhere:
+            assert elsewhere.execute_command(sbx.name, "echo session").stdout == "session\n"
+        wait_until(lambda: manager.get_pool(warm_pool).claimed_count >= 1, 60,
+                   message=lambda: f"the claim counted: {manager.get_pool(warm_pool)}")
+
+
+def test_a_pooled_sandbox_may_override_only_what_a_running_pod_takes(namespace: str,
+                                                                      manager: SandboxManager) -> None:
+    with pytest.raises(InvalidSandboxSpec, match=r"spec\.image cannot be set together with a pool"):
+        manager.create(pool="python", image=constants.SANDBOX_IMAGE)
+    # A client that sends it anyway meets the API server's own rule.
+    body = build_sandbox("pool-hostile", namespace, {"poolRef": {"name": "python"}, "resources": {"memory": "1Gi"}})
+    with pytest.raises(InvalidSandboxSpec) as info:
+        manager.api.create_sandbox(body, namespace)
+    assert info.value.status == 422, info.value
+    assert "spec.resources cannot be set together with spec.poolRef" in str(info.value)
+    assert "pool-hostile" not in [s.name for s in manager.list()]
+
+
+def test_a_missing_pool_fails_the_sandbox_naming_it(manager: SandboxManager) -> None:
+    with pytest.raises(SandboxFailed) as info:
+        manager.create(pool="no-such-pool", timeout=120)
+    assert info.value.reason == "InvalidSpec" and "spec.poolRef.name" in str(info.value), info.value
 
 
 def test_cli_and_sdk_share_one_spec_shape() -> None:

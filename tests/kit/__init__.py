@@ -7,9 +7,9 @@
   :func:`running_operator`; a fresh namespace served by it: :func:`served_namespace`, and for the end-to-end
   tests :func:`operator_namespace`;
 * the cluster (:class:`Cluster`: kubeconfig, API client, its own kubectl and helm, namespaces for one test),
-  Sandboxes and their children (:class:`Kube`), watches that record what they see (:class:`WatchThread`,
-  :class:`PhaseRecorder`, :class:`CreationTimes`), ``sandboxctl`` (:class:`Sandboxctl`), a Helm release
-  (``tests.kit.helm``), Dockerfiles (``tests.kit.dockerfile``);
+  Sandboxes, SandboxPools and their children (:class:`Kube`), watches that record what they see
+  (:class:`WatchThread`, :class:`PhaseRecorder`, :class:`CreationTimes`), ``sandboxctl`` (:class:`Sandboxctl`), a
+  Helm release (``tests.kit.helm``), Dockerfiles (``tests.kit.dockerfile``);
 * small things: :func:`free_port`, :func:`http_get`, :func:`percentile`, :func:`proc_status_kib`, the values of
   the Makefile and hack/lib.sh (:func:`make_var`, :func:`hack_var`), the command line a benchmark ran as
   (:func:`invocation`).
@@ -28,7 +28,7 @@ from tests.kit.environment import (
     operator_namespace,
     served_namespace,
 )
-from tests.kit.kube import Heartbeat, Kube, or_none_if_missing, sandbox_manifest
+from tests.kit.kube import Heartbeat, Kube, or_none_if_missing, pool_manifest, sandbox_manifest
 from tests.kit.net import free_port, http_get
 from tests.kit.operator_process import OperatorProcess, running_operator, start_operator
 from tests.kit.repo import REPO_ROOT, hack_var, hack_vars, invocation, make_var
@@ -64,6 +64,7 @@ __all__ = [
     "operator_namespace",
     "or_none_if_missing",
     "percentile",
+    "pool_manifest",
     "proc_status_kib",
     "running_operator",
     "sandbox_manifest",

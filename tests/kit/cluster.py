@@ -104,10 +104,12 @@ class Cluster:
             for n in nodes)
 
     def apply_crd(self, directory: Path = REPO_ROOT / "crds") -> None:
-        """Applies the CRDs of ``directory`` the way docs/chart.md says (server-side) and waits until served."""
+        """Applies the CRDs of ``directory`` the way docs/chart.md says (server-side) and waits until both (Sandbox
+        and SandboxPool) are served."""
         for crd in sorted(directory.glob("*.yaml")):
             self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
-        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{constants.CRD_NAME}")
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{constants.CRD_NAME}",
+                     f"crd/{constants.POOL_CRD_NAME}")
 
     def create_namespace(self, prefix: str, *, restricted: bool = True) -> str:
         """A namespace of its own for one test (``PREFIX-xxxxxx``), under Pod Security "restricted" unless asked

@@ -1,4 +1,4 @@
-"""Sandboxes and their children through the API, as JSON dicts, with waits on their state."""
+"""Sandboxes, SandboxPools and their children through the API, as JSON dicts, with waits on their state."""
 
 from __future__ import annotations
 
@@ -21,6 +21,11 @@ JSON = dict[str, Any]
 def sandbox_manifest(namespace: str, name: str, spec: JSON) -> JSON:
     return {"apiVersion": constants.API_VERSION, "kind": constants.KIND,
             "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+def pool_manifest(namespace: str, name: str, size: int, template: JSON) -> JSON:
+    return {"apiVersion": constants.API_VERSION, "kind": constants.POOL_KIND,
+            "metadata": {"name": name, "namespace": namespace}, "spec": {"size": size, "template": template}}
 
 
 def or_none_if_missing(call: Any, *args: Any, **kwargs: Any) -> Any:
@@ -119,6 +124,43 @@ class Kube:
         def found() -> JSON | None:
             return next((e for e in self.events(namespace, name) if e.get("reason") == reason), None)
         return wait_until(found, timeout, message=f"an Event {reason} for {namespace}/{name}")
+
+    # SandboxPools
+    def create_pool(self, namespace: str, name: str, size: int, template: JSON) -> JSON:
+        return cast(JSON, self.custom.create_namespaced_custom_object(
+            constants.GROUP, constants.VERSION, namespace, constants.POOL_PLURAL,
+            pool_manifest(namespace, name, size, template)))
+
+    def get_pool(self, namespace: str, name: str) -> JSON | None:
+        found: JSON | None = or_none_if_missing(self.custom.get_namespaced_custom_object, constants.GROUP,
+                                                constants.VERSION, namespace, constants.POOL_PLURAL, name)
+        return found
+
+    def delete_pool(self, namespace: str, name: str) -> None:
+        """Deletes the pool in the background: the garbage collector then removes what the pool controls."""
+        self.custom.delete_namespaced_custom_object(constants.GROUP, constants.VERSION, namespace,
+                                                    constants.POOL_PLURAL, name, propagation_policy="Background")
+
+    def pool_pods(self, namespace: str, pool: str) -> list[JSON]:
+        """Every pod the pool started, claimed or not (the pool's label stays on a claimed pod)."""
+        selector = f"{constants.LABEL_POOL}={pool}"
+        return list(self.serialize(self.core.list_namespaced_pod(namespace, label_selector=selector).items))
+
+    def wait_pool(self, namespace: str, name: str, *, ready: int, claimed: int | None = None,
+                  timeout: float = 120) -> JSON:
+        """The pool's status once it describes the current spec with ``ready`` pods ready (and ``claimed`` pods
+        claimed, when given)."""
+        def reached() -> JSON | None:
+            pool = self.get_pool(namespace, name)
+            if pool is None:
+                return None
+            status = dict(pool.get("status") or {})
+            current = status.get("observedGeneration") == pool["metadata"]["generation"]
+            counts = status.get("readyCount", 0) == ready and claimed in (None, status.get("claimedCount", 0))
+            return status if current and counts else None
+        return wait_until(reached, timeout, message=lambda: (
+            f"SandboxPool {namespace}/{name} with {ready} ready" + ("" if claimed is None else f", {claimed} claimed")
+            + f"; status {(self.get_pool(namespace, name) or {}).get('status')}"))
 
     # Namespaces
     def drop_namespace(self, namespace: str, *, operator_running: bool) -> None:

@@ -22,6 +22,8 @@ import pytest
 import yaml
 
 from sandbox_operator import constants
+from sandbox_operator.models import limits
+from sandbox_operator.models.pool import SandboxPool
 from sandbox_operator.settings import ENV_PREFIX, OperatorSettings, SettingsError, load_settings
 from tests.kit import REPO_ROOT, hack_var, make_var
 
@@ -30,6 +32,8 @@ RELEASE = "demo"
 RELEASE_NS = "sandbox-operator-system"
 FULLNAME = "demo-sandbox-operator"
 Doc = dict[str, Any]
+# Verbs by (group, resource), or by (group, resource, name) for a rule restricted to resourceNames.
+Rules = dict[tuple[str, ...], set[str]]
 
 # Settings the chart sets from somewhere other than `config` (or on purpose not at all).
 SETTINGS_OUTSIDE_CONFIG = {
@@ -48,21 +52,30 @@ FORBIDDEN_RESOURCES = {"secrets", "pods/exec", "pods/attach", "pods/portforward"
                        "pods/proxy", "serviceaccounts/token", "nodes", "nodes/proxy", "configmaps", "*"}
 FORBIDDEN_VERBS = {"escalate", "bind", "impersonate", "*"}
 
+# The operator's permissions on SandboxPools: read and watch (kopf event handlers write nothing to a pool), the
+# status subresource, and update on finalizers for the blockOwnerDeletion of the pool's children. Never create,
+# patch or delete: pools are the chart's or an administrator's.
+OPERATOR_POOL_RULES: Rules = {
+    ("sandbox-operator.io", "sandboxpools"): {"get", "list", "watch"},
+    ("sandbox-operator.io", "sandboxpools/status"): {"get", "patch"},
+    ("sandbox-operator.io", "sandboxpools/finalizers"): {"update"},
+}
 # The operator's namespaced permissions, exactly (the table in templates/_rbac.tpl). A change here is a change
 # of the operator's privileges: make it on purpose, in both places.
-OPERATOR_NAMESPACED_RULES = {
+OPERATOR_NAMESPACED_RULES: Rules = {
     ("sandbox-operator.io", "sandboxes"): {"get", "list", "watch", "patch", "delete"},
     ("sandbox-operator.io", "sandboxes/status"): {"get", "patch"},
     ("sandbox-operator.io", "sandboxes/finalizers"): {"update"},
+    **OPERATOR_POOL_RULES,
     ("", "pods"): {"get", "list", "watch", "create", "patch", "delete"},
     ("networking.k8s.io", "networkpolicies"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "events"): {"create", "list"},
 }
-KOPF_CLUSTER_RULES = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
+KOPF_CLUSTER_RULES: Rules = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
 # The registry of served namespaces: an annotation on the Sandbox CRD, that one CRD only.
-REGISTRY_RULES = {("apiextensions.k8s.io", "customresourcedefinitions", constants.CRD_NAME): {"get", "patch"}}
-CLUSTER_RULES = {**KOPF_CLUSTER_RULES, **REGISTRY_RULES}
-KOPF_NAMESPACE_RULES = {("", "namespaces"): {"list", "watch"}}
+REGISTRY_RULES: Rules = {("apiextensions.k8s.io", "customresourcedefinitions", constants.CRD_NAME): {"get", "patch"}}
+CLUSTER_RULES: Rules = {**KOPF_CLUSTER_RULES, **REGISTRY_RULES}
+KOPF_NAMESPACE_RULES: Rules = {("", "namespaces"): {"list", "watch"}}
 
 # checkov findings accepted on purpose; every other failed check fails the test.
 CHECKOV_VERSION = "3.3.30"
@@ -145,7 +158,7 @@ def env_of(docs: list[Doc]) -> dict[str, str]:
 
 def rules_table(role: Doc) -> dict[tuple[str, ...], set[str]]:
     """Verbs by (group, resource), or by (group, resource, name) for a rule restricted to resourceNames."""
-    table: dict[tuple[str, ...], set[str]] = {}
+    table: Rules = {}
     for rule in role["rules"]:
         assert "nonResourceURLs" not in rule
         for group in rule["apiGroups"]:
@@ -196,6 +209,9 @@ NAMESPACED: dict[str, Any] = {
                "defaultRuntimeClass": "gvisor", "fileSizeLimitBytes": 2147483648, "gcIntervalSeconds": 0.5},
     "logging": {"format": "json", "verbose": True},
     "networkPolicy": {"metricsFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]},
+    "pools": [{"name": "python", "namespace": "team-a", "size": 2, "maxAgeSeconds": 3600,
+               "template": {"resources": {"cpu": "500m", "memory": "256Mi"}}},
+              {"name": "python", "namespace": "team-b", "size": 0}],
 }
 
 
@@ -399,6 +415,9 @@ def test_misconfigurations_fail_with_a_message(helm: Path, tmp_path: Path) -> No
     {"logging": {"format": "xml"}},
     {"sandboxNamespaces": {"names": ["Not_A_DNS_Label"]}},
     {"clientRole": {"subjects": [{"kind": "Robot", "name": "x"}]}},
+    {"pools": [{"name": "p", "size": 1, "sise": 2}]},                        # typo in a pool's key
+    {"pools": [{"name": "p", "size": 1, "template": {"resource": {"cpu": "1"}}}]},  # typo in a template field
+    {"pools": {"python": {"size": 1}}},                                       # a map instead of a list
 ], ids=lambda v: json.dumps(v, separators=(",", ":")))
 def test_values_schema_rejects(helm: Path, values: dict[str, Any], tmp_path: Path) -> None:
     error = render_error(helm, values, tmp_path)
@@ -408,7 +427,10 @@ def test_values_schema_rejects(helm: Path, values: dict[str, Any], tmp_path: Pat
 def test_values_schema_is_strict_everywhere() -> None:
     """Every object of ours rejects unknown keys; only Kubernetes pass-through objects are open."""
     schema = json.loads((CHART / "values.schema.json").read_text())
-    passthrough = {"global", "affinity", "tolerations[]", "networkPolicy.metricsFrom[]"}
+    # A pool template's fields are the Sandbox spec's: the schema knows their names, the CRD their insides.
+    template = schema["properties"]["pools"]["items"]["properties"]["template"]["properties"]
+    passthrough = {"global", "affinity", "tolerations[]", "networkPolicy.metricsFrom[]",
+                   *(f"pools[].template.{name}" for name, node in template.items() if node["type"] == "object")}
     maps = {"podAnnotations", "podLabels", "nodeSelector", "serviceAccount.annotations",
             "metrics.service.annotations", "metrics.serviceMonitor.labels"}
 
@@ -594,6 +616,7 @@ def test_client_cluster_role_and_its_bindings(helm: Path, tmp_path: Path) -> Non
     assert table[("", "pods")] == {"get", "list"}
     assert {"create", "get", "list", "watch", "delete", "patch"} <= table[("sandbox-operator.io", "sandboxes")]
     assert table[("", "events")] == {"get", "list", "watch"}
+    assert table[("sandbox-operator.io", "sandboxpools")] == {"get", "list", "watch"}  # read only
     assert ("", "secrets") not in table
     # The registry of served namespaces is cluster-scoped: a ClusterRole of its own, reading that one CRD.
     assert rules_table(only(docs, "ClusterRole", f"{FULLNAME}-client-registry")) == {
@@ -617,6 +640,130 @@ def test_client_cluster_role_and_its_bindings(helm: Path, tmp_path: Path) -> Non
     docs = render(helm, {"clientRole": {"create": False}}, tmp_path)
     assert not select(docs, "ClusterRole", f"{FULLNAME}-client")
     assert not select(docs, "ClusterRole", f"{FULLNAME}-client-registry")
+
+
+@pytest.mark.parametrize("values", [NAMESPACED, {"clusterWide": True, "pools": [{"name": "p", "size": 1}]}],
+                         ids=["namespaced", "cluster-wide"])
+def test_operator_reconciles_pools_where_it_serves_and_clients_only_read_them(
+        helm: Path, values: dict[str, Any], tmp_path: Path) -> None:
+    docs = render(helm, values, tmp_path)
+    granting = [role for role in docs if role["kind"] in ("Role", "ClusterRole") and component(role) == "operator"
+                and ("sandbox-operator.io", "sandboxpools") in rules_table(role)]
+    if values.get("clusterWide"):
+        assert [(r["kind"], r["metadata"]["name"]) for r in granting] == [("ClusterRole", FULLNAME)]
+    else:  # a Role in each sandbox namespace, nothing cluster-wide
+        assert sorted((r["kind"], r["metadata"]["namespace"]) for r in granting) == [
+            ("Role", "team-a"), ("Role", "team-b")]
+    for role in granting:
+        table = rules_table(role)
+        assert {key: verbs for key, verbs in table.items() if key[1].startswith("sandboxpools")} == OPERATOR_POOL_RULES
+        # Handing a pool pod to a Sandbox is a conditional patch; deleting an unclaimed one carries preconditions.
+        assert {"get", "list", "watch", "create", "patch", "delete"} <= table[("", "pods")]
+    client = rules_table(only(docs, "ClusterRole", f"{FULLNAME}-client"))
+    assert {key: verbs for key, verbs in client.items() if key[1].startswith("sandboxpools")} == {
+        ("sandbox-operator.io", "sandboxpools"): {"get", "list", "watch"}}
+
+
+# --- warm pools ---------------------------------------------------------------------------------------------
+
+POOL_TEMPLATE: dict[str, Any] = {
+    "image": constants.SANDBOX_IMAGE,
+    "env": [{"name": "MODE", "value": "warm"}],
+    "resources": {"cpu": "500m", "memory": "256Mi", "requests": {"cpu": "10m", "memory": "64Mi"}},
+    "timeouts": {"idleSeconds": 600, "lifetimeSeconds": 3600},
+    "podLabels": {"team": "a"},
+}
+SIZE_RULE = f"must be a whole number from {limits.POOL_SIZE_MIN} to {limits.POOL_SIZE_MAX}"
+MAX_AGE_RULE = (f"must be a whole number from {limits.POOL_MAX_AGE_SECONDS_MIN} to "
+                f"{limits.POOL_MAX_AGE_SECONDS_MAX}")
+
+
+def test_pools_render_as_sandbox_pools_the_operator_accepts(helm: Path, tmp_path: Path) -> None:
+    assert not select(render(helm), constants.POOL_KIND)
+    docs = render(helm, {"pools": [{"name": "python", "size": 5, "maxAgeSeconds": 3600, "template": POOL_TEMPLATE},
+                                   {"name": "bare", "size": 0}]}, tmp_path)
+    python, bare = select(docs, constants.POOL_KIND)
+    for pool in (python, bare):
+        assert pool["apiVersion"] == constants.API_VERSION
+        assert pool["metadata"]["namespace"] == "sandboxes"  # the one sandbox namespace
+        assert pool["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE
+        assert component(pool) == "pools"
+        SandboxPool.from_body(pool)  # the operator's own model: raises naming the field it refuses
+    assert python["metadata"]["name"] == "python"
+    assert python["spec"] == {"size": 5, "maxAgeSeconds": 3600, "template": POOL_TEMPLATE}
+    assert bare["spec"] == {"size": 0, "template": {}}
+    assert isinstance(python["spec"]["size"], int) and isinstance(python["spec"]["maxAgeSeconds"], int)
+    # --set gives integers where a values file gives floats: the same object either way.
+    result = helm_template(helm, "--set", "pools[0].name=python", "--set", "pools[0].size=5",
+                           "--set", "pools[0].maxAgeSeconds=3600")
+    assert result.returncode == 0, result.stderr
+    [pool] = select([d for d in yaml.safe_load_all(result.stdout) if d], constants.POOL_KIND)
+    assert pool["spec"] == {"size": 5, "maxAgeSeconds": 3600, "template": {}}
+
+
+def test_pool_namespace_defaults_to_the_one_sandbox_namespace_and_must_be_served(helm: Path, tmp_path: Path) -> None:
+    two = {"sandboxNamespaces": {"names": ["team-a", "team-b"]}}
+    docs = render(helm, {**two, "pools": [{"name": "p", "size": 1, "namespace": "team-b"},
+                                          {"name": "p", "size": 1, "namespace": "team-a"}]}, tmp_path)
+    assert sorted(p["metadata"]["namespace"] for p in select(docs, constants.POOL_KIND, "p")) == ["team-a", "team-b"]
+    assert ('pools[0].namespace is required: it defaults only to a single sandbox namespace, and '
+            'sandboxNamespaces.names is ["team-a","team-b"]') in render_error(
+        helm, {**two, "pools": [{"name": "p", "size": 1}]}, tmp_path)
+    # Without clusterWide the operator serves its sandbox namespaces only: a pool elsewhere would never fill.
+    assert ('pools[0].namespace "elsewhere" is not watched by the operator: without clusterWide it serves only '
+            'sandboxNamespaces.names ["sandboxes"]') in render_error(
+        helm, {"pools": [{"name": "p", "size": 1, "namespace": "elsewhere"}]}, tmp_path)
+    docs = render(helm, {"clusterWide": True, "pools": [{"name": "p", "size": 1, "namespace": "elsewhere"}]},
+                  tmp_path)
+    assert only(docs, constants.POOL_KIND)["metadata"]["namespace"] == "elsewhere"
+    assert "pools[1] repeats the pool sandboxes/p of pools[0]" in render_error(
+        helm, {"pools": [{"name": "p", "size": 1}, {"name": "p", "size": 2, "namespace": "sandboxes"}]}, tmp_path)
+
+
+# A bad pools entry: the template's message, and the path the schema names.
+BAD_POOLS: list[tuple[list[Any], str, str]] = [
+    ([{"name": "p", "size": -1}], f"pools[0].size {SIZE_RULE}, not -1", "/pools/0/size"),
+    ([{"name": "p", "size": 1.5}], f"pools[0].size {SIZE_RULE}, not 1.5", "/pools/0/size"),
+    ([{"name": "p", "size": "3"}], f'pools[0].size {SIZE_RULE}, not "3"', "/pools/0/size"),
+    ([{"name": "p", "size": limits.POOL_SIZE_MAX + 1}], f"pools[0].size {SIZE_RULE}, not {limits.POOL_SIZE_MAX + 1}",
+     "/pools/0/size"),
+    ([{"name": "ok", "size": 1}, {"name": "p"}], "pools[1].size is required", "/pools/1"),
+    ([{"size": 1}], "pools[0].name is required", "/pools/0"),
+    ([{"name": "Python", "size": 1}], "pools[0].name must be a DNS label of at most 63 characters", "/pools/0/name"),
+    ([{"name": "p", "size": 1, "maxAgeSeconds": 10}], f"pools[0].maxAgeSeconds {MAX_AGE_RULE}, not 10",
+     "/pools/0/maxAgeSeconds"),
+    ([{"name": "p", "size": 1, "template": {"poolRef": {"name": "q"}}}], "pools[0].template.poolRef is not allowed",
+     "/pools/0/template"),
+]
+
+
+@pytest.mark.parametrize(("pools", "message", "schema_path"), BAD_POOLS,
+                         ids=[json.dumps(case[0], separators=(",", ":")) for case in BAD_POOLS])
+def test_bad_pool_values_fail_naming_the_value(helm: Path, pools: list[Any], message: str, schema_path: str,
+                                               tmp_path: Path) -> None:
+    values = _values_args({"pools": pools}, tmp_path)
+    # The template's own check, which holds even when the schema is skipped...
+    result = helm_template(helm, *values, "--skip-schema-validation")
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+    # ...and the schema's, which runs first.
+    result = helm_template(helm, *values)
+    assert "values don't meet the specifications of the schema" in result.stderr, result.stderr
+    assert f"at '{schema_path}'" in result.stderr, result.stderr
+
+
+def test_pool_values_schema_follows_the_crd() -> None:
+    """The values schema knows a pool's fields by the SandboxPool CRD: the template's field names and types, and
+    the bounds of size and maxAgeSeconds (templates/pools.yaml repeats the bounds; the failure messages above
+    pin them)."""
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]["pools"]["items"]["properties"]
+    crd = yaml.safe_load((CHART / "crds" / f"{constants.POOL_CRD_NAME}.yaml").read_text())
+    [version] = crd["spec"]["versions"]
+    spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    assert {name: node["type"] for name, node in schema["template"]["properties"].items()} == {
+        name: node["type"] for name, node in spec["template"]["properties"].items()}
+    for field in ("size", "maxAgeSeconds"):
+        assert (schema[field]["type"], schema[field]["minimum"], schema[field]["maximum"]) == (
+            spec[field]["type"], spec[field]["minimum"], spec[field]["maximum"]), field
 
 
 # --- checkov ------------------------------------------------------------------------------------------------

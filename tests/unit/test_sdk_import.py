@@ -69,7 +69,8 @@ def test_one_name_per_action() -> None:
     assert sessions == {"create_session", "destroy_session", "list_sessions", "execute_command", "read_file",
                         "write_file", "delete_file", "list_files", "get_health"}
     assert public(SandboxManager) - sessions == {
-        "close", "create", "delete", "events", "get", "list", "subscribe", "wait_deleted", "wait_ready"}
+        "close", "create", "delete", "events", "get", "get_pool", "list", "pools", "subscribe", "wait_deleted",
+        "wait_ready"}
     assert public(AsyncSandbox) - {"name", "namespace", "phase"} <= public(Sandbox)
     assert public(AsyncFiles) - {"sync"} <= public(Files)
     assert public(AsyncSandboxManager) - public(AsyncSessionApi) - {"namespace"} <= public(SandboxManager)

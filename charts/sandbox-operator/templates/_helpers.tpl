@@ -129,3 +129,19 @@ SANDBOX_OPERATOR_DEFAULT_CPU); an empty string or list leaves the operator's def
 - name: SANDBOX_OPERATOR_INSTANCE_NAME
   value: {{ include "sandbox-operator.fullname" . | quote }}
 {{- end }}
+
+{{/*
+A whole number within bounds, or a failure naming the value's path: (list PATH VALUE MIN MAX). YAML and JSON
+numbers reach templates as float64, --set ones as int64; strings, booleans and fractions are refused.
+*/}}
+{{- define "sandbox-operator.wholeNumber" -}}
+{{- $path := index . 0 }}
+{{- $value := index . 1 }}
+{{- $min := index . 2 }}
+{{- $max := index . 3 }}
+{{- $whole := or (kindIs "int64" $value) (kindIs "int" $value) (and (kindIs "float64" $value) (eq (floor $value) $value)) }}
+{{- if or (not $whole) (lt (float64 $value) (float64 $min)) (gt (float64 $value) (float64 $max)) }}
+{{- fail (printf "%s must be a whole number from %d to %d, not %s" $path $min $max (toJson $value)) }}
+{{- end }}
+{{- int64 $value }}
+{{- end }}

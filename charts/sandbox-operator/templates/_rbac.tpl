@@ -22,16 +22,35 @@ standalone, so it needs no peering objects (kopf.dev).
 - apiGroups: ["sandbox-operator.io"]
   resources: ["sandboxes/finalizers"]
   verbs: ["update"]
-# Application: the one pod of each Sandbox. Watched for status; created, relabelled on spec changes, deleted.
-# No pods/exec or pods/attach: commands reach sandboxes through the clients' own credentials.
+# Application: the SandboxPools, listed and watched (kopf event handlers, which write nothing to the pool: no
+# finalizer, no progress annotations) and read fresh before a claim. Never created, changed or deleted by the
+# operator: pools are the chart's (values: pools) or an administrator's.
+- apiGroups: ["sandbox-operator.io"]
+  resources: ["sandboxpools"]
+  verbs: ["get", "list", "watch"]
+# Application: the pool's status (ready, starting and claimed counts), merge-patched through the subresource.
+- apiGroups: ["sandbox-operator.io"]
+  resources: ["sandboxpools/status"]
+  verbs: ["get", "patch"]
+# Application: unclaimed pool pods and the pool's policy name the pool as their controller, with
+# blockOwnerDeletion (see sandboxes/finalizers).
+- apiGroups: ["sandbox-operator.io"]
+  resources: ["sandboxpools/finalizers"]
+  verbs: ["update"]
+# Application: the one pod of each Sandbox, and the pools' pods. Watched for status; created, relabelled on spec
+# changes, claimed (a conditional patch that hands a pool pod to a Sandbox), deleted (a pool pod only while
+# unclaimed: the delete carries its resourceVersion). No pods/exec or pods/attach: commands reach sandboxes
+# through the clients' own credentials.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# Application: each Sandbox's deny-all NetworkPolicy. Watched so that one deleted out of band is recreated.
+# Application: each Sandbox's and each pool's deny-all NetworkPolicy. Watched so that one deleted out of band is
+# recreated.
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# Framework and application: Events about Sandboxes (one per status transition; kopf posts handler errors).
+# Framework and application: Events about Sandboxes (one per status transition) and pools (PoolFull, Refilling,
+# PodReplaced; a Sandbox's PoolEmpty); kopf posts handler errors.
 # list: the kubelet's Evicted Event of a sandbox pod that ended without a reason (docs/operator.md, "Status").
 - apiGroups: [""]
   resources: ["events"]
@@ -70,6 +89,11 @@ The clients' rules (SDK, sandboxctl, an agent platform). Bound per namespace, th
 - apiGroups: ["sandbox-operator.io"]
   resources: ["sandboxes/status"]
   verbs: ["get"]
+# SandboxPools, read only: a Sandbox names one in spec.poolRef, and `sandboxctl pools` lists their counts.
+# Pools are created by the chart (values: pools) or an administrator, not by clients.
+- apiGroups: ["sandbox-operator.io"]
+  resources: ["sandboxpools"]
+  verbs: ["get", "list", "watch"]
 # The sandbox pod, read to resolve where commands run.
 - apiGroups: [""]
   resources: ["pods"]

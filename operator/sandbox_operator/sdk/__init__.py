@@ -9,10 +9,11 @@
 Commands and files travel over one persistent channel per sandbox (one exec each where the image has no agent,
 or with ``SandboxManager(transport="exec")``).
 
-One name per action: ``manager.create/get/list/delete``; on a sandbox ``run`` (to completion), ``stream``
-(output as it arrives), ``start`` (in the background), ``files.read_bytes/read_text/write/list/stat/exists/
-remove/mkdir/upload/download``, ``health``, ``events``, ``delete``. The session methods of the manager
-(``create_session``, ``execute_command``, ...) are the same operations by session id (:mod:`.sessions`).
+One name per action: ``manager.create/get/list/delete`` (``create(pool=...)`` takes a warm pod of a SandboxPool)
+and ``manager.pools/get_pool``; on a sandbox ``run`` (to completion), ``stream`` (output as it arrives), ``start``
+(in the background), ``files.read_bytes/read_text/write/list/stat/exists/remove/mkdir/upload/download``,
+``health``, ``events``, ``delete``. The session methods of the manager (``create_session``, ``execute_command``,
+...) are the same operations by session id (:mod:`.sessions`).
 
 Importing this package talks to nothing; it needs neither the operator nor kopf.
 """
@@ -34,6 +35,7 @@ from sandbox_operator.sdk.errors import (
     InvalidSandboxSpec,
     NamespaceNotServed,
     PathOutsideSandbox,
+    PoolNotFound,
     SandboxAlreadyExists,
     SandboxError,
     SandboxFailed,
@@ -48,14 +50,15 @@ from sandbox_operator.sdk.exec import StdinPipe
 from sandbox_operator.sdk.files import FileInfo, Files
 from sandbox_operator.sdk.health import Health
 from sandbox_operator.sdk.manager import Progress, SandboxManager, build_sandbox, build_spec
+from sandbox_operator.sdk.pools import PoolInfo
 from sandbox_operator.sdk.sandbox import Sandbox
 
 __all__ = [
     "ActivityRecorder", "AgentUnavailable", "ApiError", "ChannelBroken", "CommandError", "CommandHandle",
     "CommandResult", "CommandStream", "CommandTimeout", "Condition", "ConfigError", "CrdNotInstalled", "EventStream",
-    "ExecError", "FileError", "FileInfo", "FileTooLarge", "Files", "Health", "InvalidSandboxSpec",
-    "NamespaceNotServed", "OutputChunk", "PathOutsideSandbox", "Progress", "RunningCommand", "Sandbox",
-    "SandboxAlreadyExists", "SandboxError", "SandboxEvent", "SandboxFailed", "SandboxFileNotFound",
-    "SandboxForbidden", "SandboxManager", "SandboxNotFound", "SandboxNotReady", "StdinPipe", "Subscription",
-    "WaitTimeout", "build_sandbox", "build_spec",
+    "ExecError", "FileError", "FileInfo", "FileTooLarge", "Files", "Health", "InvalidSandboxSpec", "NamespaceNotServed",
+    "OutputChunk", "PathOutsideSandbox", "PoolInfo", "PoolNotFound", "Progress", "RunningCommand", "Sandbox",
+    "SandboxAlreadyExists", "SandboxError", "SandboxEvent", "SandboxFailed", "SandboxFileNotFound", "SandboxForbidden",
+    "SandboxManager", "SandboxNotFound", "SandboxNotReady", "StdinPipe", "Subscription", "WaitTimeout", "build_sandbox",
+    "build_spec",
 ]

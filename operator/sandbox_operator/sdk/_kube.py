@@ -120,8 +120,10 @@ def error_from_status(
     name: str | None = None,
     namespace: str | None = None,
     fallback: str = "Kubernetes API request failed",
+    crd: str = constants.CRD_NAME,
 ) -> errors.SandboxError:
-    """Maps an HTTP status plus ``metav1.Status`` to the most specific SDK error."""
+    """Maps an HTTP status plus ``metav1.Status`` to the most specific SDK error; ``crd`` is the definition of the
+    resource asked for, named when it is not installed."""
     reason = status.get("reason") or None
     message = status.get("message") or fallback
     details = status.get("details") if isinstance(status.get("details"), dict) else None
@@ -130,7 +132,7 @@ def error_from_status(
     if http_status == 404:
         if "could not find the requested resource" in message and not (details or {}).get("name"):
             return errors.CrdNotInstalled(
-                f"the {constants.CRD_NAME} CustomResourceDefinition is not installed ({message})", **kw)
+                f"the {crd} CustomResourceDefinition is not installed ({message})", **kw)
         return errors.SandboxNotFound(message, **kw)
     if http_status == 409 and reason == "AlreadyExists":
         return errors.SandboxAlreadyExists(message, **kw)
@@ -143,12 +145,12 @@ def error_from_status(
     return errors.ApiError(message, **kw)
 
 
-def raise_api_error(exc: ApiException, *, name: str | None = None,
-                    namespace: str | None = None) -> NoReturn:
+def raise_api_error(exc: ApiException, *, name: str | None = None, namespace: str | None = None,
+                    crd: str = constants.CRD_NAME) -> NoReturn:
     status = status_from_body(exc.body)
     if not status.get("message") and exc.reason:
         status["message"] = str(exc.reason)
-    raise error_from_status(exc.status, status, name=name, namespace=namespace) from exc
+    raise error_from_status(exc.status, status, name=name, namespace=namespace, crd=crd) from exc
 
 
 def unreachable(exc: BaseException, *, name: str | None, namespace: str | None) -> errors.ApiError:
@@ -157,12 +159,13 @@ def unreachable(exc: BaseException, *, name: str | None, namespace: str | None) 
 
 
 @contextlib.contextmanager
-def translated(name: str | None = None, namespace: str | None = None) -> Iterator[None]:
+def translated(name: str | None = None, namespace: str | None = None, *,
+               crd: str = constants.CRD_NAME) -> Iterator[None]:
     """Turns client exceptions into SDK errors; nothing is swallowed."""
     try:
         yield
     except ApiException as exc:
-        raise_api_error(exc, name=name, namespace=namespace)
+        raise_api_error(exc, name=name, namespace=namespace, crd=crd)
     except urllib3.exceptions.HTTPError as exc:
         raise unreachable(exc, name=name, namespace=namespace) from exc
 
@@ -253,6 +256,32 @@ class KubeApi:
                 _headers={"Accept": f"{PARTIAL_METADATA},application/json"})
         annotations = (_json(resp).get("metadata") or {}).get("annotations") or {}
         return {str(k): str(v) for k, v in annotations.items()}
+
+    # SandboxPools (read only: the operator keeps them) -----------------------------------------------------
+
+    def list_pools(self, namespace: str | None) -> dict[str, Any]:
+        """The SandboxPoolList; all namespaces when None."""
+        with translated(None, namespace, crd=constants.POOL_CRD_NAME):
+            if namespace is None:
+                out = self.custom.list_cluster_custom_object(
+                    constants.GROUP, constants.VERSION, constants.POOL_PLURAL, _request_timeout=REQUEST_TIMEOUT)
+            else:
+                out = self.custom.list_namespaced_custom_object(
+                    constants.GROUP, constants.VERSION, namespace, constants.POOL_PLURAL,
+                    _request_timeout=REQUEST_TIMEOUT)
+        return _as_dict(out)
+
+    def get_pool(self, name: str, namespace: str) -> dict[str, Any]:
+        """One SandboxPool; :class:`PoolNotFound` when there is none."""
+        try:
+            with translated(name, namespace, crd=constants.POOL_CRD_NAME):
+                obj = self.custom.get_namespaced_custom_object(
+                    constants.GROUP, constants.VERSION, namespace, constants.POOL_PLURAL, name,
+                    _request_timeout=REQUEST_TIMEOUT)
+        except errors.SandboxNotFound as missing:
+            raise errors.PoolNotFound(f"sandbox pool {namespace}/{name} does not exist", reason=missing.reason,
+                                      status=missing.status, name=name, namespace=namespace) from missing
+        return _as_dict(obj)
 
     # Pods and events --------------------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from sandbox_operator.sdk.exec import StdinSource
 from sandbox_operator.sdk.files import FileInfo, Files
 from sandbox_operator.sdk.health import Health
 from sandbox_operator.sdk.manager import ProgressCallback, SandboxManager
+from sandbox_operator.sdk.pools import PoolInfo
 from sandbox_operator.sdk.sandbox import Sandbox
 from sandbox_operator.sdk.sessions import AsyncSessionApi
 
@@ -243,6 +244,7 @@ class AsyncSandboxManager(AsyncSessionApi):
         await asyncio.to_thread(self.sync.close)
 
     async def create(self, name: str | None = None, **kwargs: Any) -> AsyncSandbox:
+        """See :meth:`SandboxManager.create` (``pool=`` included)."""
         return AsyncSandbox(await asyncio.to_thread(self.sync.create, name, **kwargs))
 
     async def get(self, name: str, *, namespace: str | None = None) -> AsyncSandbox:
@@ -258,6 +260,12 @@ class AsyncSandboxManager(AsyncSessionApi):
                      timeout: float = 120, missing_ok: bool = False) -> None:
         await asyncio.to_thread(self.sync.delete, name, namespace=namespace, wait=wait, timeout=timeout,
                                 missing_ok=missing_ok)
+
+    async def pools(self, *, namespace: str | None = None, all_namespaces: bool = False) -> builtins.list[PoolInfo]:
+        return await asyncio.to_thread(self.sync.pools, namespace=namespace, all_namespaces=all_namespaces)
+
+    async def get_pool(self, name: str, *, namespace: str | None = None) -> PoolInfo:
+        return await asyncio.to_thread(self.sync.get_pool, name, namespace=namespace)
 
     async def events(self, name: str | None = None, **kwargs: Any) -> AsyncIterator[SandboxEvent]:
         def open_stream() -> EventStream:

@@ -65,7 +65,8 @@ class SandboxForbidden(ApiError):
 
 
 class InvalidSandboxSpec(ApiError):
-    """The API server rejected the Sandbox as invalid (HTTP 422, CRD validation or admission)."""
+    """The Sandbox is invalid: the API server rejected it (HTTP 422, CRD validation or admission), or the SDK
+    refused to send it (``status`` None), such as a sandbox taken from a pool that sets a field the pool fixes."""
 
 
 class CrdNotInstalled(ApiError):
@@ -74,6 +75,10 @@ class CrdNotInstalled(ApiError):
 
 class SandboxNotFound(SandboxError):
     """The Sandbox (or its pod) does not exist."""
+
+
+class PoolNotFound(SandboxNotFound):
+    """The SandboxPool does not exist."""
 
 
 class SandboxAlreadyExists(SandboxError):

@@ -31,6 +31,14 @@ def conditions_of(obj: dict[str, Any]) -> list[Condition]:
     return out
 
 
+def pod_name_of(obj: dict[str, Any] | None) -> str | None:
+    """The sandbox's pod as its status records it. A pod taken from a pool keeps the pool's name
+    (``python.pool-x7k2p``); a cold-started one is named after the sandbox. None until the operator has recorded
+    it."""
+    name = ((obj or {}).get("status") or {}).get("podName")
+    return str(name) if name else None
+
+
 def ready_condition(obj: dict[str, Any]) -> Condition | None:
     return next((c for c in conditions_of(obj) if c.type == CONDITION_READY), None)
 

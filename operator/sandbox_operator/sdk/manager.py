@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import copy
 import datetime
 import os
@@ -20,7 +21,7 @@ from sandbox_operator.sdk.channel import Channel, pod_exec_transport
 from sandbox_operator.sdk.commands import DEFAULT_MAX_OUTPUT_BYTES
 from sandbox_operator.sdk.events import EventStream, SandboxEvent, Subscription
 from sandbox_operator.sdk.files import DEFAULT_FILE_TIMEOUT, DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_TRANSFER_BYTES
-from sandbox_operator.sdk.health import pod_problem, readiness
+from sandbox_operator.sdk.health import pod_name_of, pod_problem, readiness
 from sandbox_operator.sdk.pickup import (
     PICKUP_GRACE_SECONDS,
     UNREADABLE_REGISTRY_PATIENCE,
@@ -28,6 +29,7 @@ from sandbox_operator.sdk.pickup import (
     check_pickup,
     picked_up,
 )
+from sandbox_operator.sdk.pools import PoolInfo, pool_info, pooled_spec
 from sandbox_operator.sdk.sandbox import Sandbox
 from sandbox_operator.sdk.sessions import SessionApi
 from sandbox_operator.sdk.transport import ChannelPool, transport_from
@@ -211,6 +213,9 @@ class SandboxManager(SessionApi):
         self.default_labels = dict(default_labels or {})
         self.activity = ActivityRecorder(self.api, activity_interval, enabled=record_activity)
         self._channels = ChannelPool(self._open_channel, fallback=self.transport == "auto")
+        # The pods of the sandboxes this manager has seen, so that a handle without the object (a session call)
+        # need not read it: a pooled sandbox's pod is not named after it.
+        self._pod_names: dict[tuple[str, str], str] = {}
 
     def _open_channel(self, namespace: str, name: str, pod: str) -> Channel:
         transport = pod_exec_transport(self.api.api_client, namespace, pod, container=constants.CONTAINER_NAME,
@@ -239,6 +244,7 @@ class SandboxManager(SessionApi):
         self,
         name: str | None = None,
         *,
+        pool: str | None = None,
         namespace: str | None = None,
         labels: Mapping[str, str] | None = None,
         annotations: Mapping[str, str] | None = None,
@@ -251,7 +257,15 @@ class SandboxManager(SessionApi):
         """Creates a Sandbox and (unless ``wait=False``) returns once it is Ready.
 
         ``spec_fields`` are :func:`build_spec` keywords (``image``, ``cpu``, ``memory``, ``idle_timeout``,
-        ``lifetime``, ``env``, ..., or a raw ``spec`` dict). When it never gets Ready the error says why:
+        ``lifetime``, ``env``, ..., or a raw ``spec`` dict), merged over the manager's ``default_spec``.
+
+        With ``pool`` the sandbox takes a ready pod of that SandboxPool (docs/pools.md), or starts cold from the pool's
+        template when none is ready. Its spec is the pool's template: ``default_spec`` is not used, and only
+        ``idle_timeout``, ``lifetime``, ``pod_labels`` and ``pod_annotations`` may be given (any other field raises
+        :class:`InvalidSandboxSpec` naming it, before anything is sent). A pool that does not exist fails the sandbox
+        (:class:`SandboxFailed`, reason ``InvalidSpec``).
+
+        When it never gets Ready the error says why:
         :class:`SandboxFailed` at once for a failure waiting cannot fix (image missing, invalid spec,
         admission), :class:`NamespaceNotServed` within seconds when no running operator serves the namespace,
         :class:`SandboxNotReady` after ``timeout`` with the last reason (e.g. Unschedulable).
@@ -260,7 +274,11 @@ class SandboxManager(SessionApi):
         deleted, so nothing leaks.
         """
         ns = self._ns(namespace)
-        spec = _deep_merge(self.default_spec, build_spec(**spec_fields))
+        requested = build_spec(**spec_fields)
+        if pool is not None or "poolRef" in requested:
+            spec = pooled_spec(pool, requested, name=name, namespace=ns)
+        else:
+            spec = _deep_merge(self.default_spec, requested)
         body = build_sandbox(name, ns, spec, labels={**self.default_labels, **(labels or {})},
                              annotations=annotations)
         obj = self.api.create_sandbox(body, ns)
@@ -316,6 +334,7 @@ class SandboxManager(SessionApi):
         finally:
             self.activity.forget(ns, name)
             self._channels.forget(ns, name)
+            self._pod_names.pop((ns, name), None)
         if wait:
             self.wait_deleted(name, namespace=ns, timeout=timeout)
 
@@ -369,7 +388,7 @@ class SandboxManager(SessionApi):
         state = readiness(obj)
         reason, message = state.reason, state.message
         try:
-            problem = pod_problem(self.api.get_pod(constants.pod_name(name), ns))
+            problem = pod_problem(self.api.get_pod(pod_name_of(obj) or constants.pod_name(name), ns))
         except errors.SandboxError:
             problem = None
         if problem is not None and (not reason or reason in ("Pending", "PodPending", "Creating")):
@@ -398,6 +417,18 @@ class SandboxManager(SessionApi):
                                                   known=[obj]):
                 if event.get("type") == "DELETED":
                     return
+
+    # Warm pools ------------------------------------------------------------------------------------
+
+    def pools(self, *, namespace: str | None = None, all_namespaces: bool = False) -> builtins.list[PoolInfo]:
+        """The SandboxPools in the namespace (or all), with their counts and Ready condition, by name."""
+        ns = None if all_namespaces else self._ns(namespace)
+        listed = self.api.list_pools(ns)
+        return sorted((pool_info(obj) for obj in listed.get("items", [])), key=lambda p: (p.namespace, p.name))
+
+    def get_pool(self, name: str, *, namespace: str | None = None) -> PoolInfo:
+        """One SandboxPool (:class:`PoolNotFound` if there is none)."""
+        return pool_info(self.api.get_pool(name, self._ns(namespace)))
 
     # Events ----------------------------------------------------------------------------------------
 

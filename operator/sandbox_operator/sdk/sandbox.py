@@ -28,7 +28,7 @@ from sandbox_operator.sdk.exec import (
     wrapper_argv,
 )
 from sandbox_operator.sdk.files import Files
-from sandbox_operator.sdk.health import Health, health_from, readiness
+from sandbox_operator.sdk.health import Health, health_from, pod_name_of, readiness
 from sandbox_operator.sdk.text import escape_control
 
 if TYPE_CHECKING:
@@ -88,6 +88,9 @@ class Sandbox:
         idle = ((obj.get("spec") or {}).get("timeouts") or {}).get("idleSeconds")
         if isinstance(idle, int | float):
             self.manager.activity.configure(self.namespace, self.name, idle)
+        pod = pod_name_of(obj)
+        if pod is not None:
+            self.manager._pod_names[(self.namespace, self.name)] = pod
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -103,14 +106,22 @@ class Sandbox:
 
     @property
     def pod_name(self) -> str:
-        """The sandbox's pod (from the status when known; it is always named after the sandbox)."""
-        status = (self._obj or {}).get("status") or {}
-        return str(status.get("podName") or constants.pod_name(self.name))
+        """The sandbox's pod, as its status records it: a pod taken from a pool keeps the pool's name
+        (``python.pool-x7k2p``), a cold-started one is named after the sandbox.
+
+        A handle that has not read the object yet (as the session methods make) asks the manager, which knows the
+        pods of the sandboxes it has seen, and otherwise reads the object. So does a handle on a pooled sandbox
+        read before its pod was recorded, since that name cannot be guessed. Until the operator records a pod,
+        the name is the sandbox's."""
+        known = pod_name_of(self._obj) or self.manager._pod_names.get((self.namespace, self.name))
+        if known is None and (self._obj is None or "poolRef" in (self._obj.get("spec") or {})):
+            known = pod_name_of(self.refresh()._obj)
+        return known or constants.pod_name(self.name)
 
     def health(self) -> Health:
         """Phase, conditions, pod state, restarts, last activity and expiry, read now."""
         self.refresh()
-        pod = self.manager.api.get_pod(constants.pod_name(self.name), self.namespace)
+        pod = self.manager.api.get_pod(pod_name_of(self.obj) or constants.pod_name(self.name), self.namespace)
         return health_from(self.obj, pod)
 
     def is_ready(self) -> bool:
@@ -168,7 +179,8 @@ class Sandbox:
         if self.manager.transport == "exec":
             return None
         try:
-            return self.manager._channels.slot(self.namespace, self.name, self.pod_name).get()
+            # The pod's name is looked up only when the channel is first opened, not on every call.
+            return self.manager._channels.slot(self.namespace, self.name, lambda: self.pod_name).get()
         except (errors.ExecError, errors.SandboxNotFound) as exc:
             raise self._diagnose(exc) from exc
 
@@ -210,6 +222,7 @@ class Sandbox:
         except errors.SandboxError:
             return exc
         self._obj = obj
+        self._learn(obj)
         state = readiness(obj)
         if state.state != "ready":
             why = ": ".join(x for x in (state.reason, state.message) if x)

@@ -127,7 +127,8 @@ class ChannelPool:
         self._lock = threading.Lock()
         self._slots: dict[Key, ChannelSlot] = {}
 
-    def slot(self, namespace: str, name: str, pod: str) -> ChannelSlot:
+    def slot(self, namespace: str, name: str, pod: str | Callable[[], str]) -> ChannelSlot:
+        """The sandbox's slot; ``pod`` is its pod's name, or how to learn it when the channel is opened."""
         key = (namespace, name)
         with self._lock:
             found = self._slots.get(key)
@@ -135,8 +136,9 @@ class ChannelPool:
                 # Sandboxes that went away (deleted elsewhere, collected) leave broken channels behind.
                 for other in self._slots.values():
                     other.release_broken()
-                found = self._slots[key] = ChannelSlot(lambda: self._open_channel(namespace, name, pod),
-                                                       fallback=self._fallback)
+                found = self._slots[key] = ChannelSlot(
+                    lambda: self._open_channel(namespace, name, pod if isinstance(pod, str) else pod()),
+                    fallback=self._fallback)
             return found
 
     def prepare(self, namespace: str, name: str, pod: str,
