@@ -82,7 +82,7 @@ class FakeApi:
         self.created.append(body)
         out = copy.deepcopy(body)
         out["metadata"].setdefault("name", "sbx-abcde")
-        out["metadata"]["resourceVersion"] = "1"
+        out["metadata"]["resourceVersion"] = "0"  # the operator's writes come after the create
         return out
 
     def get_sandbox(self, name: str, namespace: str) -> dict[str, Any]:
@@ -92,6 +92,12 @@ class FakeApi:
 
     def watch_sandboxes(self, namespace: str | None, **kwargs: Any) -> Iterator[dict[str, Any]]:
         self.watch_calls.append(kwargs)
+        if kwargs.get("resource_version") == "0" and self.first.get("status"):
+            # Watching from the create's answer: the server first delivers the version the operator wrote.
+            name = (kwargs.get("known") or [{}])[0].get("metadata", {}).get("name")
+            current = copy.deepcopy(self.first)
+            current["metadata"]["name"] = name or current["metadata"]["name"]
+            yield {"type": "MODIFIED", "object": current}
         while self.events:
             etype, o = self.events.pop(0)
             yield {"type": etype, "object": o}
@@ -122,7 +128,8 @@ def test_create_waits_for_ready_and_reports_progress() -> None:
     assert api.created[0]["metadata"]["generateName"] == "sbx-"
     assert api.created[0]["spec"] == {"resources": {"memory": "1Gi"}, "timeouts": {"idleSeconds": 30}}
     assert [p.phase for p in seen] == [None, "Pending", "Ready"]
-    assert api.watch_calls[0]["name"] == "sbx-abcde" and api.watch_calls[0]["resource_version"] == "1"
+    # The watch starts from the create's answer: no read in between.
+    assert api.watch_calls[0]["name"] == "sbx-abcde" and api.watch_calls[0]["resource_version"] == "0"
 
 
 def test_fatal_reason_fails_fast_and_deletes() -> None:

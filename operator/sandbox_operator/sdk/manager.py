@@ -286,7 +286,7 @@ class SandboxManager(SessionApi):
         if not wait:
             return sandbox
         try:
-            sandbox.wait_ready(timeout=timeout, on_progress=on_progress)
+            sandbox.wait_ready(timeout=timeout, on_progress=on_progress, current=obj)
             if self.transport != "exec":
                 # The agent starts while the caller gets the handle, and the activity record a first command makes
                 # is written now: that command waits for neither.
@@ -339,13 +339,16 @@ class SandboxManager(SessionApi):
             self.wait_deleted(name, namespace=ns, timeout=timeout)
 
     def wait_ready(self, name: str, *, namespace: str | None = None, timeout: float | None = None,
-                   on_progress: ProgressCallback | None = None) -> dict[str, Any]:
-        """Watches the Sandbox until it is Ready; returns the object. See :meth:`create` for the errors."""
+                   on_progress: ProgressCallback | None = None,
+                   current: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Watches the Sandbox until it is Ready; returns the object. See :meth:`create` for the errors.
+        ``current`` is a version of the object the caller just got (such as the create's answer): the watch
+        starts from it instead of a read."""
         ns = self._ns(namespace)
         limit = self.ready_timeout if timeout is None else timeout
         started = time.monotonic()
         deadline = started + limit
-        obj = self.api.get_sandbox(name, ns)
+        obj = current if current is not None else self.api.get_sandbox(name, ns)
 
         def judge(current: dict[str, Any]) -> bool:
             state = readiness(current)

@@ -127,11 +127,12 @@ class Sandbox:
     def is_ready(self) -> bool:
         return readiness(self.refresh().obj).state == "ready"
 
-    def wait_ready(self, timeout: float | None = None,
-                   on_progress: ProgressCallback | None = None) -> Sandbox:
-        """Returns once Ready; :class:`SandboxFailed`/:class:`SandboxNotReady` say why not."""
+    def wait_ready(self, timeout: float | None = None, on_progress: ProgressCallback | None = None, *,
+                   current: dict[str, Any] | None = None) -> Sandbox:
+        """Returns once Ready; :class:`SandboxFailed`/:class:`SandboxNotReady` say why not. ``current``: a version
+        of the object just obtained (the watch starts from it, without a read)."""
         self._obj = self.manager.wait_ready(self.name, timeout=timeout, namespace=self.namespace,
-                                            on_progress=on_progress)
+                                            on_progress=on_progress, current=current)
         self._learn(self._obj)
         return self
 
