@@ -27,6 +27,8 @@ LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 LABEL_SANDBOX: Final = f"{GROUP}/sandbox"
 # On every pod a SandboxPool started, for its whole life (claimed or not): the pool's deny-all policy selects it.
 LABEL_POOL: Final = f"{GROUP}/pool"
+# On a pool's pod and on its own deny-all policy (which the pod controls): a token unique within the pool.
+LABEL_POOL_POD: Final = f"{GROUP}/pool-pod"
 # On a pool's pods: a hash of the template they were built from (pods of an older template are replaced).
 ANNOTATION_POOL_TEMPLATE: Final = f"{GROUP}/pool-template"
 # On a claimed pod: when it was handed to its Sandbox (RFC 3339 UTC); its idle clock and lifetime start there.
@@ -98,3 +100,13 @@ def pool_pod_generate_name(pool_name: str) -> str:
 
 def pool_network_policy_name(pool_name: str) -> str:
     return f"{pool_name}.pool-deny-all"
+
+
+def pool_pod_name(pool_name: str, token: str) -> str:
+    """A pool pod's name: ``python.pool-x7k2p`` (the token is also its ``LABEL_POOL_POD`` label)."""
+    return f"{pool_name}.pool-{token}"
+
+
+def pool_pod_network_policy_name(pod_name: str) -> str:
+    """The deny-all policy of one pool pod: ``python.pool-x7k2p.deny-all``."""
+    return f"{pod_name}.deny-all"

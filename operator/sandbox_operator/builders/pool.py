@@ -91,17 +91,20 @@ def template_hash(pool: SandboxPool, spec: EffectiveSpec, settings: OperatorSett
 
 
 def build_pool_pod(pool: SandboxPool, spec: EffectiveSpec, settings: OperatorSettings, *, run_as_user: int,
-                   pod_template_hash: str, now: datetime.datetime) -> client.V1Pod:
+                   pod_template_hash: str, now: datetime.datetime, token: str | None = None) -> client.V1Pod:
     """One unclaimed pod of the pool: hardened exactly like a Sandbox's pod, with a generated name (a dot in it,
     so it can never be the name of a Sandbox's pod), the pool's label and no Sandbox label, controlled by the
-    pool. ``run_as_user`` is a host UID of its own, as for any sandbox pod."""
+    pool. ``run_as_user`` is a host UID of its own, as for any sandbox pod. With ``token`` the name is
+    ``<pool>.pool-<token>`` and the token is its ``LABEL_POOL_POD`` label, which its own policy selects."""
     return client.V1Pod(
         api_version="v1",
         kind="Pod",
         metadata=client.V1ObjectMeta(
-            generate_name=constants.pool_pod_generate_name(pool.name),
+            name=constants.pool_pod_name(pool.name, token) if token else None,
+            generate_name=None if token else constants.pool_pod_generate_name(pool.name),
             namespace=pool.namespace,
-            labels={**spec.pod_labels, **pool_labels(pool.name)},
+            labels={**spec.pod_labels, **pool_labels(pool.name),
+                    **({constants.LABEL_POOL_POD: token} if token else {})},
             annotations={**spec.pod_annotations, constants.ANNOTATION_POOL_TEMPLATE: pod_template_hash},
             owner_references=[pool_owner_reference(pool)],
         ),
@@ -120,6 +123,34 @@ def build_pool_network_policy(pool: SandboxPool) -> client.V1NetworkPolicy:
             labels=pool_labels(pool.name), owner_references=[pool_owner_reference(pool)]),
         spec=client.V1NetworkPolicySpec(
             pod_selector=client.V1LabelSelector(match_labels={constants.LABEL_POOL: pool.name}),
+            policy_types=["Ingress", "Egress"],
+            ingress=[],
+            egress=[],
+        ),
+    )
+
+
+def build_pool_pod_network_policy(pod: Mapping[str, Any]) -> client.V1NetworkPolicy:
+    """A pool pod's own deny-all policy, controlled by the pod: it lives exactly as long as the pod, whoever owns
+    the pod, so a claimed pod stays covered without a write on the claim's path and whatever becomes of the pool.
+    A pod is claimable only once this policy exists."""
+    meta = _metadata(pod)
+    labels = meta.get("labels") or {}
+    pool_name, token = labels.get(constants.LABEL_POOL), labels.get(constants.LABEL_POOL_POD)
+    if not pool_name or not token:
+        raise ValueError(f"pod {meta.get('name')!r} has no {constants.LABEL_POOL} and {constants.LABEL_POOL_POD} "
+                         "labels; it is not a pool's pod")
+    selector = {constants.LABEL_POOL: pool_name, constants.LABEL_POOL_POD: token}
+    return client.V1NetworkPolicy(
+        api_version="networking.k8s.io/v1",
+        kind="NetworkPolicy",
+        metadata=client.V1ObjectMeta(
+            name=constants.pool_pod_network_policy_name(str(meta.get("name"))), namespace=meta.get("namespace"),
+            labels={**pool_labels(pool_name), constants.LABEL_POOL_POD: token},
+            owner_references=[client.V1OwnerReference(api_version="v1", kind="Pod", name=str(meta.get("name")),
+                                                      uid=str(meta.get("uid")), controller=True)]),
+        spec=client.V1NetworkPolicySpec(
+            pod_selector=client.V1LabelSelector(match_labels=selector),
             policy_types=["Ingress", "Egress"],
             ingress=[],
             egress=[],
@@ -181,14 +212,17 @@ def is_claimable(pool: SandboxPool, pod: Mapping[str, Any], *, pod_template_hash
 
 
 def choose_pod(pool: SandboxPool, pods: Iterable[Mapping[str, Any]], *, pod_template_hash: str,
-               now: datetime.datetime, taken_uids: Collection[str] = ()) -> Mapping[str, Any] | None:
+               now: datetime.datetime, taken_uids: Collection[str] = (),
+               covered_uids: Collection[str] | None = None) -> Mapping[str, Any] | None:
     """The pod a claim should take: the oldest claimable one (then by name, so the choice is deterministic).
 
     Oldest first, so every pod is used well before its maximum age and none is replaced unused, and the pool
     turns over as a queue. ``taken_uids`` are pods that claims in flight in this process have picked, so
-    concurrent claims pick different pods instead of racing for one and losing to a 409."""
+    concurrent claims pick different pods instead of racing for one and losing to a 409. ``covered_uids``, when
+    given, are the pods whose own deny-all policy exists: only those are taken."""
     candidates = [pod for pod in pods
                   if str(_metadata(pod).get("uid")) not in taken_uids
+                  and (covered_uids is None or str(_metadata(pod).get("uid")) in covered_uids)
                   and is_claimable(pool, pod, pod_template_hash=pod_template_hash, now=now)]
     if not candidates:
         return None

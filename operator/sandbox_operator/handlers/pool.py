@@ -25,11 +25,13 @@ from sandbox_operator import constants
 from sandbox_operator.builders.pool import (
     build_pool_network_policy,
     build_pool_pod,
+    build_pool_pod_network_policy,
     build_pool_status,
     choose_pod,
     claim_patch,
     claimed_pod_of,
     is_claimable,
+    is_unclaimed_pod_of,
     plan_refill,
     template_hash,
 )
@@ -38,7 +40,7 @@ from sandbox_operator.handlers.errors import counted
 from sandbox_operator.handlers.reconcile import post_event
 from sandbox_operator.handlers.runtime import PoolRefill, Runtime, failpoint, runtime, utcnow
 from sandbox_operator.handlers.uids import Key, PodUids, UidRangeExhausted, pod_run_as_users
-from sandbox_operator.k8s.api import JSON, Adoption, api_message, controlled_by
+from sandbox_operator.k8s.api import JSON, Adoption, api_message, controlled_by, controller_of
 from sandbox_operator.metrics import POOL_CLAIMS, POOL_PODS
 from sandbox_operator.models.conditions import CONDITION_READY
 from sandbox_operator.models.effective import EffectiveSpec, resolve
@@ -51,6 +53,9 @@ POOL_RESOURCE = (constants.GROUP, constants.VERSION, constants.POOL_PLURAL)
 POOL_POD_LABELS: dict[str, Any] = {constants.LABEL_MANAGED_BY: constants.MANAGER_NAME,
                                    constants.LABEL_POOL: kopf.PRESENT}
 UNSEEN_PATIENCE = 60.0  # seconds a created pod counts before the watch delivers it
+# Starting pods is the node's heaviest work (the runtime, the kubelet): a refill that starts right after a claim
+# competes with the claims still coming in a burst, so it waits this long after the latest claim (once per pass).
+REFILL_AFTER_CLAIM = 0.5
 CLAIM_ATTEMPTS = 5
 _NAME_ALPHABET = string.ascii_lowercase + string.digits
 
@@ -66,18 +71,34 @@ def pool_pods(body: kopf.Body, **_: Any) -> dict[Key, JSON]:
     return {(str(meta.get("namespace")), str((meta.get("labels") or {})[constants.LABEL_POOL])): dict(body)}
 
 
-def keep_pool_index(rt: Runtime, index: Any) -> None:
-    """Keeps kopf's live ``pool_pods`` index on the runtime (kopf hands indexes only to handlers)."""
-    if rt.pool_pods is None and index is not None:
-        rt.pool_pods = index
+POOL_POD_POLICY_LABELS: dict[str, Any] = {constants.LABEL_MANAGED_BY: constants.MANAGER_NAME,
+                                          constants.LABEL_POOL_POD: kopf.PRESENT}
+
+
+@kopf.index("networking.k8s.io", "v1", "networkpolicies", labels=POOL_POD_POLICY_LABELS, id="pool_pod_policies")
+def pool_pod_policies(body: kopf.Body, **_: Any) -> dict[str, str]:
+    """Pool pods' own deny-all policies, by the UID of the pod that controls them: a pod is claimable only once
+    its policy exists."""
+    meta = body.get("metadata") or {}
+    owner = controller_of(body)
+    return {str(owner.get("uid")): str(meta.get("name"))} if owner.get("kind") == "Pod" else {}
+
+
+def keep_pool_index(rt: Runtime, pods: Any, policies: Any = None) -> None:
+    """Keeps kopf's live pool indexes on the runtime (kopf hands indexes only to handlers)."""
+    if rt.pool_pods is None and pods is not None:
+        rt.pool_pods = pods
+    if rt.pool_pod_policies is None and policies is not None:
+        rt.pool_pod_policies = policies
 
 
 @kopf.on.event(*POOL_RESOURCE, id="pool-events")
 @counted("pool-events")
 async def pool_event(type: str | None, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger,
-                     pool_pods: Any = None, sandbox_pod_uids: PodUids | None = None, **_: Any) -> None:
+                     pool_pods: Any = None, pool_pod_policies: Any = None, sandbox_pod_uids: PodUids | None = None,
+                     **_: Any) -> None:
     rt = runtime(memo)
-    keep_pool_index(rt, pool_pods)
+    keep_pool_index(rt, pool_pods, pool_pod_policies)
     meta = body.get("metadata") or {}
     key = (str(meta.get("namespace")), str(meta.get("name")))
     if type == "DELETED":
@@ -94,16 +115,18 @@ async def pool_event(type: str | None, body: kopf.Body, memo: kopf.Memo, logger:
 @kopf.on.event("", "v1", "pods", labels=POOL_POD_LABELS, id="pool-pod-events")
 @counted("pool-pod-events")
 async def pool_pod_event(type: str | None, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger,
-                         pool_pods: Any = None, sandbox_pod_uids: PodUids | None = None, **_: Any) -> None:
+                         pool_pods: Any = None, pool_pod_policies: Any = None,
+                         sandbox_pod_uids: PodUids | None = None, **_: Any) -> None:
     """Any change of a pool's pod refills the pool (and updates its counts)."""
     rt = runtime(memo)
-    keep_pool_index(rt, pool_pods)
+    keep_pool_index(rt, pool_pods, pool_pod_policies)
     meta = body.get("metadata") or {}
     namespace = str(meta.get("namespace"))
     key = (namespace, str((meta.get("labels") or {})[constants.LABEL_POOL]))
     if type == "DELETED":
         rt.uids.release((namespace, str(meta.get("name"))))
         rt.picked_pool_pods.discard(str(meta.get("uid")))
+        rt.covered_pool_pods.discard(str(meta.get("uid")))
     if rt.latest_pool(key) is not None:
         await refill(rt, key, sandbox_pod_uids or {}, logger)
 
@@ -126,6 +149,47 @@ async def pool_policy_event(type: str | None, body: kopf.Body, memo: kopf.Memo, 
     post_event(pool_body, "Warning", "NetworkPolicyRecreated",
                "the pool's deny-all NetworkPolicy was deleted outside the operator and is being recreated")
     await refill(rt, key, sandbox_pod_uids or {}, logger)
+
+
+@kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=POOL_POD_POLICY_LABELS,
+               id="pool-pod-policy-guard")
+@counted("pool-pod-policy-guard")
+async def pool_pod_policy_event(type: str | None, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger,
+                                pool_pods: Any = None, pool_pod_policies: Any = None, **_: Any) -> None:
+    """A pool pod's own policy deleted out of band is recreated at once while the pod lives (claimed or not)."""
+    if type != "DELETED":
+        return
+    rt = runtime(memo)
+    keep_pool_index(rt, pool_pods, pool_pod_policies)
+    meta = body.get("metadata") or {}
+    pod_uid = str(controller_of(body).get("uid"))
+    rt.covered_pool_pods.discard(pod_uid)
+    key = (str(meta.get("namespace")), str((meta.get("labels") or {}).get(constants.LABEL_POOL)))
+    pod = next((pod for pod in rt.pods_of_pool(key) if (pod.get("metadata") or {}).get("uid") == pod_uid), None)
+    if pod is None or (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return
+    if await _ensure_pod_policy(rt, pod, logger):
+        logger.warning("recreated the NetworkPolicy of pool pod %s", (pod.get("metadata") or {}).get("name"))
+        owner = rt.latest_pool(key)
+        sandbox = (pod["metadata"].get("labels") or {}).get(constants.LABEL_SANDBOX)
+        if sandbox:
+            owner = rt.latest((key[0], str(sandbox)))
+        if owner is not None:
+            post_event(owner, "Warning", "NetworkPolicyRecreated",
+                       f"the deny-all NetworkPolicy of pod {pod['metadata'].get('name')} was deleted outside the "
+                       "operator and has been recreated")
+
+
+async def _ensure_pod_policy(rt: Runtime, pod: Mapping[str, Any], log: logging.Logger | kopf.Logger) -> bool:
+    """A pool pod's own deny-all policy (it controls it); True when it exists for this very pod."""
+    uid = str((pod.get("metadata") or {}).get("uid"))
+    result = await asyncio.to_thread(rt.api.create_network_policy, build_pool_pod_network_policy(pod), uid)
+    if result.outcome in (Adoption.CREATED, Adoption.EXISTING):
+        rt.covered_pool_pods.add(uid)
+        return True
+    log.warning("the NetworkPolicy name of pool pod %s is taken (%s); the pod is not handed out",
+                (pod.get("metadata") or {}).get("name"), result.outcome.value)
+    return False
 
 
 def _ensure_ticker(rt: Runtime, pod_uids: PodUids | None) -> None:
@@ -206,8 +270,11 @@ async def _refill_pass(rt: Runtime, key: Key, state: PoolRefill, pod_uids: PodUi
     pod_hash = pool_template_hash(rt, pool, spec)
     if not await _ensure_pool_policy(rt, pool, body, state, log):
         return
-    now = utcnow()
-    plan = plan_refill(pool, _pool_pods_now(rt, key, state), pod_template_hash=pod_hash, now=now)
+    plan = plan_refill(pool, _pool_pods_now(rt, key, state), pod_template_hash=pod_hash, now=utcnow())
+    settle = state.last_claim + REFILL_AFTER_CLAIM - time.monotonic()
+    if plan.create and settle > 0:
+        await asyncio.sleep(settle)
+        plan = plan_refill(pool, _pool_pods_now(rt, key, state), pod_template_hash=pod_hash, now=utcnow())
     for victim in plan.delete:
         await asyncio.to_thread(rt.api.delete_pod, pool.namespace, victim.name, victim.uid,
                                 rt.settings.termination_grace_seconds, victim.resource_version)
@@ -225,7 +292,15 @@ async def _refill_pass(rt: Runtime, key: Key, state: PoolRefill, pod_uids: PodUi
         for result in created:
             if isinstance(result, dict):
                 state.unseen[str(result["metadata"]["uid"])] = (result, time.monotonic())
-    await _write_pool_status(rt, pool, body, pod_hash, None, pods=_pool_pods_now(rt, key, state))
+    pods = _pool_pods_now(rt, key, state)
+    covered = rt.covered_pods()
+    uncovered = [pod for pod in pods if is_unclaimed_pod_of(pool, pod)
+                 and str((pod.get("metadata") or {}).get("uid")) not in covered
+                 and constants.LABEL_POOL_POD in ((pod.get("metadata") or {}).get("labels") or {})
+                 and not (pod.get("metadata") or {}).get("deletionTimestamp")]
+    if uncovered:  # a pod whose policy was not made (the operator stopped in between, an error)
+        await asyncio.gather(*(_ensure_pod_policy(rt, pod, log) for pod in uncovered))
+    await _write_pool_status(rt, pool, body, pod_hash, None, pods=pods)
 
 
 async def _ensure_pool_policy(rt: Runtime, pool: SandboxPool, body: JSON, state: PoolRefill,
@@ -250,8 +325,10 @@ async def _ensure_pool_policy(rt: Runtime, pool: SandboxPool, body: JSON, state:
 
 async def _create_pool_pod(rt: Runtime, pool: SandboxPool, spec: EffectiveSpec, pod_hash: str,
                            pod_uids: PodUids) -> JSON | None:
-    """One pod for the pool, with a name picked here so its host UID can be reserved under it first."""
-    name = constants.pool_pod_generate_name(pool.name) + "".join(secrets.choice(_NAME_ALPHABET) for _ in range(5))
+    """One pod for the pool, with a name picked here so its host UID can be reserved under it first, then the
+    pod's own deny-all policy (the pool's covers the pod until then; the pod is not claimable before)."""
+    token = "".join(secrets.choice(_NAME_ALPHABET) for _ in range(5))
+    name = constants.pool_pod_name(pool.name, token)
     reservation = (pool.namespace, name)
     if rt.settings.user_namespaces:
         run_as_user = constants.SANDBOX_UID
@@ -262,9 +339,7 @@ async def _create_pool_pod(rt: Runtime, pool: SandboxPool, spec: EffectiveSpec, 
             rt.uids.release(reservation)
             raise
     pod = build_pool_pod(pool, spec, rt.settings, run_as_user=run_as_user, pod_template_hash=pod_hash,
-                         now=utcnow())
-    assert pod.metadata is not None
-    pod.metadata.name, pod.metadata.generate_name = name, None
+                         now=utcnow(), token=token)
     try:
         created = await asyncio.to_thread(rt.api.create_pool_pod, pod)
     except BaseException:
@@ -272,6 +347,8 @@ async def _create_pool_pod(rt: Runtime, pool: SandboxPool, spec: EffectiveSpec, 
         raise
     if created is None:
         rt.uids.release(reservation)
+        return None
+    await _ensure_pod_policy(rt, created, logger)
     return created
 
 
@@ -344,7 +421,8 @@ async def claim_pod(rt: Runtime, sandbox: Sandbox, pool: SandboxPool, spec: Effe
     for _ in range(CLAIM_ATTEMPTS):
         now = utcnow()
         if candidate is None:
-            candidate = choose_pod(pool, pods, pod_template_hash=pod_hash, now=now, taken_uids=rt.picked_pool_pods)
+            candidate = choose_pod(pool, pods, pod_template_hash=pod_hash, now=now, taken_uids=rt.picked_pool_pods,
+                                   covered_uids=rt.covered_pods())
         if candidate is None:
             return None
         meta = candidate.get("metadata") or {}
@@ -360,7 +438,8 @@ async def claim_pod(rt: Runtime, sandbox: Sandbox, pool: SandboxPool, spec: Effe
                 raise
             log.info("pod %s changed before the claim's write (%s); looking again", name, api_message(error))
             fresh = await asyncio.to_thread(rt.api.get_pod, sandbox.namespace, name)
-            if fresh is not None and is_claimable(pool, fresh, pod_template_hash=pod_hash, now=utcnow()):
+            if fresh is not None and is_claimable(pool, fresh, pod_template_hash=pod_hash, now=utcnow()) \
+                    and uid in rt.covered_pods():
                 candidate = fresh
             continue
         if claimed is None:
@@ -378,3 +457,6 @@ def _record_claim(rt: Runtime, sandbox: Sandbox, pod: JSON) -> None:
             rt.uids.adopt(key, uid)
         rt.uids.release((sandbox.namespace, str(pod["metadata"]["name"])))
     POOL_CLAIMS.labels("warm").inc()
+    state = rt.refills.get((sandbox.namespace, str((pod["metadata"].get("labels") or {}).get(constants.LABEL_POOL))))
+    if state is not None:
+        state.last_claim = time.monotonic()

@@ -33,6 +33,8 @@ class PoolRefill:
     """The pool UID whose deny-all policy this process made or adopted."""
     template: tuple[str, str] | None = None
     """(pool UID/generation, template hash) of the pool version last seen."""
+    last_claim: float = 0.0
+    """Monotonic time of this process's latest claim from the pool (the refill lets a burst of claims pass)."""
 
 
 @dataclass
@@ -54,6 +56,15 @@ class Runtime:
     pool_pods: Any = None
     """kopf's ``pool_pods`` index (pool pods by (namespace, pool)), a live view kept from the first handler."""
     pool_ticker: asyncio.Task[None] | None = None
+    covered_pool_pods: set[str] = field(default_factory=set)
+    """UIDs of pool pods whose own deny-all policy this process made or adopted."""
+    pool_pod_policies: Any = None
+    """kopf's ``pool_pod_policies`` index (pool pods' own policies by the pod's UID), a live view."""
+
+    def covered_pods(self) -> set[str]:
+        """Pool pods known to have their own deny-all policy (made here, or seen by the watch)."""
+        seen = set(self.pool_pod_policies.keys()) if self.pool_pod_policies is not None else set()
+        return self.covered_pool_pods | seen
 
     def __post_init__(self) -> None:
         self.uids = UidPool(self.settings.sandbox_uids)

@@ -13,6 +13,7 @@ import datetime
 import math
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -97,7 +98,7 @@ async def ensure_sandbox(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, 
         await _fail(rt, sandbox, "InvalidSpec", str(error), logger)
         return
     try:
-        created_pod = await make_children(rt, sandbox, spec, pool, pod_uids, logger)
+        children = await make_children(rt, sandbox, spec, pool, pod_uids, logger)
     except _Refused as refused:
         await _fail(rt, sandbox, refused.reason, refused.message, logger)
         return
@@ -105,7 +106,12 @@ async def ensure_sandbox(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, 
         await sync_status(rt, sandbox.namespace, sandbox.name,
                           override=Verdict("Pending", "UidRangeExhausted", str(exhausted)), log=logger)
         raise kopf.TemporaryError(str(exhausted), delay=UID_RETRY) from None
-    await sync_status(rt, sandbox.namespace, sandbox.name, pod_body=created_pod, log=logger)
+    await sync_status(rt, sandbox.namespace, sandbox.name, pod_body=children.pod, log=logger)
+    if children.claimed:
+        try:
+            await finish_claim(rt, sandbox, logger)
+        except _Refused as refused:
+            await _fail(rt, sandbox, refused.reason, refused.message, logger)
 
 
 async def run_spec(rt: Runtime, sandbox: Sandbox) -> tuple[SandboxPool | None, EffectiveSpec]:
@@ -121,31 +127,54 @@ async def run_spec(rt: Runtime, sandbox: Sandbox) -> tuple[SandboxPool | None, E
         raise
 
 
+@dataclass(frozen=True)
+class Children:
+    pod: JSON | None
+    """The pod, if this call made, claimed or adopted it."""
+    claimed: bool
+    """A pool pod was claimed (its own policy covers it): the Sandbox's policy is made after the status, by
+    :func:`finish_claim`."""
+
+
 async def make_children(rt: Runtime, sandbox: Sandbox, spec: EffectiveSpec, pool: SandboxPool | None,
-                        pod_uids: PodUids, logger: kopf.Logger) -> JSON | None:
-    """The deny-all policy, then the pod unless one was recorded: with a pool, a claimed pool pod if there is
-    one, else a cold one. Returns the pod if this call made, claimed or adopted it. Under the Sandbox's lock, so
-    a pod event cannot sync the status halfway through; once this process has made both for this very Sandbox,
-    a second call makes no API call."""
+                        pod_uids: PodUids, logger: kopf.Logger) -> Children:
+    """The deny-all policy, then the pod unless one was recorded; with a pool, a claimed pool pod if there is
+    one, else a cold one. Under the Sandbox's lock, so a pod event cannot sync the status halfway through; once
+    this process has made both for this very Sandbox, a second call makes no API call.
+
+    A claimed pod is covered by its own deny-all policy, which it controls and which existed before the claim,
+    so the claim is the only write on the way to Ready: the Sandbox's own policy follows the status
+    (:func:`finish_claim`)."""
     key = (sandbox.namespace, sandbox.name)
     async with rt.lock(key):
         if rt.children_made(key, sandbox.metadata.uid):
-            return None
-        started = time.monotonic()
+            return Children(None, claimed=False)
+        if pool is not None and not sandbox.status.pod_uid:
+            started = time.monotonic()
+            claimed = await _pool_pod(rt, sandbox, pool, spec, pod_uids, logger)
+            if claimed is not None:
+                POOL_CLAIM_SECONDS.observe(time.monotonic() - started)
+                rt.remember_pod(key, claimed)
+                return Children(claimed, claimed=True)
         await _ensure_policy(rt, sandbox, logger)
         pod = None
         if not sandbox.status.pod_uid:
             # Once a pod was recorded it is never created again (a resume after it vanished reports PodDeleted
             # through the status sync).
-            if pool is not None:
-                pod = await _pool_pod(rt, sandbox, pool, spec, pod_uids, logger)
-                if pod is not None:
-                    POOL_CLAIM_SECONDS.observe(time.monotonic() - started)
-            if pod is None:
-                pod = await _ensure_pod(rt, sandbox, spec, pod_uids, logger)
+            pod = await _ensure_pod(rt, sandbox, spec, pod_uids, logger)
             rt.remember_pod(key, pod)
         rt.note_children_made(key, sandbox.metadata.uid)
-        return pod
+        return Children(pod, claimed=False)
+
+
+async def finish_claim(rt: Runtime, sandbox: Sandbox, logger: kopf.Logger) -> None:
+    """After a claim's status: the Sandbox's own deny-all policy, as every Sandbox has one."""
+    key = (sandbox.namespace, sandbox.name)
+    async with rt.lock(key):
+        if rt.children_made(key, sandbox.metadata.uid):
+            return
+        await _ensure_policy(rt, sandbox, logger)
+        rt.note_children_made(key, sandbox.metadata.uid)
 
 
 async def _pool_pod(rt: Runtime, sandbox: Sandbox, pool: SandboxPool, spec: EffectiveSpec, pod_uids: PodUids,
@@ -218,8 +247,9 @@ async def _ensure_pod(rt: Runtime, sandbox: Sandbox, spec: EffectiveSpec, pod_ui
 @counted("create")
 async def create_fn(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger,
                     sandbox_pod_uids: kopf.Index[int, Key] | None = None, pool_pods: Any = None,
+                    pool_pod_policies: Any = None,
                     **_: Any) -> None:
-    keep_pool_index(runtime(memo), pool_pods)
+    keep_pool_index(runtime(memo), pool_pods, pool_pod_policies)
     await ensure_sandbox(body, memo, logger, sandbox_pod_uids)
 
 
@@ -227,8 +257,9 @@ async def create_fn(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger,
 @counted("resume")
 async def resume_fn(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger,
                     sandbox_pod_uids: kopf.Index[int, Key] | None = None, pool_pods: Any = None,
+                    pool_pod_policies: Any = None,
                     **_: Any) -> None:
-    keep_pool_index(runtime(memo), pool_pods)
+    keep_pool_index(runtime(memo), pool_pods, pool_pod_policies)
     await ensure_sandbox(body, memo, logger, sandbox_pod_uids)
 
 
@@ -316,12 +347,13 @@ async def delete_fn(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: 
 @kopf.on.event(*RESOURCE, id="sandbox-events")
 async def sandbox_event(type: str | None, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger,
                         sandbox_pod_uids: kopf.Index[int, Key] | None = None, pool_pods: Any = None,
+                    pool_pod_policies: Any = None,
                         **_: Any) -> None:
     """Every Sandbox event: keeps the latest body and the phase gauge, and makes the policy and pod of a new
     Sandbox at once. kopf runs the create handler only after another round trip (its finalizer patch and the
     event that follows); that handler stays, writes the status, and makes the children if this did not."""
     rt = runtime(memo)
-    keep_pool_index(rt, pool_pods)
+    keep_pool_index(rt, pool_pods, pool_pod_policies)
     meta = body.get("metadata") or {}
     key = (str(meta.get("namespace")), str(meta.get("name")))
     if type == "DELETED":
@@ -337,11 +369,12 @@ async def sandbox_event(type: str | None, body: kopf.Body, memo: kopf.Memo, logg
         # and is conditional on this version. The pod's first event writes the status.
         sandbox = Sandbox.from_body(raw)
         pool, spec = await run_spec(rt, sandbox)
-        pod = await make_children(rt, sandbox, spec, pool, sandbox_pod_uids, logger)
-        if pod is not None and pool is not None and constants.LABEL_POOL in (pod["metadata"].get("labels") or {}):
+        children = await make_children(rt, sandbox, spec, pool, sandbox_pod_uids, logger)
+        if children.claimed:
             # A claimed pod is usually ready already: say so now rather than after its next event. This write
             # makes kopf's finalizer patch, conditional on the version, go again on the next event.
-            await sync_status(rt, sandbox.namespace, sandbox.name, pod_body=pod, log=logger)
+            await sync_status(rt, sandbox.namespace, sandbox.name, pod_body=children.pod, log=logger)
+            await finish_claim(rt, sandbox, logger)
     except Exception as error:  # best effort: the create handler retries with backoff
         logger.info("making the policy and pod at first sight did not finish (%s); the create handler retries",
                     error)
