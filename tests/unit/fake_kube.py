@@ -5,8 +5,14 @@ runtime on it (:func:`make_world`).
 CustomObjectsApi, ``networking``: NetworkingV1Api) and answers as the API server does: JSON bodies for
 ``_preload_content=False``, an :class:`ApiException` carrying a Status body for an error (404 NotFound, 409
 AlreadyExists or Conflict on a failed precondition), a new ``resourceVersion`` on every write, ``deletionTimestamp``
-instead of removal while finalizers remain. It records every call, so a test can say what was written and in
-which order; :meth:`FakeCluster.fail_next` makes the next call of a method fail with a given status.
+instead of removal while finalizers remain, a 409 Conflict for a merge patch whose ``metadata.resourceVersion``
+is not the stored one. It records every call, so a test can say what was written and in which order;
+:meth:`FakeCluster.fail_next` makes the next call of a method fail with a given status. Custom objects are
+Sandboxes or SandboxPools, told apart by their plural.
+
+:class:`Watch` stands in for kopf's watches and the indexes handlers get (``pool_pods``, ``sandbox_pod_uids``,
+``pool_pod_policies``): they show the cluster as of its last :meth:`Watch.deliver`, so a test decides when the
+watches catch up.
 """
 
 from __future__ import annotations
@@ -16,9 +22,10 @@ import datetime
 import itertools
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+import threading
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 
 import kopf
 import pytest
@@ -26,7 +33,7 @@ from kubernetes import client
 from kubernetes.client import ApiException
 
 from sandbox_operator import constants
-from sandbox_operator.handlers import sandbox
+from sandbox_operator.handlers import children, pool, sandbox
 from sandbox_operator.handlers.runtime import Runtime
 from sandbox_operator.handlers.uids import PodUids
 from sandbox_operator.k8s.api import KubeApi
@@ -37,6 +44,7 @@ Key = tuple[str, str, str]  # (kind, namespace, name)
 NS = "ns"  # the namespace of the tests' Sandboxes
 _SERIALIZER = client.ApiClient()  # client models to the API's JSON, as the real client sends them
 WRITES = ("create", "patch", "delete", "replace")
+CUSTOM_KINDS = {constants.PLURAL: constants.KIND, constants.POOL_PLURAL: constants.POOL_KIND}
 
 
 def timestamp(seconds_ago: float = 0) -> str:
@@ -92,6 +100,9 @@ class FakeCluster:
     pods_linger: bool = False
     on_pod_deleted: Callable[[str, str], None] | None = None
     _failures: dict[str, list[ApiException]] = field(default_factory=dict)
+    _failures_after: dict[str, list[ApiException]] = field(default_factory=dict)
+    # One request at a time, as the API server orders the writes of one object (handlers call from threads).
+    _serial: threading.RLock = field(default_factory=threading.RLock)
     _uids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     _versions: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -120,6 +131,17 @@ class FakeCluster:
 
     def fail_next(self, method: str, status: int, reason: str = "Forbidden", message: str = "denied") -> None:
         self._failures.setdefault(method, []).append(api_error(status, reason, message))
+
+    def fail_next_after_writing(self, method: str, status: int, reason: str = "Timeout",
+                                message: str = "the server was unable to return a response in time") -> None:
+        """The next call of ``method`` is carried out, then answered with an error: the write was committed and
+        its answer lost, as with a 504 Gateway Timeout."""
+        self._failures_after.setdefault(method, []).append(api_error(status, reason, message))
+
+    def change(self, kind: str, namespace: str, name: str, patch: JSON) -> JSON:
+        """Another writer's merge patch (the kubelet, another claimer): a new resourceVersion, no call recorded."""
+        with self._serial:
+            return self._store_patched(kind, namespace, name, patch)
 
     def add(self, kind: str, body: JSON) -> JSON:
         """Stores an object as the API server would have it after a create (uid, version, creation time)."""
@@ -164,11 +186,16 @@ class FakeCluster:
 
     def _call(self, method: str, kind: str, handler: Callable[..., JSON | None], *args: Any,
               **kwargs: Any) -> Response:
-        self.calls.append(Call(method, args, kwargs))
-        failures = self._failures.get(method)
-        if failures:
-            raise failures.pop(0)
-        return Response(json.dumps(handler(kind, *args, **kwargs)).encode())
+        with self._serial:
+            self.calls.append(Call(method, args, kwargs))
+            failures = self._failures.get(method)
+            if failures:
+                raise failures.pop(0)
+            answer = json.dumps(handler(kind, *args, **kwargs)).encode()
+            failures = self._failures_after.get(method)
+            if failures:
+                raise failures.pop(0)
+            return Response(answer)
 
     def _missing(self, kind: str, name: str) -> ApiException:
         return api_error(404, "NotFound", f'{kind.lower()}s "{name}" not found')
@@ -180,8 +207,14 @@ class FakeCluster:
         return found
 
     def _store_patched(self, kind: str, namespace: str, name: str, patch: JSON) -> JSON:
-        """A merge patch; one that changes nothing keeps the version, as on the API server."""
+        """A merge patch; one that changes nothing keeps the version, as on the API server. A
+        ``metadata.resourceVersion`` in the patch is a precondition: another one than the stored one is a 409."""
         stored = self._stored(kind, namespace, name)
+        expected = (patch.get("metadata") or {}).get("resourceVersion")
+        if expected is not None and expected != stored["metadata"]["resourceVersion"]:
+            raise api_error(409, "Conflict", f'Operation cannot be fulfilled on {kind.lower()}s "{name}": the '
+                                             "object has been modified; please apply your changes to the latest "
+                                             "version and try again")
         patched = merge_patch(stored, patch)
         if patched != stored:
             self.objects[(kind, namespace, name)] = patched = self._bump(patched)
@@ -246,16 +279,18 @@ class FakeCluster:
         items = [e for e in self.events if e.get("metadata", {}).get("namespace") == namespace and matches(e)]
         return {"kind": "EventList", "items": items}
 
-    def _read_custom(self, kind: str, _group: str, _version: str, namespace: str, _plural: str, name: str,
+    def _read_custom(self, _kind: str, _group: str, _version: str, namespace: str, plural: str, name: str,
                      **_: Any) -> JSON:
-        return self._stored(kind, namespace, name)
+        return self._stored(CUSTOM_KINDS[plural], namespace, name)
 
-    def _patch_status(self, kind: str, _group: str, _version: str, namespace: str, _plural: str, name: str,
+    def _patch_status(self, _kind: str, _group: str, _version: str, namespace: str, plural: str, name: str,
                       body: JSON, **_: Any) -> JSON:
-        return self._store_patched(kind, namespace, name, {"status": body.get("status")})  # status only
+        # The status subresource: only the status changes.
+        return self._store_patched(CUSTOM_KINDS[plural], namespace, name, {"status": body.get("status")})
 
-    def _delete_custom(self, kind: str, _group: str, _version: str, namespace: str, _plural: str, name: str,
+    def _delete_custom(self, _kind: str, _group: str, _version: str, namespace: str, plural: str, name: str,
                        body: client.V1DeleteOptions | None = None, **_: Any) -> JSON:
+        kind = CUSTOM_KINDS[plural]
         stored = self._stored(kind, namespace, name)
         self._check_preconditions(stored, body)
         if stored["metadata"].get("finalizers"):
@@ -303,6 +338,79 @@ def sandbox_body(name: str, namespace: str = NS, spec: JSON | None = None, **met
             "spec": spec or {}}
 
 
+def pool_body(name: str, size: int, template: JSON | None = None, namespace: str = NS) -> JSON:
+    """A SandboxPool as the API server stores it before the operator wrote its status."""
+    return {"apiVersion": constants.API_VERSION, "kind": constants.POOL_KIND,
+            "metadata": {"name": name, "namespace": namespace, "generation": 1},
+            "spec": {"size": size, "template": template or {}}}
+
+
+IndexKey = TypeVar("IndexKey")
+IndexValue = TypeVar("IndexValue")
+
+
+class WatchIndex(Mapping[IndexKey, list[IndexValue]], Generic[IndexKey, IndexValue]):
+    """A kopf index as handlers get it: a live mapping from a key to the values of every object indexed under it."""
+
+    def __init__(self) -> None:
+        self._entries: dict[IndexKey, list[IndexValue]] = {}
+
+    def __getitem__(self, key: IndexKey) -> list[IndexValue]:
+        return self._entries[key]
+
+    def __iter__(self) -> Iterator[IndexKey]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def fill(self, entries: dict[IndexKey, list[IndexValue]]) -> None:
+        self._entries = entries
+
+
+@dataclass
+class Watch:
+    """kopf's watches and the indexes they fill (``pool_pods``, ``sandbox_pod_uids``, ``pool_pod_policies``),
+    computed by the operator's own index functions under their label filters. They show the objects as of the
+    last :meth:`deliver`, so a test decides when the watches catch up with the API server."""
+
+    cluster: FakeCluster
+    pool_pods: WatchIndex[tuple[str, str], JSON] = field(default_factory=WatchIndex)
+    sandbox_pod_uids: WatchIndex[int, tuple[str, str]] = field(default_factory=WatchIndex)
+    pool_pod_policies: WatchIndex[str, str] = field(default_factory=WatchIndex)
+
+    def deliver(self) -> None:
+        by_pool: dict[Any, list[Any]] = {}
+        by_uid: dict[Any, list[Any]] = {}
+        by_pod: dict[Any, list[Any]] = {}
+        for (kind, _namespace, _name), stored in sorted(self.cluster.objects.items()):
+            labels = stored["metadata"].get("labels") or {}
+            if labels.get(constants.LABEL_MANAGED_BY) != constants.MANAGER_NAME:
+                continue
+            body = copy.deepcopy(stored)
+            if kind == "Pod":
+                _index(by_uid, children.sandbox_pod_uids, body)
+                if constants.LABEL_POOL in labels:
+                    _index(by_pool, pool.pool_pods, body)
+            elif kind == "NetworkPolicy" and constants.LABEL_POOL_POD in labels:
+                _index(by_pod, pool.pool_pod_policies, body)
+        self.pool_pods.fill(by_pool)
+        self.sandbox_pod_uids.fill(by_uid)
+        self.pool_pod_policies.fill(by_pod)
+
+    def indexes(self) -> dict[str, Any]:
+        """The indexes as kopf passes them to every handler."""
+        return {"pool_pods": self.pool_pods, "sandbox_pod_uids": self.sandbox_pod_uids,
+                "pool_pod_policies": self.pool_pod_policies}
+
+
+def _index(entries: dict[Any, list[Any]], index_fn: object, body: JSON) -> None:
+    """Adds what a kopf index function returns for ``body`` (kopf types the function as its callback protocol,
+    see :func:`handler`)."""
+    for key, value in cast(Callable[..., dict[Any, Any]], index_fn)(body=body).items():
+        entries.setdefault(key, []).append(value)
+
+
 # The operator's runtime on the fake cluster ------------------------------------------------------------------
 
 LOGGER = cast(kopf.Logger, logging.getLogger("test-handlers"))
@@ -321,6 +429,7 @@ class World:
     cluster: FakeCluster
     memo: kopf.Memo
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+    event_subjects: list[tuple[str, str]] = field(default_factory=list)  # (kind, name) of each Event's object
 
     @property
     def runtime(self) -> Runtime:
@@ -340,6 +449,10 @@ class World:
 
     def reasons(self) -> list[str]:
         return [reason for _type, reason, _message in self.events]
+
+    def events_about(self, kind: str, name: str) -> list[tuple[str, str, str]]:
+        return [event for event, subject in zip(self.events, self.event_subjects, strict=True)
+                if subject == (kind, name)]
 
     def snapshot(self) -> dict[tuple[str, str, str], str]:
         """Every object's version: equal snapshots mean nothing was written."""
@@ -363,6 +476,7 @@ def make_world(monkeypatch: pytest.MonkeyPatch, **settings: Any) -> World:
 
     def record(body: Any, *, type: str, reason: str, message: str = "") -> None:
         world.events.append((type, reason, message))
+        world.event_subjects.append((str(body.get("kind")), str((body.get("metadata") or {}).get("name"))))
 
     monkeypatch.setattr(kopf, "event", record)  # kopf posts Events from a queue it runs; here they are kept
     return world

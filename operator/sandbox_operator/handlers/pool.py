@@ -45,7 +45,7 @@ from sandbox_operator.metrics import POOL_CLAIMS, POOL_PODS
 from sandbox_operator.models.conditions import CONDITION_READY
 from sandbox_operator.models.effective import EffectiveSpec, resolve
 from sandbox_operator.models.pool import SandboxPool, spec_with_overrides
-from sandbox_operator.models.sandbox import InvalidSpecError, Sandbox, SandboxSpec
+from sandbox_operator.models.sandbox import InvalidSpecError, Sandbox
 
 logger = logging.getLogger(__name__)
 
@@ -141,14 +141,20 @@ async def pool_policy_event(type: str | None, body: kopf.Body, memo: kopf.Memo, 
     rt = runtime(memo)
     meta = body.get("metadata") or {}
     key = (str(meta.get("namespace")), str((meta.get("labels") or {})[constants.LABEL_POOL]))
-    pool_body = rt.latest_pool(key)
     state = rt.refills.get(key)
-    if pool_body is None or state is None or not controlled_by(body, (pool_body.get("metadata") or {}).get("uid")):
+    if rt.latest_pool(key) is None or state is None:
+        return
+    # Read the pool again: garbage collection deletes the policy of a pool that is gone, which this process may
+    # not have heard of yet.
+    pool_body = await asyncio.to_thread(rt.api.get_pool, *key)
+    if pool_body is None or (pool_body.get("metadata") or {}).get("deletionTimestamp") \
+            or not controlled_by(body, (pool_body.get("metadata") or {}).get("uid")):
         return
     state.policy_for = None
-    post_event(pool_body, "Warning", "NetworkPolicyRecreated",
-               "the pool's deny-all NetworkPolicy was deleted outside the operator and is being recreated")
     await refill(rt, key, sandbox_pod_uids or {}, logger)
+    if state.policy_for == (pool_body.get("metadata") or {}).get("uid"):
+        post_event(pool_body, "Warning", "NetworkPolicyRecreated",
+                   "the pool's deny-all NetworkPolicy was deleted outside the operator and has been recreated")
 
 
 @kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=POOL_POD_POLICY_LABELS,
@@ -276,9 +282,9 @@ async def _refill_pass(rt: Runtime, key: Key, state: PoolRefill, pod_uids: PodUi
         await asyncio.sleep(settle)
         plan = plan_refill(pool, _pool_pods_now(rt, key, state), pod_template_hash=pod_hash, now=utcnow())
     for victim in plan.delete:
-        await asyncio.to_thread(rt.api.delete_pod, pool.namespace, victim.name, victim.uid,
-                                rt.settings.termination_grace_seconds, victim.resource_version)
-        if victim.reason != "Excess":
+        deleted = await asyncio.to_thread(rt.api.delete_pod, pool.namespace, victim.name, victim.uid,
+                                          rt.settings.termination_grace_seconds, victim.resource_version)
+        if deleted and victim.reason != "Excess":
             post_event(body, "Normal", "PodReplaced", f"replacing pod {victim.name}: {victim.reason}")
     if plan.create:
         created = await asyncio.gather(*(_create_pool_pod(rt, pool, spec, pod_hash, pod_uids)
@@ -390,10 +396,8 @@ async def pooled_spec(rt: Runtime, sandbox: Sandbox) -> tuple[SandboxPool, Effec
         pool = SandboxPool.from_body(body)
     except InvalidSpecError as error:
         raise InvalidSpecError(f"spec.poolRef.name: SandboxPool {ref.name!r} is invalid: {error}") from None
-    template = spec_with_overrides(pool.spec.template, sandbox.spec)
-    spec = resolve(template, rt.settings)
-    rt.set_run_spec((sandbox.namespace, sandbox.name),
-                    SandboxSpec.model_validate(template.model_dump(by_alias=True, exclude_none=True)))
+    spec = resolve(spec_with_overrides(pool.spec.template, sandbox.spec), rt.settings)
+    rt.set_pool_template((sandbox.namespace, sandbox.name), pool.spec.template)
     return pool, spec
 
 
@@ -438,6 +442,9 @@ async def claim_pod(rt: Runtime, sandbox: Sandbox, pool: SandboxPool, spec: Effe
                 raise
             log.info("pod %s changed before the claim's write (%s); looking again", name, api_message(error))
             fresh = await asyncio.to_thread(rt.api.get_pod, sandbox.namespace, name)
+            if fresh is not None and claimed_pod_of(sandbox, [fresh]) is not None:
+                _record_claim(rt, sandbox, fresh)  # this claim's own earlier write got through
+                return fresh
             if fresh is not None and is_claimable(pool, fresh, pod_template_hash=pod_hash, now=utcnow()) \
                     and uid in rt.covered_pods():
                 candidate = fresh

@@ -14,7 +14,8 @@ from typing import Any
 from sandbox_operator.handlers.uids import Key, UidPool
 from sandbox_operator.k8s.api import JSON, KubeApi, make_api_client
 from sandbox_operator.metrics import PhaseTracker
-from sandbox_operator.models.sandbox import Sandbox, SandboxSpec
+from sandbox_operator.models.pool import spec_with_overrides
+from sandbox_operator.models.sandbox import InvalidSpecError, Sandbox, SandboxSpec, SandboxTemplate
 from sandbox_operator.settings import OperatorSettings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class Runtime:
     _children: dict[Key, str] = field(default_factory=dict)
     _pods: dict[Key, JSON] = field(default_factory=dict)
     _pools: dict[Key, JSON] = field(default_factory=dict)
-    _run_specs: dict[Key, SandboxSpec] = field(default_factory=dict)
+    _pool_templates: dict[Key, SandboxTemplate] = field(default_factory=dict)
     refills: dict[Key, PoolRefill] = field(default_factory=dict)
     picked_pool_pods: set[str] = field(default_factory=set)
     """UIDs of pool pods that claims in this process picked: never offered to another claim."""
@@ -137,17 +138,22 @@ class Runtime:
             return []
         return [dict(pod) for pod in self.pool_pods.get(key, ())]
 
-    def set_run_spec(self, key: Key, spec: SandboxSpec) -> None:
-        """What a pooled Sandbox runs: its pool's template with its overrides (its own spec holds only those)."""
-        self._run_specs[key] = spec
+    def set_pool_template(self, key: Key, template: SandboxTemplate) -> None:
+        """The template of the pool a pooled Sandbox came from (read when it got its pod, or on a resume)."""
+        self._pool_templates[key] = template
 
     def run_view(self, sandbox: Sandbox) -> Sandbox:
-        """The Sandbox with the spec it runs: for one with poolRef, the template with its overrides once known
-        (from the claim, or its pool on a resume); else, and for any other Sandbox, as it is."""
-        spec = self._run_specs.get((sandbox.namespace, sandbox.name))
-        if spec is None or sandbox.spec.pool_ref is None:
+        """The Sandbox with the spec it runs: for one with poolRef, its pool's template with its current overrides
+        (so a lowered lifetime or a new idle timeout applies), once the template is known; else as it is."""
+        template = self._pool_templates.get((sandbox.namespace, sandbox.name))
+        if template is None or sandbox.spec.pool_ref is None:
             return sandbox
-        return sandbox.model_copy(update={"spec": spec})
+        try:
+            merged = spec_with_overrides(template, sandbox.spec)
+        except InvalidSpecError:
+            return sandbox
+        return sandbox.model_copy(
+            update={"spec": SandboxSpec.model_validate(merged.model_dump(by_alias=True, exclude_none=True))})
 
     def children_made(self, key: Key, sandbox_uid: str) -> bool:
         """Whether this process already created or adopted the policy and pod of this very Sandbox."""
@@ -160,7 +166,7 @@ class Runtime:
         self._sandboxes.pop(key, None)
         self._pods.pop(key, None)
         self._children.pop(key, None)
-        self._run_specs.pop(key, None)
+        self._pool_templates.pop(key, None)
         self._pod_gone.pop(key, None)
         self.uids.release(key)
         lock = self._locks.get(key)

@@ -181,10 +181,12 @@ async def _pool_pod(rt: Runtime, sandbox: Sandbox, pool: SandboxPool, spec: Effe
                     logger: kopf.Logger) -> JSON | None:
     """The pool pod this Sandbox claimed earlier or claims now; None for a cold start (an earlier run's cold pod
     is adopted by the caller, never doubled with a claim)."""
-    earlier = claimed_pod_of(sandbox, rt.pods_of_pool((sandbox.namespace, pool.name)))
+    key = (sandbox.namespace, sandbox.name)
+    known = rt.latest_pod(key)  # a claim this process made, which the watch may not have shown yet
+    earlier = claimed_pod_of(sandbox, [*rt.pods_of_pool((sandbox.namespace, pool.name)), *([known] if known else [])])
     if earlier is not None:
         return dict(earlier)
-    if has_pod(pod_uids, (sandbox.namespace, sandbox.name)):
+    if has_pod(pod_uids, key):
         return None
     pod = await claim_pod(rt, sandbox, pool, spec, logger)
     if pod is None:

@@ -152,9 +152,10 @@ class KubeApi:
             _preload_content=False, _request_timeout=REQUEST_TIMEOUT))
 
     def delete_pod(self, namespace: str, name: str, uid: str | None, grace_seconds: int,
-                   resource_version: str | None = None) -> None:
+                   resource_version: str | None = None) -> bool:
         """Deletes this very pod (UID precondition) and, with ``resource_version``, only if it has not changed
-        since: a pool pod claimed in between has another version, and the delete leaves it alone (409)."""
+        since: a pool pod claimed in between has another version, and the delete leaves it alone (409). False
+        when nothing was deleted (gone already, or a precondition failed)."""
         preconditions = (client.V1Preconditions(uid=uid, resource_version=resource_version)
                          if uid or resource_version else None)
         options = client.V1DeleteOptions(grace_period_seconds=grace_seconds, preconditions=preconditions)
@@ -164,6 +165,8 @@ class KubeApi:
         except ApiException as error:
             if error.status not in (404, 409):
                 raise
+            return False
+        return True
 
     def create_pod(self, pod: client.V1Pod, owner_uid: str) -> ChildResult:
         return self._create_child(
