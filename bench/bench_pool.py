@@ -17,16 +17,24 @@ Through the SDK (``SandboxManager``, one API client shared by every thread):
    and how many fell back to a cold start, and the rate at which they got Ready.
 
 A claim is warm when its pod is one of the pool's (``<pool>.pool-xxxxx``), cold otherwise. Each time runs from the
-create call to the SDK reporting Ready: the create request, the SDK's wait (a read, then a watch) and all the
+create call to the SDK reporting Ready: the create request, the SDK's wait (a watch from its answer) and all the
 operator does in between. The first command is ``true`` over the channel (the SDK starts the channel's agent while
 it hands over the handle). The client's connections to the API server are open before the timers start, as in a
 client that has been running. The parallel and sustained claims go through a manager of transport ``exec``: they
 run no command, and a channel manager would start an agent in each of them, load the node, and measure that too.
 
 Prints the command line, a table of each figure next to its goal, the figures of each phase, and what bounds them:
-the API server's round trip and the operator's own share (its ``sandbox_operator_pool_*`` metrics). Nothing but
-the cluster's API server and the operator's metrics port is contacted. Exits 1 when a goal is missed or a claim
-failed.
+- each claim of the parallel and sustained phases in two parts: the create request alone (the POST, timed by
+  wrapping the manager's ``api.create_sandbox``) and from its answer to Ready (the SDK's watch);
+- the node's CPU during those two phases by component, in seconds and as a share of the phase's wall time, with the
+  node's busy share (see bench/node_profile.py, as bench_density prints it), and the API requests every client made
+  during them, by verb and resource (the API server's own /metrics);
+- the API server's round trip, the operator's own share (its ``sandbox_operator_pool_*`` metrics) and, from the
+  sustained phase, the rate the node refilled the pool at (pods that became Ready in it per second): how long a pool
+  of a given size sustains the claims.
+
+Nothing but the cluster's API server, the operator's metrics port and this machine's /proc is read: the node is this
+machine (the project's local cluster). Exits 1 when a goal is missed or a claim failed.
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -60,8 +68,9 @@ from tests.kit import (
     wait_until,
 )
 
+from bench.bench_density import api_metrics, node_sample
 from bench.bench_exec import timed
-from bench.node_profile import LABEL
+from bench.node_profile import CLOCK_TICKS, COMPONENTS, LABEL, ApiUse, api_use, cpu_by_component, process_times
 from sandbox_operator import constants
 from sandbox_operator.models import limits
 from sandbox_operator.sdk import Sandbox, SandboxManager
@@ -110,6 +119,16 @@ class Claim:
     late: float = 0.0
     """Sustained: how long after its place in the schedule the create call went out."""
     error: str | None = None
+    create_call: float | None = None
+    """Seconds of the create request alone (the POST, to its answer), when it was timed."""
+
+    @property
+    def after_create_call(self) -> float | None:
+        """From the create request's answer to the SDK reporting Ready: its watch of the Sandbox, and the operator's
+        work it waits for."""
+        if self.seconds is None or self.create_call is None:
+            return None
+        return self.seconds - self.create_call
 
 
 @dataclass(frozen=True)
@@ -151,6 +170,16 @@ class Phase:
     @property
     def errors(self) -> list[str]:
         return [claim.error for claim in self.claims if claim.error]
+
+    @property
+    def create_calls(self) -> list[float]:
+        """The timed create requests of the claims that got Ready."""
+        return [claim.create_call for claim in self.claims if claim.seconds is not None
+                and claim.create_call is not None]
+
+    @property
+    def after_create_calls(self) -> list[float]:
+        return [seconds for claim in self.claims if (seconds := claim.after_create_call) is not None]
 
     def latency(self, pct: float) -> float:
         return quantile(self.ready, pct)
@@ -285,23 +314,180 @@ def phases_table(phases: Sequence[Phase]) -> list[str]:
     return lines
 
 
+def split_table(phases: Sequence[Phase]) -> list[str]:
+    """The two parts of each claim that got Ready, for the phases whose create requests were timed."""
+    lines = ["| phase | n | create request p50 | p95 | max | its answer -> Ready p50 | p95 | max |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for phase in phases:
+        posts, waits = phase.create_calls, phase.after_create_calls
+        if posts:
+            lines.append(f"| {phase.label} | {len(posts)} | " + " | ".join(
+                ms(quantile(values, pct)) for values in (posts, waits) for pct in (50, 95, 100)) + " |")
+    return lines
+
+
+BENCH_PROCESS = "bench"
+PROFILE_LABELS = {
+    "operator": "the operator (Python, kopf)",
+    BENCH_PROCESS: "this benchmark (the SDK's client threads)",
+    "other": "everything else",
+}
+
+
+@dataclass(frozen=True)
+class NodeProfile:
+    """What a phase cost the node: CPU seconds by component (bench/node_profile.py), the node's busy CPUs on
+    average (/proc/stat), and the API requests every client made."""
+
+    label: str
+    seconds: float
+    """Wall time of the phase."""
+    claims: int
+    cpu: dict[str, float]
+    busy_cores: float
+    api: list[ApiUse]
+
+
+def share_of_wall(cpu_seconds: float, wall_seconds: float) -> str:
+    """CPU time as a share of wall time: 100% is one CPU busy for the whole phase."""
+    return f"{cpu_seconds / wall_seconds * 100:.0f}%" if wall_seconds > 0 else "-"
+
+
+def cpu_table(profiles: Sequence[NodeProfile], cpus: int) -> list[str]:
+    """A row per component, a pair of columns per phase (CPU seconds, share of its wall time), the busiest first;
+    then the total and the node's own busy share, next to what the node has."""
+    head = " | ".join(f"{profile.label}: CPU s | {profile.label}: share of wall" for profile in profiles)
+    lines = [f"| component | {head} |", "|---|" + "---:|---:|" * len(profiles)]
+
+    def row(label: str, seconds: Sequence[float]) -> str:
+        return f"| {label} | " + " | ".join(f"{spent:.2f} | {share_of_wall(spent, profile.seconds)}"
+                                            for spent, profile in zip(seconds, profiles, strict=True)) + " |"
+
+    def busiest(name: str) -> tuple[float, str]:
+        return -max(profile.cpu.get(name, 0.0) / profile.seconds if profile.seconds > 0 else 0.0
+                    for profile in profiles), name
+    for name in sorted({name for profile in profiles for name in profile.cpu}, key=busiest):
+        lines.append(row(PROFILE_LABELS.get(name) or COMPONENTS.get(name, name),
+                         [profile.cpu.get(name, 0.0) for profile in profiles]))
+    lines.append(row("total", [sum(profile.cpu.values()) for profile in profiles]))
+    lines.append(row(f"the node busy (/proc/stat; it has {cpus} CPUs: {cpus * 100}%)",
+                     [profile.busy_cores * profile.seconds for profile in profiles]))
+    return lines
+
+
+def api_table(profiles: Sequence[NodeProfile]) -> list[str]:
+    """A row per request (verb, resource, code), three columns per phase: how many, per claim, and the API server's
+    mean latency for it; the most frequent per claim first. A dash: fewer than the phase's threshold."""
+    head = " | ".join(f"{profile.label}: count | per claim | server mean" for profile in profiles)
+    lines = [f"| request | code | {head} |", "|---|---|" + "---:|---:|---:|" * len(profiles)]
+    phases = [{(use.verb, use.resource, use.code): use for use in profile.api} for profile in profiles]
+
+    def most(key: tuple[str, str, str]) -> tuple[float, tuple[str, str, str]]:
+        return -max(uses[key].requests / max(1, profile.claims) if key in uses else 0.0
+                    for uses, profile in zip(phases, profiles, strict=True)), key
+    for key in sorted({key for uses in phases for key in uses}, key=most):
+        cells = []
+        for uses, profile in zip(phases, profiles, strict=True):
+            use = uses.get(key)
+            cells.append("- | - | -" if use is None else
+                         f"{use.requests} | {use.requests / max(1, profile.claims):.1f} | {ms(use.mean_seconds)}")
+        verb, resource, code = key
+        lines.append(f"| {verb} {resource} | {code} | " + " | ".join(cells) + " |")
+    return lines
+
+
+@dataclass(frozen=True)
+class Refill:
+    """The pool's claimable pods over the sustained phase, and the pods its claims took: how fast the node started
+    pool pods (Ready, in the pool) meanwhile."""
+
+    claimable_before: int
+    claimable_after: int
+    taken: int
+    seconds: float
+
+    @property
+    def started(self) -> int:
+        """Pool pods that became Ready during the phase: the claimable ones at its end, less those at its start, plus
+        those taken."""
+        return self.claimable_after - self.claimable_before + self.taken
+
+    @property
+    def rate(self) -> float:
+        return self.started / self.seconds if self.seconds > 0 else math.nan
+
+
+def pods_taken(phase: Phase) -> int:
+    """The pool pods a phase's claims took: the operator's count, which includes claims the client gave up on; the
+    client's own when the operator's metrics showed no claim."""
+    view = phase.operator
+    return view.warm if view is not None and (view.warm or view.cold) else phase.warm
+
+
+def pool_lasts(pool_size: int, rate: float, refill: float) -> float:
+    """Seconds a full pool of ``pool_size`` gives every claim a ready pod, at ``rate`` claims a second while the node
+    refills it at ``refill`` pods a second; infinite when the refill keeps up."""
+    return pool_size / (rate - refill) if rate > refill else math.inf
+
+
+def refill_note(refill: Refill, *, pool_size: int, rate: float, duration: float) -> str:
+    """The node's pod start rate seen while the pool refilled, and what it makes of a pool's size."""
+    seen = (f"pool refill during the sustained phase: {refill.started} pool pods became Ready in {refill.seconds:.1f} "
+            f"s ({refill.claimable_after} claimable at its end - {refill.claimable_before} at its start + "
+            f"{refill.taken} taken by claims): {refill.rate:.1f} pods/s, the node's pod start rate under this load")
+    lasts = pool_lasts(pool_size, rate, refill.rate)
+    if math.isinf(lasts):
+        return (f"{seen}; the refill kept up with {rate:g} claims/s, so this is a lower bound of what the node can "
+                f"start")
+    return (f"{seen}; a full pool of K lasts K / ({rate:g} - {refill.rate:.1f}) s at {rate:g} claims/s: "
+            f"{lasts:.0f} s for --pool-size {pool_size}; {duration:g} s needs a pool of "
+            f"{math.ceil(round((rate - refill.rate) * duration, 6))}")  # rounded: 335.0000001 pods is 335
+
+
 # Measuring ---------------------------------------------------------------------------------------------------------
 
 def describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"[:300]
 
 
+class CreateCallTimer:
+    """Times the create request (the POST) of every create a manager makes, for the thread that made it: the SDK's
+    create sends it and then waits for Ready, and from outside only the whole is seen."""
+
+    def __init__(self, manager: SandboxManager) -> None:
+        self._local = threading.local()
+        post = manager.api.create_sandbox
+
+        def timed_post(body: JSON, namespace: str) -> JSON:
+            started = time.perf_counter()
+            try:
+                return post(body, namespace)
+            finally:
+                self._local.seconds = time.perf_counter() - started
+
+        manager.api.create_sandbox = timed_post  # type: ignore[method-assign]
+
+    def take(self) -> float | None:
+        """The seconds of this thread's last create request, once; None when it sent none since."""
+        seconds: float | None = getattr(self._local, "seconds", None)
+        self._local.seconds = None
+        return seconds
+
+
 def timed_create(create: Callable[[], Sandbox], pool: str, *, first_command: bool = False,
-                 due: float | None = None) -> tuple[Claim, Sandbox | None]:
-    """Times ``create`` (a claim, or a cold create) to Ready and, with ``first_command``, ``true`` right after. A
-    failure is recorded, not raised: the run goes on and reports it."""
+                 due: float | None = None, create_calls: CreateCallTimer | None = None) -> tuple[Claim, Sandbox | None]:
+    """Times ``create`` (a claim, or a cold create) to Ready and, with ``first_command``, ``true`` right after; with
+    ``create_calls`` (the timer of the manager ``create`` uses), its create request too. A failure is recorded, not
+    raised: the run goes on and reports it."""
     started = time.perf_counter()
     late = 0.0 if due is None else started - due
     try:
         sandbox = create()
     except Exception as error:
-        return Claim(started, None, warm=False, late=late, error=describe(error)), None
+        return Claim(started, None, warm=False, late=late, error=describe(error),
+                     create_call=create_calls.take() if create_calls else None), None
     seconds = time.perf_counter() - started
+    create_call = create_calls.take() if create_calls else None
     command: float | None = None
     error_text: str | None = None
     if first_command:
@@ -311,7 +497,8 @@ def timed_create(create: Callable[[], Sandbox], pool: str, *, first_command: boo
             command = time.perf_counter() - command_started
         except Exception as error:
             error_text = f"first command: {describe(error)}"
-    return Claim(started, seconds, from_pool(sandbox.pod_name, pool), command, late, error_text), sandbox
+    return Claim(started, seconds, from_pool(sandbox.pod_name, pool), command, late, error_text,
+                 create_call), sandbox
 
 
 def one_at_a_time(create: Callable[[], Sandbox], count: int, pool: str, *,
@@ -339,22 +526,26 @@ def released_together(call: Callable[[], T], count: int) -> list[T]:
         return list(threads.map(one, range(count)))
 
 
-def at_once(create: Callable[[], Sandbox], count: int, pool: str) -> list[Claim]:
-    """``count`` creates from as many threads, released together; each deleted once all are done."""
-    results = released_together(lambda: timed_create(create, pool), count)
+def at_once(create: Callable[[], Sandbox], count: int, pool: str, *, create_calls: CreateCallTimer | None = None,
+            window: contextlib.AbstractContextManager[object] | None = None) -> list[Claim]:
+    """``count`` creates from as many threads, released together; each deleted once all are done. ``window`` is
+    entered before they start and left once they are all done, before the deletes."""
+    with window or contextlib.nullcontext():
+        results = released_together(lambda: timed_create(create, pool, create_calls=create_calls), count)
     for _, sandbox in results:
         if sandbox is not None:
             sandbox.delete(missing_ok=True)
     return [claim for claim, _ in results]
 
 
-def on_schedule(create: Callable[[], Sandbox], pool: str, rate: float, duration: float, threads: int) -> list[Claim]:
+def on_schedule(create: Callable[[], Sandbox], pool: str, rate: float, duration: float, threads: int, *,
+                create_calls: CreateCallTimer | None = None) -> list[Claim]:
     """``rate`` creates a second for ``duration`` seconds, each fired at its time from a pool of ``threads`` and
     deleted in the background as soon as it is Ready."""
     with concurrent.futures.ThreadPoolExecutor(DELETE_THREADS, "delete") as deleters, \
             concurrent.futures.ThreadPoolExecutor(threads, "claim") as claimers:
         def one(due: float) -> Claim:
-            claim, sandbox = timed_create(create, pool, due=due)
+            claim, sandbox = timed_create(create, pool, due=due, create_calls=create_calls)
             if sandbox is not None:
                 deleters.submit(sandbox.delete, missing_ok=True)
             return claim
@@ -385,6 +576,36 @@ def operator_metrics(operator: OperatorProcess) -> str:
     return text if status == 200 else ""
 
 
+class NodeWindow:
+    """The node's CPU by component and its busy share, and the API server's request counts, from entering to
+    leaving: what a phase cost, as bench_density measures its burst. The scrapes (a kubectl each) are outside the
+    timed window."""
+
+    def __init__(self, cluster: Cluster, named: Mapping[int, str]) -> None:
+        self.cluster = cluster
+        self.named = named
+
+    def __enter__(self) -> NodeWindow:
+        self.metrics_before = api_metrics(self.cluster)
+        self.node_before, self.cpu_before = node_sample(), process_times()
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.started
+        self.cpu_after, self.node_after = process_times(), node_sample()
+        self.metrics_after = api_metrics(self.cluster)
+
+    def profile(self, label: str, claims: int) -> NodeProfile:
+        """The window as a phase's profile; requests fewer than one in ten claims are left out, as bench_density
+        does."""
+        busy = self.node_after.busy_jiffies - self.node_before.busy_jiffies
+        total = self.node_after.total_jiffies - self.node_before.total_jiffies
+        return NodeProfile(label, self.seconds, claims, cpu_by_component(self.cpu_before, self.cpu_after, self.named),
+                           busy / max(1, total) * (os.cpu_count() or 1),
+                           api_use(self.metrics_before, self.metrics_after, minimum=max(1, claims // 10)))
+
+
 def say(message: str) -> None:
     """Progress, on stderr: the tables on stdout stay clean."""
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
@@ -398,6 +619,8 @@ class Results:
     sustained: Phase | None
     round_trips: list[float]
     sustained_threads: int
+    profiles: list[NodeProfile]
+    refill: Refill | None
 
 
 class PoolBench:
@@ -413,6 +636,9 @@ class PoolBench:
         self.api = api_client(cluster.kubeconfig, max(args.parallel, self.sustained_threads) + DELETE_THREADS + 2)
         self.channel = SandboxManager(namespace, api_client=self.api, transport="channel")
         self.claims_only = SandboxManager(namespace, api_client=self.api, transport="exec")
+        self.create_calls = CreateCallTimer(self.claims_only)
+        self.cluster = cluster
+        self.named_processes = {operator.pid: "operator", os.getpid(): BENCH_PROCESS}
 
     def close(self) -> None:
         self.channel.close()
@@ -450,6 +676,12 @@ class PoolBench:
         self.wait_pool_full()
         self.reopen_connection()
 
+    def claimable(self) -> int:
+        return claimable_pods(self.kube.pool_pods(self.namespace, POOL_NAME))
+
+    def window(self) -> NodeWindow:
+        return NodeWindow(self.cluster, self.named_processes)
+
     def wait_sandboxes_gone(self, timeout: float) -> None:
         wait_until(lambda: not self.kube.sandboxes(self.namespace), timeout, interval=0.2,
                    message=f"the Sandboxes of {self.namespace} gone")
@@ -473,18 +705,36 @@ class PoolBench:
         # As many connections open and pooled as threads claim at once: the timers do not include opening them.
         released_together(lambda: self.claims_only.get_pool(POOL_NAME), a.parallel)
         say(f"parallel claims: {a.parallel} at once")
+        parallel_window = self.window()
         parallel = self.with_operator_view(f"claims, {a.parallel} at once", lambda: at_once(
-            self.claim(self.claims_only, a.timeout), a.parallel, POOL_NAME))
+            self.claim(self.claims_only, a.timeout), a.parallel, POOL_NAME, create_calls=self.create_calls,
+            window=parallel_window))
+        profiles = [parallel_window.profile(f"{a.parallel} at once", a.parallel)]
         self.wait_sandboxes_gone(a.timeout)
 
-        sustained = None
+        sustained, refill = None, None
         if not a.skip_sustained:
-            self.wait_pool_full()
-            say(f"sustained claims: {a.rate:g}/s for {a.duration:g} s from {self.sustained_threads} threads")
-            sustained = self.with_operator_view(f"claims, {a.rate:g}/s for {a.duration:g} s", lambda: on_schedule(
-                self.claim(self.claims_only, a.sustained_timeout), POOL_NAME, a.rate, a.duration,
-                self.sustained_threads))
-        return Results(cold, serial, parallel, sustained, round_trips, self.sustained_threads)
+            sustained, profile, refill = self.run_sustained()
+            profiles.append(profile)
+        return Results(cold, serial, parallel, sustained, round_trips, self.sustained_threads, profiles, refill)
+
+    def run_sustained(self) -> tuple[Phase, NodeProfile, Refill]:
+        """The sustained claims on the full pool, their cost to the node, and the pool's refill meanwhile."""
+        a = self.args
+        self.wait_pool_full()
+        claimable_before = self.claimable()
+        say(f"sustained claims: {a.rate:g}/s for {a.duration:g} s from {self.sustained_threads} threads")
+        window = self.window()
+        operator_before = operator_metrics(self.operator)
+        with window:
+            claims = on_schedule(self.claim(self.claims_only, a.sustained_timeout), POOL_NAME, a.rate, a.duration,
+                                 self.sustained_threads, create_calls=self.create_calls)
+            # Counted within the window: the refill goes on after it.
+            claimable_after = self.claimable()
+        sustained = Phase(f"claims, {a.rate:g}/s for {a.duration:g} s", claims,
+                          operator_view(operator_before, operator_metrics(self.operator)))
+        refill = Refill(claimable_before, claimable_after, pods_taken(sustained), window.seconds)
+        return sustained, window.profile(f"{a.rate:g}/s", len(sustained.claims)), refill
 
     def clean_up(self) -> list[str]:
         """Every Sandbox, then the pool, deleted and awaited until gone; what did not go, for the report. The last
@@ -513,7 +763,7 @@ def bounds_notes(results: Results) -> list[str]:
     trips = results.round_trips
     notes = [f"API server round trip (a GET of the SandboxPool through the SDK), p50 / p95 of {len(trips)}: "
              f"{ms(quantile(trips, 50))} / {ms(quantile(trips, 95))}; a claim as the client sees it is the create "
-             f"request, a read and a watch, around the operator's handling"]
+             f"request and a watch from its answer, around the operator's handling"]
     claim_phases = [phase for phase in (results.serial, results.parallel, results.sustained) if phase is not None]
     views = [(phase.label, phase.operator) for phase in claim_phases if phase.operator is not None]
     if views and any(view.warm or view.cold for _, view in views):
@@ -530,6 +780,19 @@ def bounds_notes(results: Results) -> list[str]:
     return notes
 
 
+def print_profiles(results: Results) -> None:
+    """The claims' two parts, and what the parallel and sustained phases cost the node, under the phases' table."""
+    print("\nEach claim in two parts: its create request (the POST, to its answer), then from the answer to the SDK "
+          "reporting Ready (its watch of the Sandbox, and the operator's work it waits for):\n")
+    print("\n".join(split_table([phase for phase in (results.parallel, results.sustained) if phase is not None])))
+    wall = ", ".join(f"{profile.label}: {profile.seconds:.2f} s" for profile in results.profiles)
+    print(f"\nNode CPU during the phases ({wall}), by component (own + reaped children, /proc/PID/stat, in ticks of "
+          f"{1000 / CLOCK_TICKS:.0f} ms); a share of wall time of 100% is one CPU busy for the whole phase:\n")
+    print("\n".join(cpu_table(results.profiles, os.cpu_count() or 1)))
+    print("\nAPI requests during the phases, every client (from the API server's /metrics; WATCH left out):\n")
+    print("\n".join(api_table(results.profiles)))
+
+
 def print_report(results: Results, cleanup_problems: Sequence[str], args: argparse.Namespace,
                  log_path: Path) -> bool:
     phases = [results.cold, results.serial, results.parallel]
@@ -541,9 +804,12 @@ def print_report(results: Results, cleanup_problems: Sequence[str], args: argpar
     print("\n".join(goals_table(figures)))
     print("\nEach phase: create call -> the SDK reporting Ready, then (one at a time) the first command:\n")
     print("\n".join(phases_table(phases)))
+    print_profiles(results)
     print()
     for note in bounds_notes(results):
         print(f"- {note}")
+    if results.refill is not None:
+        print(f"- {refill_note(results.refill, pool_size=args.pool_size, rate=args.rate, duration=args.duration)}")
     for phase in phases:
         if phase.errors:
             print(f"- {phase.label}: {len(phase.errors)} failed: " + "; ".join(phase.errors[:5]))

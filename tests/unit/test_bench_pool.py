@@ -1,23 +1,33 @@
 """The pool benchmark's bookkeeping: claims counted warm, cold or failed, the schedule, the rate, the operator's
-metrics, the goals, the flags, and the claim loops run against a fake SDK."""
+metrics, the goals, the flags, the claim loops run against a fake SDK, the claims' create requests timed apart, and
+the tables of what a phase cost the node."""
 
 from __future__ import annotations
 
 import itertools
 import math
+import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 import pytest
 from bench.bench_pool import (
+    BENCH_PROCESS,
     MAX_CLAIM_THREADS,
     Claim,
+    CreateCallTimer,
+    NodeProfile,
+    NodeWindow,
+    OperatorView,
     Phase,
+    Refill,
+    api_table,
     at_once,
     claim_threads,
     claimable_pods,
+    cpu_table,
     fire_times,
     from_pool,
     goal_figures,
@@ -26,12 +36,17 @@ from bench.bench_pool import (
     on_schedule,
     operator_view,
     parse_args,
+    pods_taken,
+    pool_lasts,
     ready_rate,
+    refill_note,
+    split_table,
     timed_create,
 )
+from bench.node_profile import ApiUse
 
 from sandbox_operator import constants
-from sandbox_operator.sdk import Sandbox, SandboxNotReady
+from sandbox_operator.sdk import Sandbox, SandboxManager, SandboxNotReady
 
 POOL = "bench"
 
@@ -248,3 +263,201 @@ def test_claims_on_schedule_fire_at_their_times_and_are_deleted() -> None:
     starts = sorted(claim.started for claim in done)
     assert starts[-1] - starts[0] == pytest.approx(0.18, abs=0.1)
     assert max(claim.late for claim in done) < 0.1
+
+
+class FakeApi:
+    """What the timer wraps of the SDK's API: ``create_sandbox``, taking ``seconds`` (or the body's ``sleep``), or
+    failing."""
+
+    def __init__(self, seconds: float, *, refuse: bool = False) -> None:
+        self.seconds = seconds
+        self.refuse = refuse
+        self.bodies: list[dict[str, Any]] = []
+
+    def create_sandbox(self, body: dict[str, Any], namespace: str) -> dict[str, Any]:
+        time.sleep(body.get("sleep", self.seconds))
+        if self.refuse:
+            raise SandboxNotReady("refused", reason="Test")
+        self.bodies.append(body)
+        return {"metadata": {"name": "sbx-a", "namespace": namespace}}
+
+
+def timed_manager(seconds: float, *, refuse: bool = False) -> tuple[SandboxManager, CreateCallTimer]:
+    manager = cast(SandboxManager, type("Manager", (), {"api": FakeApi(seconds, refuse=refuse)})())
+    return manager, CreateCallTimer(manager)
+
+
+def creating(manager: SandboxManager, pod_name: str, *, then: float = 0.0) -> Callable[[], Sandbox]:
+    """A create as the SDK's: the request through the manager's API, then ``then`` seconds of waiting for Ready."""
+    def create() -> Sandbox:
+        manager.api.create_sandbox({"spec": {}}, "ns")
+        time.sleep(then)
+        return cast(Sandbox, FakeSandbox(pod_name))
+    return create
+
+
+def test_the_create_request_is_timed_apart_from_the_wait_for_ready() -> None:
+    manager, timer = timed_manager(0.02)
+    claim, _ = timed_create(creating(manager, "bench.pool-a", then=0.05), POOL, create_calls=timer)
+    assert claim.seconds is not None and claim.create_call is not None and claim.after_create_call is not None
+    assert 0.02 <= claim.create_call < 0.05
+    assert claim.after_create_call >= 0.05
+    assert claim.create_call + claim.after_create_call == pytest.approx(claim.seconds)
+    assert timer.take() is None  # taken once: the next claim of this thread does not inherit it
+    assert cast(FakeApi, manager.api).bodies == [{"spec": {}}]
+
+
+def test_a_refused_create_request_is_still_timed() -> None:
+    manager, timer = timed_manager(0.01, refuse=True)
+    claim, sandbox = timed_create(creating(manager, "bench.pool-a"), POOL, create_calls=timer)
+    assert sandbox is None and claim.seconds is None and claim.after_create_call is None
+    assert claim.create_call is not None and claim.create_call >= 0.01
+
+
+def test_each_thread_gets_its_own_create_requests_time() -> None:
+    manager, timer = timed_manager(0.0)
+    both_sent = threading.Barrier(2)
+    lock = threading.Lock()
+    request_seconds = [0.0, 0.05]
+
+    def create() -> Sandbox:
+        with lock:
+            seconds = request_seconds.pop()
+        manager.api.create_sandbox({"sleep": seconds}, "ns")
+        both_sent.wait()  # both requests are done before either thread takes its time
+        return cast(Sandbox, FakeSandbox("bench.pool-a"))
+
+    done = at_once(create, 2, POOL, create_calls=timer)
+    fast, slow = sorted(claim.create_call or math.nan for claim in done)
+    assert fast < 0.05 <= slow
+    done = on_schedule(creating(manager, "bench.pool-b"), POOL, rate=50, duration=0.1, threads=2, create_calls=timer)
+    assert len(done) == 5 and all(claim.create_call is not None for claim in done)
+
+
+class Window:
+    """A context manager that records when it was entered and left, among the creates and deletes."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    def __enter__(self) -> Window:
+        self.events.append("enter")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.events.append("exit")
+
+
+def test_the_window_of_claims_at_once_closes_before_the_deletes() -> None:
+    events: list[str] = []
+
+    class Recorded(FakeSandbox):
+        def delete(self, **kwargs: Any) -> None:
+            events.append("delete")
+            super().delete(**kwargs)
+
+    def create() -> Sandbox:
+        events.append("create")
+        return cast(Sandbox, Recorded("bench.pool-a"))
+
+    at_once(create, 3, POOL, window=Window(events))
+    assert events == ["enter", "create", "create", "create", "exit", "delete", "delete", "delete"]
+
+
+def test_the_split_shows_the_phases_whose_create_requests_were_timed() -> None:
+    timed = Phase("claims, 2 at once", [Claim(0.0, 0.5, True, create_call=0.1), Claim(0.0, 0.9, True, create_call=0.3),
+                                        Claim(0.0, None, False, create_call=0.2)])
+    untimed = Phase("claims, one at a time", claims(0.02))
+    table = split_table([timed, untimed])
+    assert timed.create_calls == [0.1, 0.3]  # the failed claim's request is left out, as its wait is
+    assert timed.after_create_calls == [pytest.approx(0.4), pytest.approx(0.6)]
+    assert len(table) == 3
+    assert table[2] == ("| claims, 2 at once | 2 | 200.0 ms | 290.0 ms | 300.0 ms | 500.0 ms | 590.0 ms | "
+                        "600.0 ms |")
+
+
+def profile(label: str, seconds: float, claims: int, cpu: dict[str, float], busy_cores: float = 1.5,
+            api: list[ApiUse] | None = None) -> NodeProfile:
+    return NodeProfile(label, seconds, claims, cpu, busy_cores, api or [])
+
+
+def test_the_cpu_table_gives_each_component_its_seconds_and_share_of_wall_time() -> None:
+    burst = profile("20 at once", 2.0, 20, {"kube-apiserver": 1.2, "bench": 0.4, "other": 0.1}, busy_cores=1.9)
+    steady = profile("20/s", 60.0, 1200, {"kube-apiserver": 30.0, "etcd": 45.0, "operator": 12.0})
+    table = cpu_table([burst, steady], cpus=2)
+    assert table[0] == ("| component | 20 at once: CPU s | 20 at once: share of wall | 20/s: CPU s | "
+                        "20/s: share of wall |")
+    assert table[2] == "| etcd | 0.00 | 0% | 45.00 | 75% |"  # the busiest share in either phase first
+    assert table[3] == "| kube-apiserver | 1.20 | 60% | 30.00 | 50% |"
+    assert [row.split(" | ")[0] for row in table[4:7]] == [
+        "| this benchmark (the SDK's client threads)", "| the operator (Python, kopf)", "| everything else"]
+    assert table[-2] == "| total | 1.70 | 85% | 87.00 | 145% |"
+    assert table[-1] == "| the node busy (/proc/stat; it has 2 CPUs: 200%) | 3.80 | 190% | 90.00 | 150% |"
+
+
+def test_the_api_table_lines_up_each_request_across_the_phases() -> None:
+    burst = profile("20 at once", 1.0, 20, {}, api=[ApiUse("POST", "sandboxes", "201", 20, 0.05),
+                                                    ApiUse("PATCH", "pods", "200", 40, 0.02)])
+    steady = profile("20/s", 60.0, 1200, {}, api=[ApiUse("PATCH", "pods", "200", 2400, 0.1)])
+    table = api_table([burst, steady])
+    assert table[0] == ("| request | code | 20 at once: count | per claim | server mean | 20/s: count | per claim | "
+                        "server mean |")
+    assert table[2:] == ["| PATCH pods | 200 | 40 | 2.0 | 20.0 ms | 2400 | 2.0 | 100.0 ms |",
+                         "| POST sandboxes | 201 | 20 | 1.0 | 50.0 ms | - | - | - |"]
+
+
+def test_the_refill_counts_pods_that_became_ready_in_the_pool() -> None:
+    # 40 claimable at the start, 5 at the end, 900 taken over 60 s: 865 became Ready, 14.4 a second.
+    refill = Refill(40, 5, 900, 60.0)
+    assert refill.started == 865
+    assert refill.rate == pytest.approx(865 / 60)
+    assert pool_lasts(40, 20, 15.0) == pytest.approx(8.0)
+    assert math.isinf(pool_lasts(40, 20, 20.0))
+    note = refill_note(refill, pool_size=40, rate=20, duration=60)
+    assert "865 pool pods became Ready in 60.0 s" in note
+    assert "a full pool of K lasts K / (20 - 14.4) s at 20 claims/s: 7 s for --pool-size 40" in note
+    assert note.endswith("60 s needs a pool of 335")
+    kept_up = refill_note(Refill(40, 40, 1200, 60.0), pool_size=40, rate=20, duration=60)
+    assert "the refill kept up with 20 claims/s, so this is a lower bound" in kept_up
+
+
+def test_the_pods_taken_are_the_operators_count_unless_it_showed_none() -> None:
+    phase = Phase("p", claims(0.1, 0.1, None))
+    assert pods_taken(Phase("p", phase.claims, OperatorView(3, 0, 0.01))) == 3  # the client gave up on one
+    assert pods_taken(Phase("p", phase.claims, OperatorView(0, 0, math.nan))) == 2
+    assert pods_taken(phase) == 2
+
+
+API_BEFORE = """\
+apiserver_request_total{code="201",resource="sandboxes",subresource="",verb="POST"} 10
+apiserver_request_duration_seconds_sum{resource="sandboxes",subresource="",verb="POST"} 1.0
+"""
+API_AFTER = """\
+apiserver_request_total{code="201",resource="sandboxes",subresource="",verb="POST"} 30
+apiserver_request_duration_seconds_sum{resource="sandboxes",subresource="",verb="POST"} 3.0
+"""
+
+
+class FakeCluster:
+    """What the window uses of the cluster: ``kubectl get --raw /metrics``, answering each scrape in turn."""
+
+    def __init__(self, *scrapes: str) -> None:
+        self.scrapes: Iterator[str] = iter(scrapes)
+
+    def kubectl(self, *args: str) -> Any:
+        assert args == ("get", "--raw", "/metrics")
+        return type("Completed", (), {"stdout": next(self.scrapes)})()
+
+
+def test_a_window_profiles_the_cpu_this_process_spent_and_the_requests_made() -> None:
+    window = NodeWindow(cast(Any, FakeCluster(API_BEFORE, API_AFTER)), {os.getpid(): BENCH_PROCESS})
+    with window:
+        spent = time.process_time()
+        while time.process_time() - spent < 0.2:
+            pass
+    profile = window.profile("20 at once", 20)
+    assert profile.seconds >= 0.2
+    assert profile.cpu[BENCH_PROCESS] >= 0.1  # /proc counts in ticks, and not quite in step with process_time
+    assert profile.busy_cores > 0
+    assert [(use.verb, use.resource, use.requests, round(use.mean_seconds, 3)) for use in profile.api] == [
+        ("POST", "sandboxes", 20, 0.1)]
