@@ -215,13 +215,19 @@ def test_warm_claim_hands_over_a_ready_pod_and_the_pool_refills(sbx_env: Sandbox
     assert parse_time(status["expiresAt"]) == created + datetime.timedelta(seconds=lifetime)
     assert parse_time(status["readyTime"]) >= created
 
-    # Reads like a cold start: PodReady, no pool Event; both deny-all policies select the pod.
+    # Reads like a cold start: PodReady, no pool Event. The pod's own deny-all policy, which the pod controls,
+    # selects it, as does the pool's; no other policy is made for a claimed pod.
     [condition] = [c for c in status["conditions"] if c["type"] == "Ready"]
     assert (condition["status"], condition["reason"]) == ("True", "PodReady")
     kube.wait_event(ns, "taker", "PodReady")
     assert "PoolEmpty" not in kube.event_reasons(ns, "taker")
-    assert_deny_all_selects(network_policy(kube, ns, constants.network_policy_name("taker")), pod)
+    own = network_policy(kube, ns, constants.pool_pod_network_policy_name(pod["metadata"]["name"]))
+    assert own is not None, "the claimed pod's own policy"
+    assert_deny_all_selects(own, pod)
+    assert [(ref["kind"], ref["uid"]) for ref in own["metadata"]["ownerReferences"]] == [
+        ("Pod", pod["metadata"]["uid"])]
     assert_deny_all_selects(network_policy(kube, ns, constants.pool_network_policy_name("warm")), pod)
+    assert network_policy(kube, ns, constants.network_policy_name("taker")) is None
 
     # Refill: a new pod, the claimed one counted as claimed and never as ready.
     kube.wait_pool(ns, "warm", ready=2, claimed=1, timeout=POOL_READY_TIMEOUT)
@@ -375,7 +381,8 @@ def test_pool_deleted_while_claims_are_in_flight(sbx_env: SandboxEnv) -> None:
             if statuses[name]["podName"].startswith(constants.pool_pod_generate_name("doomed"))}
     print(f"{len(warm)} warm, {len(ready) - len(warm)} cold, {len(failed)} without a pool: {sorted(failed)}")
 
-    # The pool's own pods and policy go; the claimed pods and the Sandboxes' policies stay.
+    # The pool's own pods and policy go; the claimed pods and their own policies, and the cold Sandboxes'
+    # policies, stay.
     wait_until(lambda: kube.get_pool(ns, "doomed") is None, 60, message="the pool gone")
     wait_until(lambda: all(not controlled_only_by(pod, pool) for pod in kube.pool_pods(ns, "doomed")), 120,
                message="the pool's unclaimed pods gone")
@@ -390,7 +397,10 @@ def test_pool_deleted_while_claims_are_in_flight(sbx_env: SandboxEnv) -> None:
                    and sandboxes[name]["status"]["phase"] == "Ready" for name, uid in warm.items())
     consistently(claimed_pods_stay, 5, message="every claimed pod kept by its Ready Sandbox")
     for name in ready:
-        assert network_policy(kube, ns, constants.network_policy_name(name)) is not None, f"{name}'s policy"
+        pod_name = statuses[name]["podName"]
+        policy = (constants.pool_pod_network_policy_name(pod_name) if name in warm
+                  else constants.network_policy_name(name))
+        assert network_policy(kube, ns, policy) is not None, f"{name}'s policy {policy}"
     assert_one_owner_each(kube, ns, pool)
 
 
@@ -517,7 +527,7 @@ def test_the_pod_is_behind_a_deny_all_policy_at_every_moment(sbx_env: SandboxEnv
             consistently(lambda: canary_outcomes(kube, ns)[("pool", "connected")] == 0, AFTER_READY_SECONDS,
                          message="no connection to the claimed pod")
 
-            # Without the pool, the Sandbox's own policy covers the pod alone.
+            # Without the pool, the pod's own policy covers it alone.
             kube.delete_pool(ns, "guarded")
             wait_until(lambda: network_policy(kube, ns, constants.pool_network_policy_name("guarded")) is None, 60,
                        message="the pool's policy gone")

@@ -452,12 +452,11 @@ def test_a_claim_takes_the_oldest_ready_pod_in_one_conditional_write(scene: Scen
         before = copy.deepcopy(scene.pod(oldest))
         warm, calls = claims("warm"), len(scene.cluster.calls)
         await scene.sandbox_added("a")
-        # The claim is the only write before Ready (the pod's own policy covers it); the Sandbox's policy follows.
-        assert scene.cluster.writes()[-3:] == [
-            ("patch_namespaced_pod", oldest), ("patch_namespaced_custom_object_status", "a"),
-            ("create_namespaced_network_policy", constants.network_policy_name("a"))]
-        assert scene.world.writes_after(calls) == [
-            "patch_namespaced_pod", "patch_namespaced_custom_object_status", "create_namespaced_network_policy"]
+        # The claim is the only write before Ready: the pod's own policy covers it, and no other policy is made.
+        assert scene.cluster.writes()[-2:] == [
+            ("patch_namespaced_pod", oldest), ("patch_namespaced_custom_object_status", "a")]
+        assert scene.world.writes_after(calls) == ["patch_namespaced_pod", "patch_namespaced_custom_object_status"]
+        assert scene.cluster.get("NetworkPolicy", NS, constants.network_policy_name("a")) is None
         assert controller(scene.stored("NetworkPolicy", own_policy(oldest)))["uid"] == before["metadata"]["uid"]
         [claim] = scene.calls_since(calls, "patch_namespaced_pod")
         assert claim.kwargs["_content_type"] == "application/merge-patch+json"
@@ -589,9 +588,8 @@ def test_a_rerun_after_the_claims_write_adopts_the_claimed_pod(scene: Scene, int
         scene.restart()
         before, calls = scene.world.snapshot(), len(scene.cluster.calls)
         await scene.create("a")
-        # The claimed pod is found in the index: the status, then the Sandbox's policy the claim left for later.
-        assert scene.world.writes_after(calls) == ["patch_namespaced_custom_object_status",
-                                                   "create_namespaced_network_policy"]
+        # The claimed pod is found in the index: only the status is written (the pod's own policy covers it).
+        assert scene.world.writes_after(calls) == ["patch_namespaced_custom_object_status"]
         assert [p["metadata"]["name"] for p in scene.pods_of("a")] == [oldest]
         assert scene.world.snapshot()[("Pod", NS, oldest)] == before[("Pod", NS, oldest)]
         status = scene.world.status("a")

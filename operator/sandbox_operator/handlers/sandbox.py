@@ -107,11 +107,6 @@ async def ensure_sandbox(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, 
                           override=Verdict("Pending", "UidRangeExhausted", str(exhausted)), log=logger)
         raise kopf.TemporaryError(str(exhausted), delay=UID_RETRY) from None
     await sync_status(rt, sandbox.namespace, sandbox.name, pod_body=children.pod, log=logger)
-    if children.claimed:
-        try:
-            await finish_claim(rt, sandbox, logger)
-        except _Refused as refused:
-            await _fail(rt, sandbox, refused.reason, refused.message, logger)
 
 
 async def run_spec(rt: Runtime, sandbox: Sandbox) -> tuple[SandboxPool | None, EffectiveSpec]:
@@ -132,19 +127,24 @@ class Children:
     pod: JSON | None
     """The pod, if this call made, claimed or adopted it."""
     claimed: bool
-    """A pool pod was claimed (its own policy covers it): the Sandbox's policy is made after the status, by
-    :func:`finish_claim`."""
+    """A pool pod was claimed: it is usually ready, and its status is worth writing at once."""
+
+
+def claimed_from_pool(pod_name: str | None) -> bool:
+    """Whether a Sandbox's recorded pod is a claimed pool pod: a Sandbox's own pod has its name, which has no dot,
+    and a pool pod's name always has one."""
+    return bool(pod_name) and "." in str(pod_name)
 
 
 async def make_children(rt: Runtime, sandbox: Sandbox, spec: EffectiveSpec, pool: SandboxPool | None,
                         pod_uids: PodUids, logger: kopf.Logger) -> Children:
     """The deny-all policy, then the pod unless one was recorded; with a pool, a claimed pool pod if there is
-    one, else a cold one. Under the Sandbox's lock, so a pod event cannot sync the status halfway through; once
-    this process has made both for this very Sandbox, a second call makes no API call.
+    one, else a cold one (policy and pod, as without a pool). Under the Sandbox's lock, so a pod event cannot
+    sync the status halfway through; once this process has made the children of this very Sandbox, a second call
+    makes no API call.
 
-    A claimed pod is covered by its own deny-all policy, which it controls and which existed before the claim,
-    so the claim is the only write on the way to Ready: the Sandbox's own policy follows the status
-    (:func:`finish_claim`)."""
+    A claimed pod needs no policy of the Sandbox's: its own deny-all policy, which the pod controls, existed
+    before the claim and lives as long as the pod. So the claim is the only write on the way to Ready."""
     key = (sandbox.namespace, sandbox.name)
     async with rt.lock(key):
         if rt.children_made(key, sandbox.metadata.uid):
@@ -155,7 +155,11 @@ async def make_children(rt: Runtime, sandbox: Sandbox, spec: EffectiveSpec, pool
             if claimed is not None:
                 POOL_CLAIM_SECONDS.observe(time.monotonic() - started)
                 rt.remember_pod(key, claimed)
+                rt.note_children_made(key, sandbox.metadata.uid)
                 return Children(claimed, claimed=True)
+        if claimed_from_pool(sandbox.status.pod_name):
+            rt.note_children_made(key, sandbox.metadata.uid)
+            return Children(None, claimed=False)
         await _ensure_policy(rt, sandbox, logger)
         pod = None
         if not sandbox.status.pod_uid:
@@ -165,16 +169,6 @@ async def make_children(rt: Runtime, sandbox: Sandbox, spec: EffectiveSpec, pool
             rt.remember_pod(key, pod)
         rt.note_children_made(key, sandbox.metadata.uid)
         return Children(pod, claimed=False)
-
-
-async def finish_claim(rt: Runtime, sandbox: Sandbox, logger: kopf.Logger) -> None:
-    """After a claim's status: the Sandbox's own deny-all policy, as every Sandbox has one."""
-    key = (sandbox.namespace, sandbox.name)
-    async with rt.lock(key):
-        if rt.children_made(key, sandbox.metadata.uid):
-            return
-        await _ensure_policy(rt, sandbox, logger)
-        rt.note_children_made(key, sandbox.metadata.uid)
 
 
 async def _pool_pod(rt: Runtime, sandbox: Sandbox, pool: SandboxPool, spec: EffectiveSpec, pod_uids: PodUids,
@@ -376,7 +370,6 @@ async def sandbox_event(type: str | None, body: kopf.Body, memo: kopf.Memo, logg
             # A claimed pod is usually ready already: say so now rather than after its next event. This write
             # makes kopf's finalizer patch, conditional on the version, go again on the next event.
             await sync_status(rt, sandbox.namespace, sandbox.name, pod_body=children.pod, log=logger)
-            await finish_claim(rt, sandbox, logger)
     except Exception as error:  # best effort: the create handler retries with backoff
         logger.info("making the policy and pod at first sight did not finish (%s); the create handler retries",
                     error)
