@@ -502,12 +502,13 @@ def timed_create(create: Callable[[], Sandbox], pool: str, *, first_command: boo
 
 
 def one_at_a_time(create: Callable[[], Sandbox], count: int, pool: str, *,
-                  before_each: Callable[[], object] = lambda: None) -> list[Claim]:
+                  before_each: Callable[[], object] = lambda: None,
+                  create_calls: CreateCallTimer | None = None) -> list[Claim]:
     """``count`` creates in turn, each with its first command, each deleted (and gone) before the next."""
     claims = []
     for _ in range(count):
         before_each()
-        claim, sandbox = timed_create(create, pool, first_command=True)
+        claim, sandbox = timed_create(create, pool, first_command=True, create_calls=create_calls)
         claims.append(claim)
         if sandbox is not None:
             sandbox.delete(wait=True, missing_ok=True)
@@ -637,6 +638,7 @@ class PoolBench:
         self.channel = SandboxManager(namespace, api_client=self.api, transport="channel")
         self.claims_only = SandboxManager(namespace, api_client=self.api, transport="exec")
         self.create_calls = CreateCallTimer(self.claims_only)
+        self.serial_calls = CreateCallTimer(self.channel)
         self.cluster = cluster
         self.named_processes = {operator.pid: "operator", os.getpid(): BENCH_PROCESS}
 
@@ -699,7 +701,8 @@ class PoolBench:
 
         say(f"serial claims: {a.serial}, the pool full before each")
         serial = self.with_operator_view("claims, one at a time", lambda: one_at_a_time(
-            self.claim(self.channel, a.timeout), a.serial, POOL_NAME, before_each=self.before_claim))
+            self.claim(self.channel, a.timeout), a.serial, POOL_NAME, before_each=self.before_claim,
+            create_calls=self.serial_calls))
 
         self.wait_pool_full()
         # As many connections open and pooled as threads claim at once: the timers do not include opening them.
@@ -784,7 +787,8 @@ def print_profiles(results: Results) -> None:
     """The claims' two parts, and what the parallel and sustained phases cost the node, under the phases' table."""
     print("\nEach claim in two parts: its create request (the POST, to its answer), then from the answer to the SDK "
           "reporting Ready (its watch of the Sandbox, and the operator's work it waits for):\n")
-    print("\n".join(split_table([phase for phase in (results.parallel, results.sustained) if phase is not None])))
+    print("\n".join(split_table([phase for phase in (results.serial, results.parallel, results.sustained)
+                                  if phase is not None])))
     wall = ", ".join(f"{profile.label}: {profile.seconds:.2f} s" for profile in results.profiles)
     print(f"\nNode CPU during the phases ({wall}), by component (own + reaped children, /proc/PID/stat, in ticks of "
           f"{1000 / CLOCK_TICKS:.0f} ms); a share of wall time of 100% is one CPU busy for the whole phase:\n")
