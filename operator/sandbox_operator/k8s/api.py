@@ -99,17 +99,25 @@ class KubeApi:
 
     # Sandboxes ---------------------------------------------------------------------------------------------
 
-    def get_sandbox(self, namespace: str, name: str) -> JSON | None:
+    def _get_custom(self, plural: str, namespace: str, name: str) -> JSON | None:
         return _unless_missing(lambda: self.custom.get_namespaced_custom_object(
-            constants.GROUP, constants.VERSION, namespace, constants.PLURAL, name,
+            constants.GROUP, constants.VERSION, namespace, plural, name,
             _preload_content=False, _request_timeout=REQUEST_TIMEOUT))
 
-    def patch_sandbox_status(self, namespace: str, name: str, status_patch: Mapping[str, Any]) -> JSON | None:
-        """Merge-patches ``status`` through the status subresource; None if the Sandbox is gone."""
+    def _patch_custom_status(self, plural: str, namespace: str, name: str,
+                             status_patch: Mapping[str, Any]) -> JSON | None:
+        """Merge-patches ``status`` through the status subresource; None if the object is gone."""
         return _unless_missing(lambda: self.custom.patch_namespaced_custom_object_status(
-            constants.GROUP, constants.VERSION, namespace, constants.PLURAL, name,
+            constants.GROUP, constants.VERSION, namespace, plural, name,
             {"status": dict(status_patch)}, field_manager=constants.MANAGER_NAME,
             _preload_content=False, _request_timeout=REQUEST_TIMEOUT))
+
+    def get_sandbox(self, namespace: str, name: str) -> JSON | None:
+        return self._get_custom(constants.PLURAL, namespace, name)
+
+    def patch_sandbox_status(self, namespace: str, name: str, status_patch: Mapping[str, Any]) -> JSON | None:
+        """Merge-patches the Sandbox's ``status``; None if the Sandbox is gone."""
+        return self._patch_custom_status(constants.PLURAL, namespace, name, status_patch)
 
     def delete_sandbox(self, namespace: str, name: str, uid: str, resource_version: str | None = None) -> bool:
         """Deletes this very Sandbox: preconditions on the UID (not a new namesake) and, if given, the
@@ -129,16 +137,11 @@ class KubeApi:
     # SandboxPools ------------------------------------------------------------------------------------------
 
     def get_pool(self, namespace: str, name: str) -> JSON | None:
-        return _unless_missing(lambda: self.custom.get_namespaced_custom_object(
-            constants.GROUP, constants.VERSION, namespace, constants.POOL_PLURAL, name,
-            _preload_content=False, _request_timeout=REQUEST_TIMEOUT))
+        return self._get_custom(constants.POOL_PLURAL, namespace, name)
 
     def patch_pool_status(self, namespace: str, name: str, status_patch: Mapping[str, Any]) -> JSON | None:
         """Merge-patches a SandboxPool's ``status``; None if the pool is gone."""
-        return _unless_missing(lambda: self.custom.patch_namespaced_custom_object_status(
-            constants.GROUP, constants.VERSION, namespace, constants.POOL_PLURAL, name,
-            {"status": dict(status_patch)}, field_manager=constants.MANAGER_NAME,
-            _preload_content=False, _request_timeout=REQUEST_TIMEOUT))
+        return self._patch_custom_status(constants.POOL_PLURAL, namespace, name, status_patch)
 
     # Pods --------------------------------------------------------------------------------------------------
 
