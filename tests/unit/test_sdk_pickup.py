@@ -186,3 +186,22 @@ def test_an_unreadable_registry_waits_for_the_patience_then_fails(quick: None) -
 def test_an_unreadable_registry_is_no_error_when_the_operator_comes(quick: None) -> None:
     api = FakeApi(None, pick_up_after=0.4)
     assert manager(api).create().phase == "Ready"
+
+
+def test_waits_of_one_manager_share_a_registry_reading(quick: None) -> None:
+    api = FakeApi(annotations_now(("demo", ["default"])), pick_up_after=0.4)
+    m = manager(api)
+    assert m.create().phase == "Ready"
+    api.pick_up_after = 0.4
+    assert m.create().phase == "Ready"
+    assert api.registry_reads == 1  # the second slow pick-up reused the first reading
+
+
+def test_a_cached_reading_that_says_nobody_serves_is_read_again_before_failing(quick: None) -> None:
+    api = FakeApi(annotations_now(("demo", ["elsewhere"])))
+    m = manager(api)
+    with pytest.raises(NamespaceNotServed):
+        m.create()
+    api.annotations, api.pick_up_after = annotations_now(("demo", ["default"])), 0.4  # an operator came
+    assert m.create().phase == "Ready"
+    assert api.registry_reads == 2  # the cached "not served" was not trusted

@@ -6,6 +6,7 @@ import builtins
 import copy
 import datetime
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from sandbox_operator.sdk.pickup import (
     PICKUP_GRACE_SECONDS,
     UNREADABLE_REGISTRY_PATIENCE,
     Pickup,
+    PickupCheck,
     check_pickup,
     picked_up,
 )
@@ -216,6 +218,7 @@ class SandboxManager(SessionApi):
         # The pods of the sandboxes this manager has seen, so that a handle without the object (a session call)
         # need not read it: a pooled sandbox's pod is not named after it.
         self._pod_names: dict[tuple[str, str], str] = {}
+        self._registry_cache = RegistryCache(lambda: self.api.operator_registry())
 
     def _open_channel(self, namespace: str, name: str, pod: str) -> Channel:
         transport = pod_exec_transport(self.api.api_client, namespace, pod, container=constants.CONTAINER_NAME,
@@ -367,7 +370,7 @@ class SandboxManager(SessionApi):
 
         if judge(obj):
             return obj
-        operator = _OperatorCheck(self.api, name, ns, started)
+        operator = _OperatorCheck(self._registry_cache, name, ns, started)
         while True:
             now = time.monotonic()
             if now >= deadline:
@@ -455,11 +458,35 @@ class SandboxManager(SessionApi):
         return Subscription(self.events(name, namespace=namespace, history=history), callback, on_error)
 
 
+REGISTRY_CACHE_SECONDS = 30.0  # the operators' heartbeat is every 60 s, and a stale entry counts after 180 s
+
+
+class RegistryCache:
+    """The operator registry as last read, shared by a manager's waits: when an operator is slow to pick Sandboxes
+    up (a burst), every wait would otherwise read the CRD once more. A reading is reused for
+    :data:`REGISTRY_CACHE_SECONDS`; one that says nobody serves the namespace is never trusted from the cache."""
+
+    def __init__(self, read: Callable[[], dict[str, str]]) -> None:
+        self._read_registry = read
+        self._lock = threading.Lock()
+        self._read: tuple[float, dict[str, str]] | None = None
+
+    def get(self, *, fresh: bool = False) -> tuple[dict[str, str], bool]:
+        """The registry and whether it was read just now (errors from the read are raised)."""
+        with self._lock:
+            if not fresh and self._read is not None and time.monotonic() - self._read[0] < REGISTRY_CACHE_SECONDS:
+                return self._read[1], False
+        registry = self._read_registry()
+        with self._lock:
+            self._read = (time.monotonic(), registry)
+        return registry, True
+
+
 class _OperatorCheck:
     """While waiting for Ready: whether an operator will ever handle the Sandbox (see :mod:`.pickup`)."""
 
-    def __init__(self, api: KubeApi, name: str, namespace: str, started: float) -> None:
-        self.api = api
+    def __init__(self, registry: RegistryCache, name: str, namespace: str, started: float) -> None:
+        self.registry = registry
         self.name = name
         self.namespace = namespace
         self.started = started
@@ -474,16 +501,20 @@ class _OperatorCheck:
         if not self.pending:
             return
         picked = picked_up(obj)
+        fresh = True
         if not picked and now >= self.started + PICKUP_GRACE_SECONDS and not self._read:
             self._read = True
             try:
-                self._registry = self.api.operator_registry()
+                self._registry, fresh = self.registry.get()
             except errors.SandboxError as exc:
                 self._problem = str(exc)
-        result = check_pickup(picked=picked, registry=self._registry, namespace=self.namespace, name=self.name,
-                              now=datetime.datetime.now(datetime.UTC), waited=now - self.started,
-                              registry_problem=self._problem, grace=PICKUP_GRACE_SECONDS,
-                              patience=UNREADABLE_REGISTRY_PATIENCE)
+        result = self._judge(picked, now)
+        if result.outcome is Pickup.NOT_SERVED and not fresh:
+            try:
+                self._registry, fresh = self.registry.get(fresh=True)
+            except errors.SandboxError as exc:
+                self._registry, self._problem = None, str(exc)
+            result = self._judge(picked, now)
         if result.outcome is Pickup.NOT_SERVED:
             raise errors.NamespaceNotServed(result.message, served=result.served, phase=None, reason="NoOperator",
                                             name=self.name, namespace=self.namespace)
@@ -492,3 +523,9 @@ class _OperatorCheck:
         else:
             self.pending = False
             self.next_check = float("inf")
+
+    def _judge(self, picked: bool, now: float) -> PickupCheck:
+        return check_pickup(picked=picked, registry=self._registry, namespace=self.namespace, name=self.name,
+                            now=datetime.datetime.now(datetime.UTC), waited=now - self.started,
+                            registry_problem=self._problem, grace=PICKUP_GRACE_SECONDS,
+                            patience=UNREADABLE_REGISTRY_PATIENCE)
