@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import yaml
 
 from sandbox_operator import constants
 from tests.kit import REPO_ROOT, Cluster, wait_until
@@ -184,25 +183,10 @@ def test_pool_permissions_operator_reconciles_clients_only_read(release: Release
 
 def test_pool_from_values_hands_its_pod_to_a_sandbox_and_goes_with_its_entry(release: Release) -> None:
     sbx, kubectl = release.sandbox_namespace, release.cluster.kubectl
-
-    def pool_status() -> dict[str, Any]:
-        return dict(release.kubectl_json("-n", sbx, "get", POOL_RESOURCE, POOL).get("status") or {})
-
-    pool = release.kubectl_json("-n", sbx, "get", POOL_RESOURCE, POOL)
+    pool = release.wait_pool_ready(POOL)
     assert pool["metadata"]["labels"]["app.kubernetes.io/instance"] == release.name  # the chart's
-    wait_until(lambda: pool_status().get("readyCount") == 1, 180, interval=1,
-               message=lambda: f"pool {POOL} with readyCount 1: {pool_status()}\n{release.operator_log()[-3000:]}")
-
-    body = {"apiVersion": constants.API_VERSION, "kind": constants.KIND,
-            "metadata": {"name": "warm-claim", "namespace": sbx}, "spec": {"poolRef": {"name": POOL}}}
-    kubectl("apply", "-f", "-", input=yaml.safe_dump(body))
-    sandbox = release.wait_ready("warm-claim")
-    pod_name = sandbox["status"]["podName"]
-    assert pod_name.startswith(constants.pool_pod_generate_name(POOL)), pod_name  # the pool's pod, not a cold one
-    pod = release.kubectl_json("-n", sbx, "get", "pod", pod_name)
-    assert sandbox["status"]["podUID"] == pod["metadata"]["uid"]
-    controllers = [o for o in pod["metadata"]["ownerReferences"] if o.get("controller")]
-    assert [(o["kind"], o["uid"]) for o in controllers] == [(constants.KIND, sandbox["metadata"]["uid"])]
+    _sandbox, pod = release.claim("warm-claim", POOL)
+    pod_name = pod["metadata"]["name"]
     assert pod["metadata"]["labels"][constants.LABEL_SANDBOX] == "warm-claim"
 
     def unclaimed_pods() -> list[str]:

@@ -88,6 +88,32 @@ class Release:
                                  f"--- operator log ---\n{self.operator_log()[-4000:]}")
         return dict(self.kubectl_json("-n", self.sandbox_namespace, "get", "sandbox", name))
 
+    def wait_pool_ready(self, pool: str, ready: int = 1) -> dict[str, Any]:
+        """The SandboxPool ``pool`` of the sandbox namespace once it has ``ready`` pods to claim."""
+        resource = f"{constants.POOL_PLURAL}.{constants.GROUP}"
+
+        def status() -> dict[str, Any]:
+            return dict(self.kubectl_json("-n", self.sandbox_namespace, "get", resource, pool).get("status") or {})
+
+        wait_until(lambda: status().get("readyCount") == ready, READY_TIMEOUT, interval=1,
+                   message=lambda: f"pool {pool} with readyCount {ready}: {status()}\n{self.operator_log()[-3000:]}")
+        return dict(self.kubectl_json("-n", self.sandbox_namespace, "get", resource, pool))
+
+    def claim(self, name: str, pool: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A Sandbox ``name`` with ``poolRef: pool``, Ready, and the pod it took: the pool's (not a cold start),
+        controlled by the Sandbox alone."""
+        body = {"apiVersion": constants.API_VERSION, "kind": constants.KIND,
+                "metadata": {"name": name, "namespace": self.sandbox_namespace}, "spec": {"poolRef": {"name": pool}}}
+        self.cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(body))
+        sandbox = self.wait_ready(name)
+        pod_name = sandbox["status"]["podName"]
+        assert pod_name.startswith(constants.pool_pod_generate_name(pool)), pod_name  # the pool's, not a cold one
+        pod = dict(self.kubectl_json("-n", self.sandbox_namespace, "get", "pod", pod_name))
+        assert sandbox["status"]["podUID"] == pod["metadata"]["uid"]
+        controllers = [o for o in pod["metadata"]["ownerReferences"] if o.get("controller")]
+        assert [(o["kind"], o["uid"]) for o in controllers] == [(constants.KIND, sandbox["metadata"]["uid"])]
+        return sandbox, pod
+
     def delete_sandbox(self, name: str) -> None:
         self.cluster.kubectl("-n", self.sandbox_namespace, "delete", "sandbox", name, "--wait=true",
                              "--timeout=120s", timeout=150)

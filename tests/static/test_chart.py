@@ -265,6 +265,8 @@ def test_default_render_objects(helm: Path) -> None:
         ("RoleBinding", FULLNAME, "sandboxes"),
         ("Service", f"{FULLNAME}-metrics", RELEASE_NS),
         ("ServiceAccount", FULLNAME, RELEASE_NS),
+        ("ValidatingAdmissionPolicy", f"{FULLNAME}-pod-hardening", ""),
+        ("ValidatingAdmissionPolicyBinding", f"{FULLNAME}-pod-hardening-sandbox-namespaces", ""),
     ])
     for doc in docs:  # chart-prefixed, standard labels everywhere
         labels = doc["metadata"]["labels"]
