@@ -15,7 +15,8 @@ Run ``sandboxctl --help`` or ``sandboxctl COMMAND --help``. Exit codes (also in 
 
 ``sandboxctl exec`` exits with the command's own exit code instead (124 when its timeout killed it,
 125-127 for exec wrapper errors, 128+N when signal N ended it); the codes above apply when the command
-could not be run at all.
+could not be run at all. ``sandboxctl run-code`` exits 1 when the code raised, 124 when it timed out and
+125 when its interpreter was lost.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ import yaml
 from sandbox_operator import constants
 
 if TYPE_CHECKING:
-    from sandbox_operator.sdk import Progress, Sandbox, SandboxEvent, SandboxManager
+    from sandbox_operator.sdk import CodeResult, Progress, Sandbox, SandboxEvent, SandboxManager
+    from sandbox_operator.sdk.code import MimeBundle
     from sandbox_operator.sdk.files import FileInfo
     from sandbox_operator.sdk.health import Health
     from sandbox_operator.sdk.pools import PoolInfo
@@ -51,6 +53,10 @@ EXIT_NOT_FOUND = 3
 EXIT_NOT_READY = 4
 EXIT_REFUSED = 5
 EXIT_INTERRUPTED = 130
+# run-code: how its cells ended (0 when every one ran without an exception)
+EXIT_CODE_RAISED = 1
+EXIT_CODE_TIMEOUT = 124
+EXIT_CODE_LOST = 125
 
 EXIT_CODES_HELP = """exit codes:
   0    success
@@ -503,6 +509,74 @@ def cmd_exec(ctx: Context) -> int:
     return result.exit_code
 
 
+def read_code(source: str) -> str:
+    """The code of one cell: a file, or stdin for ``-``."""
+    try:
+        data = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{source}: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{'stdin' if source == '-' else source} is not UTF-8 (byte {exc.start})") from None
+
+
+def show_display(bundle: MimeBundle) -> None:
+    """A display output on a terminal: its text, and a line for each binary entry (-o json has the data)."""
+    text = bundle.get("text/plain")
+    if isinstance(text, str):
+        print(text)
+    for mime, entry in bundle.items():
+        if isinstance(entry, bytes):
+            print(f"[{mime}: {len(entry)} bytes]")
+
+
+def show_code_result(result: CodeResult) -> None:
+    """After the streamed output: the last expression's value on stdout, the error's traceback on stderr."""
+    if result.text is not None:
+        print(result.text)
+    for mime, entry in result.data.items():
+        if isinstance(entry, bytes):
+            print(f"[{mime}: {len(entry)} bytes]")
+    if result.error is not None:
+        lines = result.error.traceback or [str(result.error)]
+        print("\n".join(lines), file=sys.stderr)
+    if result.state == "lost":
+        print(f"{PROG}: the interpreter of context {result.context} was lost; the next cell starts a fresh one",
+              file=sys.stderr)
+
+
+def code_exit(result: CodeResult) -> int:
+    return {"ok": EXIT_OK, "error": EXIT_CODE_RAISED, "timeout": EXIT_CODE_TIMEOUT}.get(result.status, EXIT_CODE_LOST)
+
+
+def cmd_run_code(ctx: Context) -> int:
+    a = ctx.args
+    cells = [read_code(source) for source in (a.filename or ["-"])]
+    sandbox = ctx.sandbox(a.name)
+    streaming = ctx.output == "table"
+
+    def write(stream: IO[str]) -> Callable[[str], None]:
+        def put(text: str) -> None:
+            stream.write(text)
+            stream.flush()
+
+        return put
+
+    for code in cells:
+        result = sandbox.run_code(code, context=a.code_context, timeout=a.timeout,
+                                  on_stdout=write(sys.stdout) if streaming else None,
+                                  on_stderr=write(sys.stderr) if streaming else None,
+                                  on_display=show_display if streaming else None)
+        if streaming:
+            show_code_result(result)
+        else:
+            print(render(result.to_dict(), ctx.output))
+        if not result.ok:
+            return code_exit(result)
+    return EXIT_OK
+
+
 def cmd_cp(ctx: Context) -> int:
     src_name, src = split_remote(ctx.args.src)
     dst_name, dst = split_remote(ctx.args.dst)
@@ -699,6 +773,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-e", "--env", action="append", metavar="K=V", help="environment variable (repeatable)")
     p.add_argument("--sh", "--shell", dest="shell", action="store_true",
                    help="run the command as a bash command line (bash -c)")
+
+    p = add("run-code", cmd_run_code, "run Python in a sandbox's code context, whose state is kept between cells",
+            "Run Python code in a code context of a sandbox, as a notebook cell: its output streams as it arrives, "
+            "then the value of its last expression and any exception's traceback. Display outputs (display(obj), "
+            "matplotlib figures) show as their text, and a line for each image; -o json|yaml prints the outputs as "
+            "Jupyter MIME bundles (nbformat), images in base64. Each -f FILE is one cell, run in order in the same "
+            "context (stdin when there is none, or for -). A context's state lasts as long as the channel to the "
+            "sandbox: for sandboxctl, one invocation; the SDK keeps it from call to call. Exits 0 when every cell ran "
+            "without an exception, else with the first failure's code: 1 the code raised, 124 it timed out, 125 "
+            "its interpreter was lost (it exited, or was killed).",
+            "examples:\n  echo 'print(6 * 7)' | sandboxctl run-code sbx-x7k2p\n"
+            "  sandboxctl run-code sbx-x7k2p -f load.py -f plot.py -o json > outputs.json")
+    p.add_argument("name")
+    p.add_argument("-f", "--filename", action="append", metavar="FILE",
+                   help="a file of Python code, one cell (repeatable; - for stdin; default stdin)")
+    p.add_argument("-c", "--code-context", metavar="CONTEXT",
+                   help="the code context to run in (default: the sandbox's default context)")
+    p.add_argument("-t", "--timeout", type=float, metavar="SECONDS",
+                   help="interrupt a cell after this long, kill its interpreter 2 s later (default: the sandbox's "
+                        "commandSeconds)")
 
     p = add("cp", cmd_cp, "copy files and directories to or from a sandbox",
             "Copy a file or a directory's contents between this machine and a sandbox, like kubectl cp. "

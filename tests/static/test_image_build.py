@@ -363,6 +363,7 @@ def test_python_tools_pass_ruff() -> None:
     """The tools have no .py suffix (they are installed as commands), so `ruff check .` skips them."""
     result = subprocess.run([str(REPO_ROOT / ".venv" / "bin" / "ruff"), "check", "--no-cache",
                              str(BIN / "sandbox-exec"), str(BIN / "sandbox-files"), str(BIN / "sandbox-agent"),
+                             str(BIN / "sandbox-code"),
                              str(BIN.parent / "lib" / "sandbox-tools")],
                             cwd=REPO_ROOT, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -68,8 +68,8 @@ def test_create_maps_limits_and_requests_into_the_spec(capsys: pytest.CaptureFix
     assert capsys.readouterr().out.strip() == "my-box"
 
 
-@pytest.mark.parametrize("command", ["create", "list", "get", "exec", "cp", "ls", "cat", "rm", "events",
-                                     "delete", "wait"])
+@pytest.mark.parametrize("command", ["create", "list", "get", "exec", "run-code", "cp", "ls", "cat", "rm",
+                                     "events", "delete", "wait"])
 def test_help_everywhere(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         parse(command, "--help")

@@ -61,8 +61,8 @@ def test_one_name_per_action() -> None:
     from sandbox_operator.sdk.sessions import AsyncSessionApi, SessionApi
 
     assert public(Sandbox) == {
-        "delete", "events", "health", "is_ready", "obj", "phase", "pod_name", "refresh", "run", "spec", "start",
-        "status", "stream", "subscribe", "touch", "wait_ready"}
+        "code_context", "delete", "events", "health", "is_ready", "obj", "phase", "pod_name", "refresh", "run",
+        "run_code", "spec", "start", "status", "stream", "subscribe", "touch", "wait_ready"}
     assert public(Files) == {"exists", "list", "mkdir", "read_bytes", "read_text", "remove", "stat", "upload",
                              "download", "write"}
     sessions = public(SessionApi)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox_operator import constants
+from sandbox_operator.sdk.code import CodeContext, CodeResult
 from sandbox_operator.sdk.commands import CommandHandle, CommandResult, OutputChunk, RunningCommand
 from sandbox_operator.sdk.events import EventStream, SandboxEvent
 from sandbox_operator.sdk.exec import StdinSource
@@ -192,6 +193,12 @@ class AsyncSandbox:
         """See :meth:`Sandbox.run`: at most ``max_output`` bytes of stdout and of stderr are kept."""
         return await asyncio.to_thread(self.sync.run, command, timeout=timeout, env=env, cwd=cwd, stdin=stdin,
                                        check=check, shell=shell, max_output=max_output)
+
+    async def run_code(self, code: str, *, context: CodeContext | str | None = None, timeout: float | None = None,
+                       max_output: int | None = None) -> CodeResult:
+        """See :meth:`Sandbox.run_code` (a context by name, or one from ``sync.code_context()``)."""
+        return await asyncio.to_thread(self.sync.run_code, code, context=context, timeout=timeout,
+                                       max_output=max_output)
 
     async def stream(self, command: str | Sequence[str], *, timeout: float | None = None,
                      env: Mapping[str, str] | None = None, cwd: str | None = None,

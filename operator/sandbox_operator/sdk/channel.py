@@ -31,6 +31,7 @@ import websocket
 from sandbox_operator import constants
 from sandbox_operator.sdk import errors
 from sandbox_operator.sdk import protocol as p
+from sandbox_operator.sdk.code import CodeError, CodeResult, MimeBundle, check_context_name, decode_bundle
 from sandbox_operator.sdk.commands import (
     DEFAULT_MAX_OUTPUT_BYTES,
     CommandHandle,
@@ -90,6 +91,8 @@ class _Stream:
     takes output (:meth:`take`), sends input (:meth:`send_input`) and waits for the answer (:meth:`answer`)."""
 
     accepts: frozenset[int] = frozenset({p.RESULT, p.ERROR})
+    data_kinds: frozenset[int] = frozenset({p.STDOUT, p.STDERR})  # counted against the window
+    max_final = p.MAX_CONTROL  # the size of the final frame's JSON
 
     def __init__(self, channel: Channel, what: str) -> None:
         self.channel = channel
@@ -119,13 +122,15 @@ class _Stream:
                 self.send_credit += int.from_bytes(frame.payload, "big")
                 self.cond.notify_all()
             return
-        if kind in (p.STDOUT, p.STDERR):
+        if kind in self.data_kinds:
             size = len(frame.payload)
             with self.cond:
                 if size > self.recv_window:
                     raise p.ProtocolError(f"{size} bytes of output on stream {self.id} with a window of "
                                           f"{self.recv_window}")
                 self.recv_window -= size
+            self.check_data(frame)  # within the window: nothing beyond it is ever parsed
+            with self.cond:
                 if not self.discarding:
                     self.inbox.append((kind, frame.payload))
                     self.cond.notify_all()
@@ -138,8 +143,14 @@ class _Stream:
             self.ended = True
             self.cond.notify_all()
 
+    def check_data(self, frame: p.Frame) -> None:
+        """Validates a data frame (in the reader thread, so a malformed one breaks the channel)."""
+
     def check_final(self, frame: p.Frame) -> None:
         """Validates the final frame (in the reader thread, so a malformed one breaks the channel)."""
+        if len(frame.payload) > self.max_final:
+            raise p.ProtocolError(f"a {p.frame_name(frame.kind)} frame of {len(frame.payload)} bytes on {self.what} "
+                                  f"stream {self.id} (at most {self.max_final})")
         if frame.kind == p.ERROR:
             p.parse_error(frame.payload)
 
@@ -389,6 +400,153 @@ class _Request(_Stream):
         self.accepts = accepts
 
 
+class ChannelCodeRun(_Stream):
+    """A cell running in a code context: its output and display outputs as they arrive (each counted against the
+    stream's window, like a command's output), then its RESULT. :meth:`follow` reads it to the end."""
+
+    accepts = frozenset({p.STDOUT, p.STDERR, p.DISPLAY, p.RESULT, p.ERROR})
+    data_kinds = frozenset({p.STDOUT, p.STDERR, p.DISPLAY})
+    max_final = p.MAX_PAYLOAD  # the last expression's bundle may be large (a table's HTML, a PNG)
+
+    def __init__(self, channel: Channel, context: str, *, max_output: int, client_deadline: float | None,
+                 turn: threading.Lock) -> None:
+        super().__init__(channel, "code")
+        self.context = context
+        # The context's turn, held until the stream ends (not until the caller stops reading: after an interrupt
+        # the agent still runs the cell for a moment, and the next cell must wait for it).
+        self._turn: threading.Lock | None = turn
+        self._max_output = max_output
+        self._stdout = _Kept(max_output)
+        self._stderr = _Kept(max_output)
+        self._displays: list[MimeBundle] = []
+        self._display_bytes = 0
+        self._displays_dropped = 0
+        self._started = time.monotonic()
+        self._client_deadline = client_deadline
+        self._deadline = None if client_deadline is None else self._started + client_deadline
+
+    def feed(self, frame: p.Frame) -> None:
+        super().feed(frame)
+        if self.ended:
+            self.end_turn()
+
+    def fail(self, error: errors.SandboxError) -> None:
+        super().fail(error)
+        self.end_turn()
+
+    def end_turn(self) -> None:
+        with self.cond:
+            turn, self._turn = self._turn, None
+        if turn is not None:
+            turn.release()
+
+    def check_data(self, frame: p.Frame) -> None:
+        if frame.kind == p.DISPLAY:
+            decode_bundle(p.parse_payload(p.DisplayReport, frame.payload, "DISPLAY").data)
+
+    def check_final(self, frame: p.Frame) -> None:
+        if frame.kind == p.RESULT:
+            super().check_final(frame)  # its size
+            p.parse_payload(p.CodeRunReport, frame.payload, "RESULT")
+        else:
+            super().check_final(frame)
+
+    def take(self, deadline: float | None = None) -> tuple[int, bytes] | None:
+        # A display output is sent only whole, once the credit covers it: everything taken goes back before
+        # waiting, or a large one could wait for credit held back in a batch.
+        with self.cond:
+            idle = not self.inbox and not self.ended and self.unreturned > 0
+            amount = self.unreturned if idle else 0
+            if idle:
+                self.unreturned = 0
+                self.recv_window += amount
+        if amount:
+            with contextlib.suppress(errors.ChannelBroken):  # the stream fails with the channel
+                self.channel._send(p.encode_credit(self.id, amount))
+        return super().take(deadline)
+
+    def follow(self, on_stdout: Callable[[str], None] | None, on_stderr: Callable[[str], None] | None,
+               on_display: Callable[[MimeBundle], None] | None) -> CodeResult:
+        """Reads the cell to its end, passing each piece to its callback as it arrives; its result. Whatever ends
+        the reading early (a KeyboardInterrupt, a callback's exception) interrupts the cell (CANCEL) and drops the
+        rest of its output on its way out: nobody would read it, and the cell would block on it."""
+        try:
+            while (item := self._next()) is not None:
+                kind, data = item
+                self.taken(len(data))
+                if kind == p.DISPLAY:
+                    bundle = decode_bundle(p.parse_payload(p.DisplayReport, data, "DISPLAY").data)
+                    self._keep_display(bundle)
+                    if on_display is not None:
+                        on_display(bundle)
+                    continue
+                kept, callback = (self._stdout, on_stdout) if kind == p.STDOUT else (self._stderr, on_stderr)
+                kept.add(data)
+                if callback is not None:
+                    callback(data.decode("utf-8", "replace"))
+        except BaseException:
+            self.cancel()
+            raise
+        return self._finish()
+
+    def _next(self) -> tuple[int, bytes] | None:
+        try:
+            return self.take(self._deadline)
+        except TimeoutError:
+            self.cancel()
+            raise errors.ExecError(
+                f"no result within {self._client_deadline or 0:.0f}s (the cell's timeout plus a grace period) in "
+                f"context {self.context!r} of sandbox {self.channel.sandbox}; the cell was interrupted",
+                reason="ClientDeadlineExceeded", name=self.channel.sandbox,
+                namespace=self.channel.namespace) from None
+
+    def cancel(self) -> None:
+        """Interrupts the cell (KeyboardInterrupt in it; killed after a grace) and drops what else it sends."""
+        self.discard()
+        with self.cond:
+            if self.ended:
+                return
+        with contextlib.suppress(errors.ChannelBroken):
+            self.channel._send(p.encode(p.CANCEL, self.id))
+
+    def _keep_display(self, bundle: MimeBundle) -> None:
+        size = sum(len(entry) for entry in bundle.values())
+        if self._display_bytes + size > self._max_output:
+            self._displays_dropped += 1
+            return
+        self._display_bytes += size
+        self._displays.append(bundle)
+
+    def _finish(self) -> CodeResult:
+        sandbox, namespace = self.channel.sandbox, self.channel.namespace
+        if isinstance(self.error, errors.ChannelBroken):
+            raise errors.ChannelBroken(
+                f"{self.error.message}; the cell was cut off and is not retried (it may have run in part)",
+                reason=self.error.reason, name=sandbox, namespace=namespace)
+        if self.error is not None:
+            raise self.error
+        assert self.final is not None
+        if self.final.kind == p.ERROR:
+            report = p.parse_error(self.final.payload)
+            if report.error == "NoSuchContext":
+                self.channel._forget_code_context(self.context)
+            raise errors.ExecError(escape_control(report.message, limit=500),
+                                   reason=escape_control(report.error, limit=100), name=sandbox, namespace=namespace)
+        answer = p.parse_payload(p.CodeRunReport, self.final.payload, "RESULT")
+        error = None if answer.error is None else CodeError(answer.error.ename, answer.error.evalue,
+                                                            list(answer.error.traceback))
+        result = CodeResult(
+            status=answer.status, execution_count=answer.execution_count, text=answer.text,
+            data=decode_bundle(answer.data), displays=self._displays, error=error,
+            stdout_bytes=bytes(self._stdout.data), stderr_bytes=bytes(self._stderr.data), state=answer.state,
+            context=self.context, duration=time.monotonic() - self._started, sandbox=sandbox,
+            stdout_dropped=self._stdout.dropped, stderr_dropped=self._stderr.dropped,
+            displays_dropped=self._displays_dropped)
+        self._stdout.release()
+        self._stderr.release()
+        return result
+
+
 # The channel --------------------------------------------------------------------------------------------------
 
 class Channel:
@@ -423,6 +581,9 @@ class Channel:
         self._probe_since: float | None = None  # when a ping was wanted and nothing has arrived since
         self._stopped = threading.Event()
         self._greeted = threading.Event()
+        # The code contexts opened on this channel (its agent's), each with the lock its cells take in turn.
+        self._code_contexts: dict[str, threading.Lock] = {}
+        self._code_contexts_lock = threading.Lock()
         self._reader = threading.Thread(target=self._read_loop, name=f"channel-read-{self.sandbox}", daemon=True)
         self._reader.start()
         if not self._greeted.wait(hello_timeout):
@@ -717,6 +878,96 @@ class Channel:
                                    reason="KillFailed", name=self.sandbox, namespace=self.namespace)
         return p.parse_payload(p.SignalResult, answer.payload, "RESULT").signalled
 
+    # Code contexts -----------------------------------------------------------------------------------------
+    # Each is an interpreter of the agent's (sandbox-code): it lives as long as this channel, so a context is
+    # opened on the channel the first time it is used there.
+
+    def run_code(self, context: str, code: str, *, timeout: float | None = None, cwd: str | None = None,
+                 env: Mapping[str, str] | None = None, on_stdout: Callable[[str], None] | None = None,
+                 on_stderr: Callable[[str], None] | None = None,
+                 on_display: Callable[[MimeBundle], None] | None = None,
+                 max_output: int = DEFAULT_MAX_OUTPUT_BYTES, client_deadline: float | None = None) -> CodeResult:
+        """Runs one cell in the code context (opened first, with ``cwd`` and ``env``, when this channel has not
+        opened it). Cells of one context run one at a time; other contexts run at once.
+
+        ``timeout`` (default and maximum: the sandbox's command timeout) interrupts the cell with a
+        KeyboardInterrupt, and 2 s later kills the interpreter (the result says ``state`` ``lost``). Callbacks see the
+        output and display outputs as they arrive, in this thread; ``max_output`` bytes of stdout, of stderr and of
+        display outputs are kept for the result. A refusal (a timeout above the sandbox's limit, an interpreter that
+        cannot start) is :class:`ExecError` naming the reason. A KeyboardInterrupt here, or an exception of a
+        callback, interrupts the cell too."""
+        check_context_name(context)
+        if not isinstance(code, str):
+            raise TypeError(f"code must be a string, not {type(code).__name__}")
+        if timeout is not None and not 0 <= timeout < float("inf"):
+            raise ValueError(f"timeout must be a finite number of seconds >= 0, not {timeout!r}")
+        request: dict[str, Any] = {"context": context, "code": code}
+        if timeout is not None:
+            request["timeout"] = timeout
+        turn = self._code_context(context, cwd, env)
+        turn.acquire()
+        stream = ChannelCodeRun(self, context, max_output=max_output, client_deadline=client_deadline, turn=turn)
+        try:
+            self._open(stream, p.CODE_RUN, request)
+        except BaseException:
+            stream.end_turn()
+            raise
+        return stream.follow(on_stdout, on_stderr, on_display)
+
+    def restart_code_context(self, context: str, *, cwd: str | None = None,
+                             env: Mapping[str, str] | None = None) -> None:
+        """A fresh interpreter for the context (opened with ``cwd`` and ``env`` if this channel has not opened it);
+        a cell running in it ends with status ``lost``."""
+        with self._code_contexts_lock:
+            if context in self._code_contexts:
+                self._code_request(p.CODE_RESTART, "restarting", {"context": check_context_name(context)})
+            else:
+                self._open_code_context(context, cwd, env)
+
+    def close_code_context(self, context: str) -> None:
+        """Ends the context's interpreter and its processes (nothing to do when this channel has not opened it)."""
+        with self._code_contexts_lock:
+            if self._code_contexts.pop(context, None) is not None:
+                self._code_request(p.CODE_CLOSE, "closing", {"context": context})
+
+    def _code_context(self, context: str, cwd: str | None, env: Mapping[str, str] | None) -> threading.Lock:
+        """The lock of the context's cells; the context is opened first when this channel has not opened it."""
+        with self._code_contexts_lock:
+            lock = self._code_contexts.get(context)
+            return lock if lock is not None else self._open_code_context(context, cwd, env)
+
+    def _open_code_context(self, context: str, cwd: str | None, env: Mapping[str, str] | None) -> threading.Lock:
+        """Opens it (the caller holds the contexts' lock); the lock of its cells."""
+        body: dict[str, Any] = {"context": check_context_name(context)}
+        if cwd is not None:
+            body["cwd"] = cwd
+        if env:
+            body["env"] = dict(env)
+        try:
+            self._code_request(p.CODE_OPEN, "opening", body)
+        except errors.ExecError as exc:
+            if exc.reason != "ContextExists":  # open already (an answer this client missed): the same outcome
+                raise
+        lock = self._code_contexts[context] = threading.Lock()
+        return lock
+
+    def _forget_code_context(self, context: str) -> None:
+        """The agent does not know the context (any more): the next call opens it again."""
+        with self._code_contexts_lock:
+            self._code_contexts.pop(context, None)
+
+    def _code_request(self, kind: int, verb: str, body: dict[str, Any]) -> None:
+        request = _Request(self, f"code {verb}", frozenset({p.RESULT, p.ERROR}))
+        self._open(request, kind, body)
+        answer = request.answer()
+        if answer.kind == p.ERROR:
+            report = p.parse_error(answer.payload)
+            raise errors.ExecError(f"{verb} code context {body['context']!r} failed: "
+                                   f"{escape_control(report.message, limit=500)}",
+                                   reason=escape_control(report.error, limit=100), name=self.sandbox,
+                                   namespace=self.namespace)
+        p.parse_payload(p.EmptyResult, answer.payload, "RESULT")
+
     # Files -------------------------------------------------------------------------------------------------
     # Paths are the caller's (the SDK's Files checks them first); the agent resolves each one and refuses any
     # outside the writable roots. Errors are those of Files: FileError and its subclasses.
@@ -952,4 +1203,4 @@ def pod_exec_transport(api_client: Any, namespace: str, pod: str, *, container: 
     return PodExecTransport(ws)
 
 
-__all__ = ["Channel", "ChannelCommand", "PodExecTransport", "Transport", "pod_exec_transport"]
+__all__ = ["Channel", "ChannelCodeRun", "ChannelCommand", "PodExecTransport", "Transport", "pod_exec_transport"]

@@ -12,12 +12,14 @@ The in-image agent (images/sandbox/bin/sandbox-agent) cannot import this module,
 
 from __future__ import annotations
 
+import base64
+import binascii
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import Annotated, Any, Final, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sandbox_operator.sdk.files import FileInfo, ToolErrorReport, strict_json
 from sandbox_operator.sdk.text import escape_control
@@ -41,19 +43,28 @@ INPUT: Final = 0x13
 INPUT_END: Final = 0x14
 CANCEL: Final = 0x15
 CREDIT: Final = 0x16
+CODE_OPEN: Final = 0x17
+CODE_RUN: Final = 0x18
+CODE_RESTART: Final = 0x19
+CODE_CLOSE: Final = 0x1A
 STDOUT: Final = 0x20
 STDERR: Final = 0x21
 EXIT: Final = 0x22
 RESULT: Final = 0x23
 ERROR: Final = 0x24
+DISPLAY: Final = 0x25
 
 FRAME_NAMES: Final = {
     HELLO: "HELLO", PING: "PING", PONG: "PONG", RUN: "RUN", FILE: "FILE", SIGNAL: "SIGNAL", INPUT: "INPUT",
-    INPUT_END: "INPUT_END", CANCEL: "CANCEL", CREDIT: "CREDIT", STDOUT: "STDOUT", STDERR: "STDERR", EXIT: "EXIT",
-    RESULT: "RESULT", ERROR: "ERROR",
+    INPUT_END: "INPUT_END", CANCEL: "CANCEL", CREDIT: "CREDIT", CODE_OPEN: "CODE_OPEN", CODE_RUN: "CODE_RUN",
+    CODE_RESTART: "CODE_RESTART", CODE_CLOSE: "CODE_CLOSE", STDOUT: "STDOUT", STDERR: "STDERR", EXIT: "EXIT",
+    RESULT: "RESULT", ERROR: "ERROR", DISPLAY: "DISPLAY",
 }
 # The frames an agent may send; anything else from it is a protocol error.
-AGENT_FRAMES: Final = frozenset({HELLO, PONG, CREDIT, STDOUT, STDERR, EXIT, RESULT, ERROR})
+AGENT_FRAMES: Final = frozenset({HELLO, PONG, CREDIT, STDOUT, STDERR, EXIT, RESULT, ERROR, DISPLAY})
+# Frames whose payload may take a whole frame: output, and a cell's display outputs and result (a PNG, a table's
+# HTML). Any other JSON answer is small; a stream that takes RESULT only as a small answer checks that itself.
+LARGE_FRAMES: Final = frozenset({STDOUT, STDERR, DISPLAY, RESULT})
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -118,7 +129,7 @@ class FrameReader:
             raise ProtocolError(f"unknown or misdirected frame {frame_name(kind)}")
         if length > MAX_PAYLOAD:
             raise ProtocolError(f"a {frame_name(kind)} frame of {length} bytes (at most {MAX_PAYLOAD})")
-        if kind not in (STDOUT, STDERR) and length > MAX_CONTROL:
+        if kind not in LARGE_FRAMES and length > MAX_CONTROL:
             raise ProtocolError(f"a {frame_name(kind)} frame of {length} bytes (at most {MAX_CONTROL})")
         if not self._fill(HEADER.size + length):
             raise ProtocolError(f"the stream ended inside a {frame_name(kind)} frame")
@@ -166,6 +177,88 @@ class ExistsResult(_Strict):
 
 class SignalResult(_Strict):
     signalled: int = Field(ge=0)
+
+
+# Code contexts: what a cell's display outputs and result may hold. The agent holds its interpreters' messages to the
+# same limits (images/sandbox/bin/sandbox-agent; tests/unit/test_code.py compares them), so that nothing a cell does
+# makes it send what breaks the channel.
+MAX_MIME_ENTRIES: Final = 64
+MAX_MIME_TYPE: Final = 127
+MIME_CHARACTERS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.+-_")
+MAX_ENAME: Final = 1024
+MAX_EVALUE: Final = 64 * 1024
+MAX_TRACEBACK: Final = 1000
+MAX_TRACEBACK_ENTRY: Final = 64 * 1024
+
+
+def is_mime_type(name: str) -> bool:
+    """``type/subtype`` of letters, digits and ``. + - _``, at most 127 characters."""
+    if len(name) > MAX_MIME_TYPE:
+        return False
+    major, slash, minor = name.partition("/")
+    return bool(slash and major and minor and set(major) <= MIME_CHARACTERS and set(minor) <= MIME_CHARACTERS)
+
+
+def is_binary_mime(mime: str) -> bool:
+    """Whether a bundle's entry of this type is base64 (Jupyter's rule: images but SVG, audio, video, PDF)."""
+    major, _, minor = mime.partition("/")
+    return (major in ("image", "audio", "video") and not minor.endswith("+xml")) or mime == "application/pdf"
+
+
+def _text(value: str) -> str:
+    value.encode("utf-8")  # a lone surrogate (a \ud800 escape) is no text: UnicodeEncodeError, a ValueError
+    return value
+
+
+def _bundle(data: dict[str, str]) -> dict[str, str]:
+    if len(data) > MAX_MIME_ENTRIES:
+        raise ValueError(f"{len(data)} MIME types (at most {MAX_MIME_ENTRIES})")
+    for mime, entry in data.items():
+        if not is_mime_type(mime):
+            raise ValueError(f"{escape_control(mime, limit=40)!r} is not a MIME type")
+        _text(entry)
+        if is_binary_mime(mime):
+            try:
+                base64.b64decode(entry, validate=True)
+            except binascii.Error:
+                raise ValueError(f"the {mime} entry is not base64") from None
+    return data
+
+
+Text = Annotated[str, AfterValidator(_text)]
+MimeData = Annotated[dict[str, str], AfterValidator(_bundle)]
+
+
+class CodeErrorReport(_Strict):
+    ename: Text = Field(min_length=1, max_length=MAX_ENAME)
+    evalue: Text = Field(max_length=MAX_EVALUE)
+    traceback: list[Annotated[Text, Field(max_length=MAX_TRACEBACK_ENTRY)]] = Field(max_length=MAX_TRACEBACK)
+
+
+class DisplayReport(_Strict):
+    """A DISPLAY frame: one display output, a Jupyter MIME bundle (binary types in base64)."""
+
+    data: MimeData
+    metadata: dict[str, Any]
+
+
+class CodeRunReport(_Strict):
+    """The RESULT of a cell."""
+
+    status: Literal["ok", "error", "timeout", "lost"]
+    execution_count: int = Field(ge=0)
+    text: Text | None
+    data: MimeData
+    error: CodeErrorReport | None
+    state: Literal["kept", "lost"]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CodeRunReport:
+        if (self.status == "ok") != (self.error is None):
+            raise ValueError("a cell that ran is ok without an error, and has one otherwise")
+        if self.status != "timeout" and (self.state == "lost") != (self.status == "lost"):  # a timeout: either
+            raise ValueError(f"status {self.status!r} with state {self.state!r}")
+        return self
 
 
 def parse_payload(model: type[M], payload: bytes, what: str) -> M:

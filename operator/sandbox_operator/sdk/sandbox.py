@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -10,6 +11,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 from sandbox_operator import constants
 from sandbox_operator.sdk import errors
 from sandbox_operator.sdk.channel import Channel
+from sandbox_operator.sdk.code import DEFAULT_CONTEXT, CodeContext, CodeResult, DisplayCallback
 from sandbox_operator.sdk.commands import (
     CommandHandle,
     CommandResult,
@@ -30,6 +32,7 @@ from sandbox_operator.sdk.exec import (
 from sandbox_operator.sdk.files import Files
 from sandbox_operator.sdk.health import Health, health_from, pod_name_of, readiness
 from sandbox_operator.sdk.text import escape_control
+from sandbox_operator.sdk.transport import ENV_TRANSPORT
 
 if TYPE_CHECKING:
     from sandbox_operator.sdk.manager import ProgressCallback, SandboxManager
@@ -313,6 +316,67 @@ class Sandbox:
         stream = self._command(command, timeout=timeout, env=env, cwd=cwd, stdin=source, shell=shell,
                                max_output=cap, background=True)
         return CommandHandle(stream, max_queued_bytes=cap, stdin=pipe, on_stdout=on_stdout, on_stderr=on_stderr)
+
+    # Code --------------------------------------------------------------------------------------------------
+
+    def code_context(self, name: str | None = None, *, cwd: str | None = None,
+                     env: Mapping[str, str] | None = None) -> CodeContext:
+        """A code context of its own: an interpreter whose namespace no other context sees, started on its first
+        cell. Close it when done (or use it as a context manager). ``name`` (default: generated) is 1 to 64
+        letters, digits, ``.``, ``_`` or ``-``; ``cwd`` and ``env`` apply to its interpreter."""
+        return CodeContext(self, name, cwd=cwd, env=env)
+
+    def run_code(self, code: str, *, context: CodeContext | str | None = None, timeout: float | None = None,
+                 on_stdout: Callable[[str], None] | None = None, on_stderr: Callable[[str], None] | None = None,
+                 on_display: DisplayCallback | None = None, max_output: int | None = None) -> CodeResult:
+        """Runs a cell of Python in a code context whose state is kept from call to call: ``run_code("x = 41")``,
+        then ``run_code("x + 1").text == "42"``. Without ``context``, the sandbox's default one.
+
+        The result (:class:`CodeResult`) has the last expression's value (``text``, and ``data``, its MIME bundle),
+        the display outputs, stdout and stderr, and an exception as ``error`` (name, value, traceback): a cell
+        that raises is a result with ``status`` ``error``, not an exception here. ``timeout`` (default and
+        maximum: the sandbox's command timeout) interrupts the cell with a KeyboardInterrupt and kills the
+        interpreter 2 s later if that did not stop it (``status`` ``timeout``; ``state`` says whether the namespace
+        survived). Callbacks see output and display outputs as they arrive (a callback's exception, or a
+        KeyboardInterrupt, interrupts the cell); ``max_output`` (default: the manager's ``max_output_bytes``)
+        bounds what is kept of each.
+
+        Needs the sandbox's channel: :class:`AgentUnavailable` when the manager's transport is ``exec`` or the image
+        has no agent. Failing to run the cell at all raises as commands do (:class:`ExecError`,
+        :class:`ChannelBroken`, :class:`SandboxNotReady`...)."""
+        target = context if isinstance(context, CodeContext) else CodeContext(self, context or DEFAULT_CONTEXT)
+        cap = self.manager.max_output_bytes if max_output is None else max_output
+        deadline = self._client_deadline(timeout)
+        return self._code_call(lambda channel: channel.run_code(
+            target.name, code, timeout=timeout, cwd=target.cwd, env=target.env, on_stdout=on_stdout,
+            on_stderr=on_stderr, on_display=on_display, max_output=cap, client_deadline=deadline), hold=True)
+
+    def _restart_code_context(self, context: CodeContext) -> None:
+        self._code_call(lambda channel: channel.restart_code_context(context.name, cwd=context.cwd, env=context.env))
+
+    def _close_code_context(self, context: CodeContext) -> None:
+        # A context lives in its channel's agent: without an open channel there is none left to close (and none is
+        # opened to find that out).
+        channel = self.manager._channels.open_channel(self.namespace, self.name)
+        if channel is not None:
+            with contextlib.suppress(errors.ChannelBroken):  # the channel ended meanwhile, and the context with it
+                channel.close_code_context(context.name)
+
+    def _code_call(self, operation: Callable[[Channel], T], *, hold: bool = False) -> T:
+        done = self._on_channel(operation, hold=hold)
+        if done is not None:
+            return done[0]
+        if self.manager.transport == "exec":
+            raise errors.AgentUnavailable(
+                f"running code needs the channel to sandbox {self.name}, and this manager's transport is 'exec' (set "
+                f"by SandboxManager(transport=...), ${ENV_TRANSPORT} or sandboxctl --transport): use 'auto' or "
+                "'channel'", reason="ExecTransport", name=self.name, namespace=self.namespace)
+        missing = self.manager._channels.slot(self.namespace, self.name, self.pod_name).no_agent
+        raise errors.AgentUnavailable(
+            f"running code needs the channel agent ({constants.AGENT_PROGRAM}) in sandbox {self.name}, and its image "
+            f"has none" + (f": {missing.message}" if missing is not None else ""),
+            reason=missing.reason if missing is not None else "AgentMissing", name=self.name,
+            namespace=self.namespace)
 
     def _kill(self, command_id: str, signal: str | int) -> int:
         """Runs ``sandbox-exec --kill`` (no wrapper around it, nothing forked in the sandbox); returns how many

@@ -109,6 +109,11 @@ class ChannelSlot:
             raise errors.ChannelBroken("the sandbox's channels were closed (the sandbox was deleted, or the manager "
                                        "closed)", reason="Closed")
 
+    def open_channel(self) -> Channel | None:
+        """The channel when one is open and usable (None otherwise: nothing is opened here)."""
+        channel = self._channel
+        return channel if channel is not None and channel.usable else None
+
     def close(self) -> None:
         """Closes the channel for good (calls in flight on it raise :class:`ChannelBroken`); one being opened is
         closed as soon as it is open."""
@@ -158,6 +163,12 @@ class ChannelPool:
         thread = threading.Thread(target=open_quietly, name=f"channel-open-{name}", daemon=True)
         thread.start()
         return thread
+
+    def open_channel(self, namespace: str, name: str) -> Channel | None:
+        """The sandbox's channel when one is open and usable; None otherwise (nothing is opened here)."""
+        with self._lock:
+            slot = self._slots.get((namespace, name))
+        return None if slot is None else slot.open_channel()
 
     def forget(self, namespace: str, name: str) -> None:
         """Closes the sandbox's channel and forgets it (the sandbox is being deleted)."""
