@@ -72,4 +72,7 @@ CONTAINERD_SOCK="/run/sandbox-operator/containerd.sock"
 IMAGE_PREFIX="localhost/sandbox-operator"
 SANDBOX_IMAGE_VERSION="0.1.0"        # = PROJECT_VERSION in operator/sandbox_operator/constants.py (a unit test checks)
 SANDBOX_IMAGE="$IMAGE_PREFIX/sandbox:$SANDBOX_IMAGE_VERSION"
+# The optional data image: the sandbox image plus numpy, pandas and matplotlib. A tag of the sandbox repository, so
+# the operator's default allow-list (sandbox:*) admits it. = SANDBOX_DATA_IMAGE in constants.py (a test checks).
+SANDBOX_DATA_IMAGE="$IMAGE_PREFIX/sandbox:$SANDBOX_IMAGE_VERSION-data"
 DEBIAN_SUITE="bookworm"

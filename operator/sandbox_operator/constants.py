@@ -80,6 +80,9 @@ ENV_FILE_SIZE_LIMIT: Final = "SANDBOX_FILE_SIZE_LIMIT"
 # Images, always with pinned tags (never `latest`); preloaded into the node's containerd.
 PROJECT_VERSION: Final = "0.1.0"
 SANDBOX_IMAGE: Final = f"localhost/sandbox-operator/sandbox:{PROJECT_VERSION}"
+# The optional data image: the sandbox image plus numpy, pandas and matplotlib (docs/image.md). A tag of the sandbox
+# repository, so the default allow-list (sandbox:*) admits it.
+SANDBOX_DATA_IMAGE: Final = f"{SANDBOX_IMAGE}-data"
 OPERATOR_IMAGE: Final = f"localhost/sandbox-operator/operator:{PROJECT_VERSION}"
 
 

@@ -1,8 +1,8 @@
 """Code contexts on the real cluster: Sandbox.run_code over the channel of a sandbox of the image, its agent starting
 sandbox-code under the sandbox's limits.
 
-The matplotlib test needs the data image (numpy, pandas, matplotlib): set SANDBOX_E2E_DATA_IMAGE to its reference
-(it is allowed for its own operator here); without it that test is skipped.
+The matplotlib test runs in the data image (numpy, pandas, matplotlib), which `make image` and cluster-up build and
+import with the others; SANDBOX_E2E_DATA_IMAGE names another one (it is allowed for its own operator here).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.timeout(900)
 
 COMMAND_SECONDS = 60
 SPEC = {**SMALL_SPEC, "timeouts": {"commandSeconds": COMMAND_SECONDS}}
-DATA_IMAGE = os.environ.get("SANDBOX_E2E_DATA_IMAGE", "")
+DATA_IMAGE = os.environ.get("SANDBOX_E2E_DATA_IMAGE") or constants.SANDBOX_DATA_IMAGE
 FORK_BOMB = ":(){ :|:& };:"
 
 namespace = namespace_fixture("code-e2e")
@@ -157,24 +157,30 @@ def test_display_outputs_and_a_cell_that_kills_its_interpreter(box: Sandbox) -> 
 
 def test_sandboxctl_run_code(cluster: Cluster, namespace: str, box: Sandbox, tmp_path: Path) -> None:
     ctl = Sandboxctl(cluster.kubeconfig, namespace)
-    out = ctl("run-code", box.name, input=b"print('hi')\n6 * 7")
+    # Explicit, so that the test means the same under SANDBOX_EXEC_TRANSPORT=exec (code needs the channel).
+    channel = ("--transport", "channel")
+    out = ctl("run-code", box.name, *channel, input=b"print('hi')\n6 * 7")
     assert out.stdout == b"hi\n42\n"
     cell = tmp_path / "cell.py"
     cell.write_text("{'a': 1}")
-    report = json.loads(ctl("run-code", box.name, "-f", str(cell), "-o", "json").stdout)
+    report = json.loads(ctl("run-code", box.name, "-f", str(cell), "-o", "json", *channel).stdout)
     assert report["status"] == "ok" and report["outputs"][-1]["data"] == {"text/plain": "{'a': 1}"}
-    failed = ctl("run-code", box.name, input=b"1 / 0", check=False)
+    failed = ctl("run-code", box.name, *channel, input=b"1 / 0", check=False)
     assert failed.returncode == 1 and failed.stderr.endswith(b"ZeroDivisionError: division by zero\n")
+    refused = ctl("run-code", box.name, "--transport", "exec", input=b"1", check=False)
+    assert refused.returncode == 1 and b"running code needs the channel" in refused.stderr
 
 
 @pytest.fixture(scope="module")
 def data_box(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    if not DATA_IMAGE:
-        pytest.skip("SANDBOX_E2E_DATA_IMAGE is not set: no data image to run matplotlib in")
+    if DATA_IMAGE.startswith("localhost/"):  # never pulled: it must have been imported
+        assert DATA_IMAGE in cluster.node_images(), (
+            f"{DATA_IMAGE} is not on the node: `make image` (or `bash hack/build-images.sh import data`)")
     with operator_namespace(cluster, "code-data-e2e", tmp_path_factory.mktemp("logs"),
                             allowed_images=f"{constants.SANDBOX_IMAGE},{DATA_IMAGE}") as name, \
             SandboxManager(name, kubeconfig=cluster.kubeconfig, ready_timeout=READY_TIMEOUT,
-                           default_spec={**SPEC, "resources": {"cpu": "1", "memory": "512Mi"}}) as manager, \
+                           default_spec={**SPEC, "resources": {"cpu": "1", "memory": "512Mi"}},
+                           transport="channel") as manager, \
             manager.create(image=DATA_IMAGE, labels={"e2e": "code-data"}) as sandbox:
         yield sandbox
 
@@ -182,7 +188,7 @@ def data_box(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
 def test_a_matplotlib_figure_is_a_png_of_its_size(data_box: Sandbox) -> None:
     result = data_box.run_code("import matplotlib.pyplot as plt\nimport numpy as np\n"
                                "fig = plt.figure(figsize=(4, 3), dpi=100)\nplt.plot(np.arange(10) ** 2)\n"
-                               "plt.title('squares')\nNone", timeout=120)
+                               "plt.title('squares')\nNone", timeout=COMMAND_SECONDS)
     assert result.ok, result.error
     (figure,) = result.displays
     png = figure["image/png"]

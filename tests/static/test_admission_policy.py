@@ -331,6 +331,18 @@ def test_image_globs_become_anchored_patterns_that_agree_with_the_operator(helm:
     assert 'config.allowedImages[0] "registry.example.com/py[23]:*" uses a character class' in error, error
 
 
+def test_the_data_image_is_admitted_by_default(default_docs: list[Doc]) -> None:
+    """A tag of the sandbox repository: the operator's own default allow-list, the chart's and its admission policy
+    all admit it without configuration."""
+    settings = operator_settings(default_docs)
+    pod = hardened_pod(settings, "sandboxes")
+    pod["spec"]["containers"][0]["image"] = constants.SANDBOX_DATA_IMAGE
+    assert rules_broken(the_policy(default_docs), pod) == []
+    assert settings.image_allowed(constants.SANDBOX_DATA_IMAGE)
+    with settings_env({}):
+        assert load_settings().image_allowed(constants.SANDBOX_DATA_IMAGE)
+
+
 def test_quotes_and_backslashes_in_a_glob_stay_inside_the_pattern(helm: Path, tmp_path: Path) -> None:
     glob = "odd'\"\\name:*"
     docs = render(helm, {"config": {"allowedImages": [glob], "defaultImage": "odd'\"\\name:1"}}, tmp_path)

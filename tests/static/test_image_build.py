@@ -30,11 +30,13 @@ SANDBOX_PYTHON = "/usr/local/libexec/sandbox-python"
 
 
 def test_image_names_match_the_shared_constants() -> None:
-    v = hack_vars("SANDBOX_IMAGE", "PAUSE_IMAGE", "BASE_IMAGE", "PAUSE_VERSION", "BASE_IMAGE_VERSION")
+    v = hack_vars("SANDBOX_IMAGE", "SANDBOX_DATA_IMAGE", "PAUSE_IMAGE", "BASE_IMAGE", "PAUSE_VERSION",
+                  "BASE_IMAGE_VERSION")
     assert v["SANDBOX_IMAGE"] == constants.SANDBOX_IMAGE
+    assert v["SANDBOX_DATA_IMAGE"] == constants.SANDBOX_DATA_IMAGE
     assert v["PAUSE_IMAGE"] == f"localhost/sandbox-operator/pause:{v['PAUSE_VERSION']}"
     assert v["BASE_IMAGE"] == f"localhost/sandbox-operator/base:{v['BASE_IMAGE_VERSION']}"
-    for ref in v["SANDBOX_IMAGE"], v["PAUSE_IMAGE"], v["BASE_IMAGE"]:
+    for ref in v["SANDBOX_IMAGE"], v["SANDBOX_DATA_IMAGE"], v["PAUSE_IMAGE"], v["BASE_IMAGE"]:
         assert re.fullmatch(r"localhost/[a-z0-9/-]+:[A-Za-z0-9._-]+", ref)
         assert not ref.endswith(":latest")
 
@@ -61,13 +63,57 @@ def test_python_tools_run_under_the_execute_only_interpreter() -> None:
         assert (BIN / name).read_text().splitlines()[0] == f"#!{SANDBOX_PYTHON} -I"
 
 
-def test_the_sandbox_image_key_covers_its_whole_build_context() -> None:
-    """A change to sandbox-init.c (or any file under images/sandbox) or to its compiler flags rebuilds the image."""
+def shell_function(script: str, name: str) -> str:
+    """The text of a bash function of a script, up to its closing brace at the start of a line."""
+    start = script.index(f"\n{name}() {{")
+    return script[start:script.index("\n}\n", start)]
+
+
+def test_the_sandbox_and_data_image_keys_cover_their_whole_build_context() -> None:
+    """A change to sandbox-init.c (or any file under images/sandbox) or to its compiler flags rebuilds both images;
+    the data image's key also covers its root filesystem's (the script that makes it, its packages, its config)."""
     script = (REPO_ROOT / "hack" / "build-images.sh").read_text()
-    sandbox_key = script[script.index("      sandbox)\n"):script.index("    esac", script.index("      sandbox)\n"))]
-    assert 'find "$REPO_ROOT/images/sandbox" -type f' in sandbox_key
-    assert "${INIT_CFLAGS[*]}" in sandbox_key
+    build_key = shell_function(script, "sandbox_build_key")
+    assert 'find "$REPO_ROOT/images/sandbox" -type f' in build_key
+    assert "${INIT_CFLAGS[*]}" in build_key
+    keys = shell_function(script, "key_of")
+    assert 'KEY[sandbox]="$(sandbox_build_key "$deps")"' in keys
+    assert 'KEY[data]="$(sandbox_build_key "$(key_of data-base)")"' in keys
+    data_base = keys[keys.index("      data-base)"):keys.index(";;", keys.index("      data-base)"))]
+    for word in ("$DATA_PACKAGES", "${DATA_BASE_CONFIG[*]}", '"$REPO_ROOT/images/base/mkrootfs.sh"'):
+        assert word in data_base
     assert '"$ctx/init/sandbox-init.c" "$ctx/init/sandbox-init" "${INIT_CFLAGS[@]}"' in script
+
+
+def test_the_data_image_adds_the_python_data_packages_and_draws_without_a_display() -> None:
+    """numpy, pandas and matplotlib from Debian; matplotlib on Agg (Debian's matplotlibrc asks for TkAgg, which needs
+    a display) with its cache in a writable root (the root file system is read-only)."""
+    script = (REPO_ROOT / "hack" / "build-images.sh").read_text()
+    packages = re.search(r'^DATA_PACKAGES="([^"]*)"$', script, re.MULTILINE)
+    assert packages is not None
+    assert packages.group(1).split(",")[:3] == ["python3-numpy", "python3-pandas", "python3-matplotlib"]
+    assert "python3-scipy" not in packages.group(1)
+    config = re.search(r'^DATA_BASE_CONFIG=\((.*)\)$', script, re.MULTILINE)
+    assert config is not None
+    words = shlex.split(config.group(1))
+    assert words[0] == "${BASE_CONFIG[@]}"  # the base image's environment and labels, and then
+    env = dict(words[i + 1].split("=", 1) for i, word in enumerate(words) if word == "--env")
+    assert env["MPLBACKEND"] == "Agg"
+    assert Path(env["MPLCONFIGDIR"]).parent == Path(constants.TMP_DIR)
+    build = shell_function(script, "build_data")
+    assert '--build-arg "BASE_IMAGE=$DATA_BASE_IMAGE"' in build and "sandbox_bud " in build  # the same Dockerfile
+    assert "images=(pause base sandbox data)" in script  # built by default: cluster-up imports it
+
+
+@pytest.mark.parametrize("packages", ["python3-numpy;rm", "python3-numpy, python3-pandas", "-x", "Python3-numpy"])
+def test_mkrootfs_refuses_extra_packages_that_are_not_debian_names(packages: str, tmp_path: Path) -> None:
+    """Refused before anything is built (so this runs without root or debootstrap)."""
+    result = subprocess.run(["bash", str(IMAGES / "base" / "mkrootfs.sh"), str(tmp_path / "out.tar"), "bookworm",
+                             "unused-mirror", "", packages], capture_output=True, text=True,
+                            check=False, timeout=30)
+    assert result.returncode == 2, result
+    assert "EXTRA_PACKAGES must be comma-separated Debian package names" in result.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_tools_read_the_shared_environment_names() -> None:
@@ -373,5 +419,5 @@ def test_build_script_help_lists_the_entry_points() -> None:
     result = subprocess.run(["bash", "hack/build-images.sh", "--help"], cwd=REPO_ROOT, capture_output=True,
                             text=True, check=False)
     assert result.returncode == 0
-    for word in ("build", "import", "size", "--force", "pause", "base", "sandbox"):
+    for word in ("build", "import", "size", "--force", "pause", "base", "sandbox", "data"):
         assert word in result.stderr
