@@ -82,7 +82,7 @@ test: $(VENV_STAMP) ## The whole suite: lint, unit, then cluster tests (brings t
 	$(PYTEST) tests/unit
 	$(PYTEST) tests/integration tests/e2e
 
-# The peer the exec benchmark measures side by side, pinned, in the cache outside the repository.
+# The peer the exec and code benchmarks measure side by side, pinned, in the cache outside the repository.
 CACHE_ROOT ?= $(or $(SANDBOX_OPERATOR_CACHE),$(HOME)/.cache/sandbox-operator)
 LLM_SANDBOX_VERSION := 0.3.46
 LLM_SANDBOX_PYTHON := $(CACHE_ROOT)/tools/llm-sandbox-$(LLM_SANDBOX_VERSION)/bin/python
@@ -94,6 +94,20 @@ $(LLM_SANDBOX_PYTHON):
 .PHONY: bench-exec
 bench-exec: $(VENV_STAMP) $(LLM_SANDBOX_PYTHON) ## Commands and files: the SDK (channel and exec), kubectl exec and llm-sandbox, one table
 	$(PY) -m bench.bench_exec --namespace sandbox-bench --start-operator --llm-sandbox-python $(LLM_SANDBOX_PYTHON)
+
+# IPython for llm-sandbox's interactive session: its runtime pip-installs it in the sandbox, and no pod here reaches a
+# package index, so bench_code copies it into the pod from here (the version that unpinned install took when pinned).
+LLM_SANDBOX_IPYTHON_VERSION := 9.18.1
+LLM_SANDBOX_IPYTHON := $(CACHE_ROOT)/tools/llm-sandbox-$(LLM_SANDBOX_VERSION)-ipython-$(LLM_SANDBOX_IPYTHON_VERSION)
+
+$(LLM_SANDBOX_IPYTHON): | $(LLM_SANDBOX_PYTHON)
+	rm -rf $@.partial
+	$(LLM_SANDBOX_PYTHON) -m pip install -q --target $@.partial 'ipython==$(LLM_SANDBOX_IPYTHON_VERSION)'
+	mv $@.partial $@
+
+.PHONY: bench-code
+bench-code: $(VENV_STAMP) $(LLM_SANDBOX_PYTHON) $(LLM_SANDBOX_IPYTHON) ## Code cells: round trip, context start, 1 MB stdout, cells/s, next to llm-sandbox's interactive session
+	$(PY) -m bench.bench_code --namespace sandbox-bench --start-operator --llm-sandbox-python $(LLM_SANDBOX_PYTHON) --llm-sandbox-ipython $(LLM_SANDBOX_IPYTHON)
 
 .PHONY: bench-density
 bench-density: $(VENV_STAMP) ## 100 default sandboxes: burst, single start, idle cost, memory, with the node's profile

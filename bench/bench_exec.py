@@ -35,12 +35,13 @@ import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from tests.kit import default_kubeconfig, invocation, kubectl_binary, percentile, running_operator
 
+from bench.peer import PEER_NAMESPACE_LABEL, run_peer
 from sandbox_operator import constants
 from sandbox_operator.sdk import Sandbox, SandboxManager
 from sandbox_operator.sdk.channel import pod_exec_transport
@@ -180,6 +181,11 @@ def bench_kubectl(kubectl: Kubectl, a: argparse.Namespace) -> Metrics:
     return metrics | {FIRST_NEW: first * 1000}
 
 
+def floor_note(sbx: Sandbox, iterations: int) -> str:
+    p50, p95 = stream_floor(sbx, iterations)
+    return f"floor: 16 bytes echoed by cat through one open pods/exec stream: p50 {p50:.2f} ms, p95 {p95:.2f} ms"
+
+
 def stream_floor(sbx: Sandbox, iterations: int) -> tuple[float, float]:
     """p50 and p95 (ms) of 16 bytes echoed by ``cat`` through one open pods/exec stream."""
     transport = pod_exec_transport(sbx.manager.api.api_client, sbx.namespace, sbx.pod_name,
@@ -220,33 +226,12 @@ SPAWN_TRUE = textwrap.dedent("""
 # llm-sandbox, in an interpreter of its own --------------------------------------------------------------------------
 
 LLM_SANDBOX_SCRIPT = textwrap.dedent('''
-    import json, os, sys, threading, time
-    from kubernetes import client, config
     from llm_sandbox import SandboxSession
 
-    kubeconfig, namespace, image = sys.argv[1], sys.argv[2], sys.argv[3]
     iterations, small_mb, large_mb, seconds = int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), float(sys.argv[7])
-    config.load_kube_config(kubeconfig)
-    name = "llm-sandbox-bench-" + os.urandom(3).hex()
-    manifest = {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace, "labels": {"app": "llm-sandbox-bench"}},
-        "spec": {"containers": [{"name": "sandbox-container", "image": image, "imagePullPolicy": "Never",
-                                 "command": ["/usr/local/bin/sandbox-init"]}],
-                 "restartPolicy": "Never"},
-    }
-    def pct(v, p):
-        v = sorted(v); k = (len(v) - 1) * p / 100; lo = int(k); hi = min(lo + 1, len(v) - 1)
-        return v[lo] + (v[hi] - v[lo]) * (k - lo)
-    def timed(fn, n, warm=2):
-        for _ in range(warm): fn()
-        s = []
-        for _ in range(n):
-            t = time.perf_counter(); fn(); s.append(time.perf_counter() - t)
-        return s
     out, errors = {}, {}
     with SandboxSession(backend="kubernetes", lang="python", image=image, kube_namespace=namespace,
-                        pod_manifest=manifest, client=client.CoreV1Api(), workdir="/workspace",
+                        pod_manifest=pod_manifest(), client=client.CoreV1Api(), workdir="/workspace",
                         skip_environment_setup=True) as session:
         t = time.perf_counter(); session.execute_command("true")
         out["first_after_ready_ms"] = (time.perf_counter() - t) * 1000
@@ -271,24 +256,13 @@ LLM_SANDBOX_SCRIPT = textwrap.dedent('''
                 out[key] = p50 * 1000 if key == "small_p50_ms" else 2 * mb / p50
             except Exception as exc:
                 errors[key] = f"{type(exc).__name__}: {exc}"[:200]
-    print(json.dumps({"metrics": out, "errors": errors}))
+    report(out, errors)
 ''')
 
 
 def bench_llm_sandbox(python: str, kubeconfig: str, namespace: str, a: argparse.Namespace) -> tuple[Metrics, list[str]]:
-    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
-        f.write(LLM_SANDBOX_SCRIPT)
-    try:
-        proc = subprocess.run([python, f.name, kubeconfig, namespace, constants.SANDBOX_IMAGE, str(a.iterations),
-                               str(a.small_mb), str(a.large_mb), str(a.seconds)], capture_output=True, text=True,
-                              timeout=1800, check=False)
-    finally:
-        Path(f.name).unlink(missing_ok=True)
-    if proc.returncode != 0:
-        return {}, [f"llm-sandbox failed: {(proc.stderr.strip().splitlines() or ['no output'])[-1][:300]}"]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
-    notes = [f"llm-sandbox {metric}: FAILED: {error}" for metric, error in report["errors"].items()]
-    return dict(report["metrics"]), notes
+    return run_peer(python, LLM_SANDBOX_SCRIPT, kubeconfig, namespace, str(a.iterations), str(a.small_mb),
+                    str(a.large_mb), str(a.seconds))
 
 
 # Output ---------------------------------------------------------------------------------------------------------------
@@ -309,6 +283,11 @@ def format_table(results: dict[str, Metrics], goal_list: list[Goal]) -> str:
                 cell += "  met" if goal.met(value, llm) else "  MISSED"
             cells.append(cell)
         rows.append((goal.label, goal.goal or "-", *cells))
+    return text_table(headers, rows)
+
+
+def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Columns aligned with spaces, a rule under the headers."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(widths[i]) for i, h in enumerate(headers)).rstrip(),
              "  ".join("-" * w for w in widths)]
@@ -324,6 +303,25 @@ def kubectl_namespace(kubectl_bin: str, kubeconfig: str, namespace: str, *labels
                        check=True)
 
 
+@contextlib.contextmanager
+def bench_sandbox(manager: SandboxManager, name: str | None, bench: str,
+                  notes: list[str]) -> Iterator[tuple[Sandbox, bool]]:
+    """The sandbox ``name`` (``--sandbox``), else a new one (its create -> Ready time in ``notes``), deleted at the
+    end; and whether it was created here."""
+    if name:
+        yield manager.get(name), False
+        return
+    started = time.perf_counter()
+    created = manager.create(f"bench-{uuid.uuid4().hex[:6]}", memory="1Gi", ephemeral_storage="2Gi",
+                             labels={"bench": bench})
+    notes.append(f"sandbox create -> Ready: {time.perf_counter() - started:.2f} s")
+    try:
+        yield created, True
+    finally:
+        # Wait while the operator still runs (the block is within it): it removes its finalizer from the Sandbox.
+        created.delete(wait=True, timeout=120)
+
+
 def operator_for(namespace: str, kubeconfig: str, enabled: bool) -> contextlib.AbstractContextManager[object]:
     """The operator from this checkout for ``namespace`` while the block runs (``--start-operator``), else none."""
     if not enabled:
@@ -332,80 +330,91 @@ def operator_for(namespace: str, kubeconfig: str, enabled: bool) -> contextlib.A
     return running_operator(kubeconfig, namespace, log_path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--kubeconfig", default=str(default_kubeconfig()),
-                   help="default: $SANDBOX_KUBECONFIG, $KUBECONFIG, else the local cluster's")
+def add_common_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of a benchmark on one sandbox next to llm-sandbox: the cluster, the sandbox, the operator, the peer,
+    the output. ``--kubeconfig`` stays None when not given: :func:`default_kubeconfig` asks make, so ask it late."""
+    p.add_argument("--kubeconfig", help="default: $SANDBOX_KUBECONFIG, $KUBECONFIG, else the local cluster's")
     p.add_argument("--namespace", default="sandbox-bench")
     p.add_argument("--kubectl", help="kubectl binary (default: the cluster's, else PATH)")
-    p.add_argument("--iterations", type=int, default=100, help="runs of `true` per client (default 100)")
-    p.add_argument("--threads", type=int, default=8, help="threads for commands per second (default 8)")
-    p.add_argument("--seconds", type=float, default=3.0, help="how long to count commands per second (default 3)")
-    p.add_argument("--small-mb", type=int, default=1, help="the small file, in MB (default 1)")
-    p.add_argument("--large-mb", type=int, default=50, help="the large file, in MB (default 50)")
     p.add_argument("--sandbox", help="use this existing Ready sandbox instead of creating one")
     p.add_argument("--start-operator", action="store_true", help="run the operator from this checkout meanwhile")
     p.add_argument("--llm-sandbox-python", help="a python with llm-sandbox[k8s] installed, to compare with it")
     p.add_argument("--llm-sandbox-namespace", help="its namespace (default: NAMESPACE-llm, made without Pod "
                                                    "Security restricted)")
     p.add_argument("--output", choices=("table", "json"), default="table")
-    a = p.parse_args(argv)
+
+
+def prepare_cluster(a: argparse.Namespace) -> str:
+    """Settles ``--kubeconfig`` (its default asks make) and makes the benchmark's namespace; the kubectl binary."""
+    a.kubeconfig = a.kubeconfig or str(default_kubeconfig())
     kubectl_bin = kubectl_binary(a.kubectl)
     kubectl_namespace(kubectl_bin, a.kubeconfig, a.namespace)
+    return kubectl_bin
+
+
+def peer_namespace(kubectl_bin: str, a: argparse.Namespace) -> str:
+    """llm-sandbox's namespace (``--llm-sandbox-namespace``, else NAMESPACE-llm), made without Pod Security
+    ``restricted``."""
+    name: str = a.llm_sandbox_namespace or f"{a.namespace}-llm"
+    kubectl_namespace(kubectl_bin, a.kubeconfig, name, PEER_NAMESPACE_LABEL)
+    return name
+
+
+def print_results(output: str, results: Mapping[str, Mapping[str, float | None]], notes: Sequence[str],
+                  goals: Mapping[str, str], table: str, footer: str) -> None:
+    """JSON for ``--output json``; else the command line, the table, then the notes and the footer as comments."""
+    if output == "json":
+        print(json.dumps({"command": invocation(), "results": results, "notes": list(notes), "goals": goals},
+                         indent=2))
+        return
+    print(f"# {invocation()}")
+    print(table)
+    for note in [*notes, footer]:
+        print(f"# {note}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_flags(p)
+    p.add_argument("--iterations", type=int, default=100, help="runs of `true` per client (default 100)")
+    p.add_argument("--threads", type=int, default=8, help="threads for commands per second (default 8)")
+    p.add_argument("--seconds", type=float, default=3.0, help="how long to count commands per second (default 3)")
+    p.add_argument("--small-mb", type=int, default=1, help="the small file, in MB (default 1)")
+    p.add_argument("--large-mb", type=int, default=50, help="the large file, in MB (default 50)")
+    a = p.parse_args(argv)
+    kubectl_bin = prepare_cluster(a)
     results: dict[str, Metrics] = {}
     notes: list[str] = []
     with operator_for(a.namespace, a.kubeconfig, a.start_operator), \
             SandboxManager(a.namespace, kubeconfig=a.kubeconfig, transport="channel") as channel_manager, \
-            SandboxManager(a.namespace, kubeconfig=a.kubeconfig, transport="exec") as exec_manager:
-        created = None
-        if a.sandbox:
-            sbx = channel_manager.get(a.sandbox)
-            first_after_ready = None
-        else:
-            started = time.perf_counter()
-            created = sbx = channel_manager.create(f"bench-{uuid.uuid4().hex[:6]}", memory="1Gi",
-                                                   ephemeral_storage="2Gi", labels={"bench": "exec"})
-            notes.append(f"sandbox create -> Ready: {time.perf_counter() - started:.2f} s")
-            first_after_ready = once(lambda: sbx.run(["true"]).check()) * 1000
-        try:
-            with SandboxManager(a.namespace, kubeconfig=a.kubeconfig, transport="channel") as fresh:
-                newcomer = fresh.get(sbx.name)
-                first_new = once(lambda: newcomer.run(["true"]).check()) * 1000
-            results[CHANNEL] = bench_sdk(sbx, a) | {FIRST: first_after_ready, FIRST_NEW: first_new}
-            by_exec = exec_manager.get(sbx.name)
-            first_exec = once(lambda: by_exec.run(["true"]).check()) * 1000
-            results[EXEC] = bench_sdk(by_exec, a) | {FIRST_NEW: first_exec}
-            results[KUBECTL] = bench_kubectl(Kubectl(kubectl_bin, a.kubeconfig, a.namespace, sbx.pod_name), a)
-            floor = stream_floor(sbx, a.iterations)
-            notes.append(f"floor: 16 bytes echoed by cat through one open pods/exec stream: p50 {floor[0]:.2f} ms, "
-                         f"p95 {floor[1]:.2f} ms")
-            spawn = json.loads(sbx.run(["python3", "-c", SPAWN_TRUE], check=True).stdout)
-            notes.append(f"in the sandbox: a Python process forks, executes and waits for /bin/true: p50 "
-                         f"{spawn[0]:.2f} ms, p95 {spawn[1]:.2f} ms (the agent's own work per command, "
-                         f"without its limits)")
-        finally:
-            if created is not None:
-                # Wait while the operator still runs: it removes its finalizer from the Sandbox.
-                created.delete(wait=True, timeout=120)
+            SandboxManager(a.namespace, kubeconfig=a.kubeconfig, transport="exec") as exec_manager, \
+            bench_sandbox(channel_manager, a.sandbox, "exec", notes) as (sbx, created):
+        first_after_ready = once(lambda: sbx.run(["true"]).check()) * 1000 if created else None
+        with SandboxManager(a.namespace, kubeconfig=a.kubeconfig, transport="channel") as fresh:
+            newcomer = fresh.get(sbx.name)
+            first_new = once(lambda: newcomer.run(["true"]).check()) * 1000
+        results[CHANNEL] = bench_sdk(sbx, a) | {FIRST: first_after_ready, FIRST_NEW: first_new}
+        by_exec = exec_manager.get(sbx.name)
+        first_exec = once(lambda: by_exec.run(["true"]).check()) * 1000
+        results[EXEC] = bench_sdk(by_exec, a) | {FIRST_NEW: first_exec}
+        results[KUBECTL] = bench_kubectl(Kubectl(kubectl_bin, a.kubeconfig, a.namespace, sbx.pod_name), a)
+        notes.append(floor_note(sbx, a.iterations))
+        spawn = json.loads(sbx.run(["python3", "-c", SPAWN_TRUE], check=True).stdout)
+        notes.append(f"in the sandbox: a Python process forks, executes and waits for /bin/true: p50 "
+                     f"{spawn[0]:.2f} ms, p95 {spawn[1]:.2f} ms (the agent's own work per command, "
+                     f"without its limits)")
     if a.llm_sandbox_python:
-        llm_namespace = a.llm_sandbox_namespace or f"{a.namespace}-llm"
-        kubectl_namespace(kubectl_bin, a.kubeconfig, llm_namespace, "pod-security.kubernetes.io/enforce=privileged")
-        results[LLM], llm_notes = bench_llm_sandbox(a.llm_sandbox_python, a.kubeconfig, llm_namespace, a)
+        results[LLM], llm_notes = bench_llm_sandbox(a.llm_sandbox_python, a.kubeconfig,
+                                                    peer_namespace(kubectl_bin, a), a)
         notes += llm_notes
     else:
         notes.append("llm-sandbox: not run (pass --llm-sandbox-python)")
     goal_list = goals(a.small_mb, a.large_mb)
-    if a.output == "json":
-        print(json.dumps({"command": invocation(), "results": results, "notes": notes,
-                          "goals": {g.metric: g.goal for g in goal_list if g.goal}}, indent=2))
-    else:
-        print(f"# {invocation()}")
-        print(format_table(results, goal_list))
-        for note in notes:
-            print(f"# {note}")
-        print(f"# `true`: {a.iterations} runs per client; files: p50 of 10 ({a.small_mb} MB) and 3 ({a.large_mb} MB) "
-              f"round trips, MB/s counts the bytes written plus read back; commands per second: {a.threads} threads "
-              f"for {a.seconds:g} s")
+    print_results(a.output, results, notes, {g.metric: g.goal for g in goal_list if g.goal},
+                  format_table(results, goal_list),
+                  f"`true`: {a.iterations} runs per client; files: p50 of 10 ({a.small_mb} MB) and 3 ({a.large_mb} MB) "
+                  f"round trips, MB/s counts the bytes written plus read back; commands per second: {a.threads} "
+                  f"threads for {a.seconds:g} s")
     return 0
 
 
