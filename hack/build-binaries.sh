@@ -3,7 +3,8 @@
 # One Go module per tool lives under hack/tools/<tool>; its go.mod/go.sum pin the whole graph.
 # A second run finds every binary in place and builds nothing.
 #
-#   hack/build-binaries.sh [TOOL...]    TOOL: kubernetes, etcd, helm, kube-router, containerd (default: all)
+#   hack/build-binaries.sh [TOOL...]    TOOL: kubernetes, etcd, helm, kube-router, containerd, kwok
+#                                       (default: all but kwok, which only the scale benchmark needs)
 set -euo pipefail
 # shellcheck source=hack/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -72,9 +73,20 @@ build_containerd2() {
   log "containerd 2 binaries in $out"
 }
 
-ALL_TOOLS=(kubernetes etcd helm kube-router containerd)
+# kwok (simulated nodes for the scale benchmark) into its own cache dir, keyed by its version.
+build_kwok() {
+  [ -x "$KWOK_BIN_DIR/kwok" ] && { log "kwok $KWOK_VERSION: cached"; return; }
+  mkdir -p "$KWOK_BIN_DIR"
+  log "kwok $KWOK_VERSION: building into $KWOK_BIN_DIR"
+  (cd "$HACK_DIR/tools/kwok" && CGO_ENABLED=0 go build -trimpath \
+    -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}" \
+    -o "$KWOK_BIN_DIR/kwok" sigs.k8s.io/kwok/cmd/kwok)
+}
+
+CLUSTER_TOOLS=(kubernetes etcd helm kube-router containerd)
+ALL_TOOLS=("${CLUSTER_TOOLS[@]}" kwok)
 tools=("$@")
-[ ${#tools[@]} -gt 0 ] || tools=("${ALL_TOOLS[@]}")
+[ ${#tools[@]} -gt 0 ] || tools=("${CLUSTER_TOOLS[@]}")
 for tool in "${tools[@]}"; do
   case "$tool" in
     kubernetes) build_kubernetes ;;
@@ -85,6 +97,7 @@ for tool in "${tools[@]}"; do
         "-X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$KUBE_ROUTER_VERSION" ;;
     # Only for the default runtime; SANDBOX_CONTAINERD=1 uses Debian's containerd 1.6.
     containerd) if [ "${SANDBOX_CONTAINERD:-}" = "2" ]; then build_containerd2; fi ;;
+    kwok) build_kwok ;;
     *) die "unknown tool $tool (choose from: ${ALL_TOOLS[*]})" ;;
   esac
 done

@@ -108,7 +108,7 @@ remove_kubepods_cgroups() {
 }
 
 say "stopping cluster components"
-for c in kube-router kube-proxy kubelet; do stop_component "$c"; done
+for c in kwok kube-router kube-proxy kubelet; do stop_component "$c"; done
 remove_containers
 for c in kube-scheduler kube-controller-manager kube-apiserver etcd containerd; do stop_component "$c"; done
 remove_orphan_shims

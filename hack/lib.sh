@@ -12,6 +12,7 @@ ETCD_VERSION="v3.6.16"
 HELM_VERSION="v3.22.0"
 KUBE_ROUTER_VERSION="v2.1.0"   # the only kube-router v2 the Go module proxy serves here
 PAUSE_VERSION="3.10.1"
+KWOK_VERSION="v0.8.0"          # simulated nodes for the scale benchmark (hack/kwok-up.sh)
 BASE_IMAGE_VERSION="bookworm-py3-1"
 PAUSE_IMAGE="localhost/sandbox-operator/pause:$PAUSE_VERSION"
 BASE_IMAGE="localhost/sandbox-operator/base:$BASE_IMAGE_VERSION"
@@ -19,6 +20,8 @@ BASE_IMAGE="localhost/sandbox-operator/base:$BASE_IMAGE_VERSION"
 # Heavy builds live outside the repo, keyed by version, so a fresh clone on this machine reuses them.
 CACHE_ROOT="${SANDBOX_OPERATOR_CACHE:-$HOME/.cache/sandbox-operator}"
 BIN_DIR="$CACHE_ROOT/bin/kube-$KUBE_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION-kr-$KUBE_ROUTER_VERSION"
+# kwok has a directory of its own, so its version does not key (and invalidate) the cluster's binaries.
+KWOK_BIN_DIR="$CACHE_ROOT/bin/kwok-$KWOK_VERSION"
 IMAGE_CACHE="$CACHE_ROOT/images"
 export GOMODCACHE="$CACHE_ROOT/go/mod"
 export GOCACHE="$CACHE_ROOT/go/build"
