@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Stops the local cluster and removes what it put on the machine: its processes (by recorded PID), the
-# containers and their shims, pod mounts and network namespaces, the CNI bridge, the iptables chains and
-# ipsets of kube-proxy, kube-router and the bridge plugin, the kubepods cgroups, and restores the sysctls.
+# containers and their shims (gVisor's sandboxes and runsc's state too), pod mounts and network namespaces, the CNI
+# bridge, the iptables chains and ipsets of kube-proxy, kube-router and the bridge plugin, the kubepods cgroups, and
+# restores the sysctls.
 # Safe to run at any time, also after the cluster was killed with SIGKILL. Keeps certificates and images.
 set -euo pipefail
 # shellcheck source=hack/lib.sh
@@ -50,13 +51,32 @@ remove_orphan_shims() {
   done
 }
 
-unmount_below() { # prefixes...
-  local prefix target
-  for prefix in "$@"; do
-    { findmnt -rn -o TARGET | awk -v p="$prefix" 'index($0, p) == 1' | sort -r || true; } | while read -r target; do
-      umount "$target" 2>/dev/null || umount -l "$target" 2>/dev/null || true
-    done
+# runsc's delete SIGKILLs the sandbox and gofer PIDs its state files recorded, without checking that they are still
+# its own: after a crash those numbers may by now belong to any process (PIDs wrap at 32768 here). So before the shims
+# are asked to clean up, every recorded PID that is no longer a runsc process of ours is set to 0 (runsc skips those).
+forget_dead_runsc_pids() {
+  local state pid cmdline
+  for state in "$GVISOR_STATE"/*/*.state; do
+    [ -f "$state" ] || continue
+    while read -r pid; do
+      [ "$pid" != 0 ] || continue
+      cmdline="$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null)" || cmdline=""
+      if [[ "$cmdline" != *"--root=$GVISOR_STATE/"* ]]; then
+        sed -i -E "s/\"(pid|goferPid)\":$pid([,}])/\"\1\":0\2/g" "$state"
+      fi
+    done < <(grep -oE '"(pid|goferPid)":[0-9]+' "$state" | cut -d: -f2 | sort -u)
   done
+}
+
+# gVisor's sandbox and gofer processes are children of its shim (a subreaper) and go with it above; whatever
+# survives (a shim killed before its sandbox) still names our runsc state root on its command line. Then runsc's
+# state: its container records and any netns bind mounts it left there.
+remove_runsc_leftovers() {
+  local pid
+  for pid in $(pgrep -f -- "--root=$GVISOR_STATE/" || true); do kill -KILL "$pid" 2>/dev/null || true; done
+  [ -d "$GVISOR_STATE" ] || return 0
+  unmount_below "$GVISOR_STATE/"
+  rm -rf "$GVISOR_STATE"
 }
 
 # Deletes, in IPv4 and IPv6, the rules whose text matches rule-regex and then the chains matching chain-regex.
@@ -109,9 +129,11 @@ remove_kubepods_cgroups() {
 
 say "stopping cluster components"
 for c in kwok kube-router kube-proxy kubelet; do stop_component "$c"; done
+forget_dead_runsc_pids
 remove_containers
 for c in kube-scheduler kube-controller-manager kube-apiserver etcd containerd; do stop_component "$c"; done
 remove_orphan_shims
+remove_runsc_leftovers
 
 # The kubelet and containerd bind-mount their own roots (/var/lib/kubelet, /run/netns) to share propagation.
 unmount_below /var/lib/kubelet "$CONTAINERD_STATE/" /run/netns/cni- /run/netns

@@ -253,12 +253,97 @@ leaderElection: {leaderElect: false}
 YAML
 }
 
+unmount_below() { # prefixes...
+  local prefix target
+  for prefix in "$@"; do
+    { findmnt -rn -o TARGET | awk -v p="$prefix" 'index($0, p) == 1' | sort -r || true; } | while read -r target; do
+      umount "$target" 2>/dev/null || umount -l "$target" 2>/dev/null || true
+    done
+  done
+}
+
+# gVisor is wired in when asked for (SANDBOX_GVISOR, containerd 2) and when runsc runs a container on this machine
+# with the chosen platform; otherwise the cluster comes up without it, and without the RuntimeClass.
+gvisor_wanted() { [ "$SANDBOX_CONTAINERD" = 2 ] && [ "$SANDBOX_GVISOR" != 0 ]; }
+
+GVISOR_READY=false
+gvisor_preflight() { # sets GVISOR_READY
+  GVISOR_READY=false
+  gvisor_wanted || return 0
+  local root out
+  root="$(mktemp -d /tmp/sandbox-operator-runsc-preflight.XXXXXX)"
+  # TMPDIR: `runsc do` makes its bundle (and a netns mount) there, left behind if it is killed. setsid: a killed
+  # runsc must not take this script's process group with it.
+  if out="$(TMPDIR="$root" setsid timeout -k 5 30 "$GVISOR_BIN_DIR/runsc" --root "$root/state" --network=none \
+      --platform="$GVISOR_PLATFORM" "do" /bin/true 2>&1 < /dev/null)"; then
+    GVISOR_READY=true
+  else
+    log "WARNING: runsc --platform=$GVISOR_PLATFORM cannot run a container here; no gVisor runtime: ${out:0:300}"
+  fi
+  unmount_below "$root/"
+  rm -rf "$root"
+}
+
+# The shim's own settings (ConfigPath of the runtime handler): which runsc, its state root, and runsc's flags.
+# oci-seccomp: runsc ignores the pods' seccomp profile unless told; with it the RuntimeDefault profile is enforced
+# inside the sandbox too, so a syscall refused under runc is refused under gVisor. cgroup v1 needs no flag: runsc
+# places the sandbox in the pod's cgroups (cgroupfs driver, as the kubelet). SANDBOX_GVISOR_DEBUG=1: runsc and shim
+# logs per container under $LOG_DIR/runsc.
+write_runsc_config() {
+  {
+    echo "# Written by hack/cluster-up.sh for the local cluster's runtime handler $GVISOR_HANDLER."
+    echo "binary_name = \"$GVISOR_BIN_DIR/runsc\""
+    echo "root = \"$GVISOR_STATE\""
+    if [ "${SANDBOX_GVISOR_DEBUG:-0}" = 1 ]; then
+      echo "log_level = \"debug\""
+      echo "log_path = \"$LOG_DIR/runsc/%ID%/shim.log\""
+    fi
+    echo "[runsc_config]"
+    echo "  platform = \"$GVISOR_PLATFORM\""
+    echo "  oci-seccomp = \"true\""
+    if [ "${SANDBOX_GVISOR_DEBUG:-0}" = 1 ]; then
+      echo "  debug = \"true\""
+      echo "  debug-log = \"$LOG_DIR/runsc/%ID%/\""
+    fi
+  } > "$GVISOR_CONFIG"
+}
+
+# The runtime handler's section of containerd 2's config (empty without gVisor). runtime_path names the shim, so
+# containerd's PATH stays as it is.
+gvisor_runtime_toml() {
+  $GVISOR_READY || return 0
+  cat <<TOML
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.$GVISOR_HANDLER]
+        runtime_type = "io.containerd.runsc.v1"
+        runtime_path = "$GVISOR_BIN_DIR/containerd-shim-runsc-v1"
+        [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.$GVISOR_HANDLER.options]
+          TypeUrl = "io.containerd.runsc.v1.options"
+          ConfigPath = "$GVISOR_CONFIG"
+TOML
+}
+
+# The RuntimeClass that selects the handler; the overhead is added to every such pod's requests and limits.
+apply_gvisor_runtime_class() {
+  $GVISOR_READY || return 0
+  kubectl_admin apply -f - > /dev/null <<YAML
+apiVersion: node.k8s.io/v1
+kind: RuntimeClass
+metadata:
+  name: $GVISOR_RUNTIME_CLASS
+handler: $GVISOR_HANDLER
+overhead:
+  podFixed: {memory: "$GVISOR_OVERHEAD_MEMORY", cpu: "$GVISOR_OVERHEAD_CPU"}
+YAML
+  log "RuntimeClass $GVISOR_RUNTIME_CLASS (handler $GVISOR_HANDLER, runsc --platform=$GVISOR_PLATFORM)"
+}
+
 # Both flavours: cgroupfs (the kubelet's driver), Debian's CNI plugins, our pause image, streaming on loopback.
 # disable_apparmor: this kernel has none. restrict_oom_score_adj: the VM withholds CAP_SYS_RESOURCE even from root,
 # so nothing may go below OOM score 0; without it runc fails to apply the kubelet's -998 (pause) and -997
 # (Guaranteed pods) with "can't get final child's PID from pipe".
 write_containerd_config() {
   if [ "$SANDBOX_CONTAINERD" = 2 ]; then
+    if $GVISOR_READY; then write_runsc_config; else rm -f "$GVISOR_CONFIG"; fi
     cat > "$CLUSTER_DIR/containerd.toml" <<TOML
 version = 3
 root = "$CONTAINERD_ROOT"
@@ -289,6 +374,7 @@ state = "$CONTAINERD_STATE"
         [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
           BinaryName = "$CONTAINERD2_BIN_DIR/runc"
           SystemdCgroup = false
+$(gvisor_runtime_toml)
     [plugins.'io.containerd.cri.v1.runtime'.cni]
       bin_dirs = ["/usr/lib/cni"]
       conf_dir = "$CLUSTER_DIR/cni"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Brings up the project's real single-node Kubernetes cluster on this machine:
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler, containerd, kubelet, kube-proxy (iptables)
-# and kube-router (NetworkPolicy only). Idempotent: a healthy cluster is left alone; whatever a killed cluster
-# left behind is cleaned first. Every listener binds to loopback or the machine's own address.
+# and kube-router (NetworkPolicy only), plus the RuntimeClass `gvisor` where runsc works (SANDBOX_GVISOR=0: none).
+# Idempotent: a healthy cluster is left alone; whatever a killed cluster left behind is cleaned first. Every
+# listener binds to loopback or the machine's own address.
 set -euo pipefail
 # shellcheck source=hack/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -30,6 +31,7 @@ sysctl -qw net.ipv4.ip_forward=1
 sysctl -qw net.bridge.bridge-nf-call-iptables=1
 
 generate_pki "$NODE_IP"
+gvisor_preflight
 write_configs "$NODE_IP"
 
 # containerd first, so images can be imported while the control plane starts.
@@ -89,4 +91,5 @@ start_component kube-router "$BIN_DIR/kube-router" --kubeconfig="$ADMIN_KUBECONF
 wait_for "node Ready" 180 node_ready
 wait_for "NetworkPolicy controller" 60 iptables -w -S KUBE-ROUTER-FORWARD
 wait_for "default ServiceAccount" 60 kubectl_admin -n default get serviceaccount default
+apply_gvisor_runtime_class
 log "cluster up: node $NODE_NAME ($NODE_IP) Ready; kubeconfig $ADMIN_KUBECONFIG"

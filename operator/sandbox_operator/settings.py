@@ -102,6 +102,10 @@ class OperatorSettings(BaseSettings):
     # Pod shape.
     user_namespaces: bool = False
     """Run sandbox pods with ``hostUsers: false`` (needs a runtime with idmap mounts; containerd 1.6 has none)."""
+    kernel_boundary_runtime_classes: CommaList = Field(default_factory=lambda: ["gvisor"])
+    """RuntimeClasses whose sandboxes run on a kernel of their own (gVisor, Kata): their pods never get
+    ``hostUsers: false``. That kernel already stands between the sandbox and the host and counts RLIMIT_NPROC
+    per sandbox, and such runtimes need not offer user namespaces to the kubelet."""
     sandbox_uid_range: str = f"{constants.SANDBOX_UID_RANGE_FIRST}-{constants.SANDBOX_UID_RANGE_LAST}"
     """Host UIDs ``FIRST-LAST`` handed out one per sandbox pod when user namespaces are off, so that RLIMIT_NPROC
     and the kernel's per-user counters are per sandbox. Operators sharing nodes need disjoint ranges."""
@@ -135,7 +139,7 @@ class OperatorSettings(BaseSettings):
     """Test-only: hang (so that a test can kill the process) at the named point."""
 
     @field_validator("namespaces", "allowed_images", "allowed_runtime_classes", "allowed_toleration_keys",
-                     "allowed_node_selector_keys", mode="before")
+                     "allowed_node_selector_keys", "kernel_boundary_runtime_classes", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -213,6 +217,10 @@ class OperatorSettings(BaseSettings):
         if self.allowed_runtime_classes:
             return ANY_KEY in self.allowed_runtime_classes or name in self.allowed_runtime_classes
         return name == self.default_runtime_class
+
+    def host_users_off(self, runtime_class: str | None) -> bool:
+        """Whether a sandbox pod on this RuntimeClass (None: the node's default) gets ``hostUsers: false``."""
+        return self.user_namespaces and runtime_class not in self.kernel_boundary_runtime_classes
 
     def toleration_allowed(self, key: str | None) -> bool:
         """An empty key (with operator Exists: every taint) only under ``*``."""

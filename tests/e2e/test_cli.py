@@ -1,7 +1,8 @@
 """sandboxctl against the real cluster, with the real operator.
 
 exec, cp, ls, cat and rm run twice (the ``tctl`` fixture, which sets ``SANDBOX_EXEC_TRANSPORT``): over the sandbox's
-channel (``[channel]``) and with one exec per command (``[exec]``), the fallback for images without the agent."""
+channel (``[channel]``) and with one exec per command (``[exec]``), the fallback for images without the agent.
+The module runs once per runtime (``[runc]``, ``[gvisor]``: tests/e2e/conftest.py)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ MiB = 1024 * 1024
 SMALL = ("--cpu", "250m", "--memory", "256Mi")  # fits next to other suites' sandboxes on the test node
 
 
-namespace = namespace_fixture("cli-e2e")
+namespace = namespace_fixture("cli-e2e", per_runtime=True)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,10 @@ Every test runs the attack: from inside a sandbox (code the agent was told to ru
 to its defence and to the test here that shows the attack fail.
 
 The operator runs from this checkout, once with user namespaces off (the default, every cluster) and, where the
-node supports them, once with them on; the limit tests run under both.
+node supports them, once with them on; the limit tests run under both. The whole module runs once per runtime
+(``[runc]``, ``[gvisor]``: tests/e2e/conftest.py). Under gVisor the operator never sets ``hostUsers: false`` (the
+Sentry is the sandbox's kernel), so there ``userns-on`` means every sandbox runs as UID 1000 and the limit tests
+show that the sandboxes' own kernels keep them apart anyway.
 """
 
 from __future__ import annotations
@@ -27,7 +30,16 @@ import pytest
 
 from sandbox_operator import constants
 from sandbox_operator.sdk import ChannelBroken, ExecError, PathOutsideSandbox, Sandbox, SandboxManager
-from tests.kit import READY_TIMEOUT, SMALL_SPEC, Cluster, Sandboxctl, operator_namespace, sandbox_manifest, wait_until
+from tests.kit import (
+    READY_TIMEOUT,
+    SMALL_SPEC,
+    Cluster,
+    Runtime,
+    Sandboxctl,
+    operator_namespace,
+    sandbox_manifest,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -43,23 +55,25 @@ class Env:
     namespace: str
     manager: SandboxManager
     user_namespaces: bool
+    runtime: Runtime
 
     def ctl(self) -> Sandboxctl:
         return Sandboxctl(self.cluster.kubeconfig, self.namespace)
 
 
-def _environment(cluster: Cluster, tmp: Path, user_namespaces: bool) -> Iterator[Env]:
+def _environment(cluster: Cluster, tmp: Path, user_namespaces: bool, runtime: Runtime) -> Iterator[Env]:
     prefix = "hostile-userns" if user_namespaces else "hostile"
-    with operator_namespace(cluster, prefix, tmp, user_namespaces=str(user_namespaces).lower()) as namespace, \
+    with operator_namespace(cluster, prefix, tmp, user_namespaces=str(user_namespaces).lower(),
+                            **runtime.operator_settings()) as namespace, \
             SandboxManager(namespace, kubeconfig=cluster.kubeconfig, ready_timeout=READY_TIMEOUT,
                            default_spec=SPEC) as manager:
-        yield Env(cluster, namespace, manager, user_namespaces)
+        yield Env(cluster, namespace, manager, user_namespaces, runtime)
 
 
 @pytest.fixture(scope="module")
-def env(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+def env(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory, runtime: Runtime) -> Iterator[Env]:
     """User namespaces off: the default, and all that containerd 1.x offers."""
-    yield from _environment(cluster, tmp_path_factory.mktemp("logs"), user_namespaces=False)
+    yield from _environment(cluster, tmp_path_factory.mktemp("logs"), user_namespaces=False, runtime=runtime)
 
 
 @pytest.fixture(scope="module", params=["userns-off", "userns-on"])
@@ -70,7 +84,8 @@ def any_env(request: pytest.FixtureRequest, cluster: Cluster, env: Env,
         return
     if not cluster.supports_user_namespaces():
         pytest.skip("the node's runtime reports no user-namespace support (containerd 1.x): nothing to prove")
-    yield from _environment(cluster, tmp_path_factory.mktemp("logs-userns"), user_namespaces=True)
+    yield from _environment(cluster, tmp_path_factory.mktemp("logs-userns"), user_namespaces=True,
+                            runtime=env.runtime)
 
 
 @pytest.fixture(scope="module")
@@ -234,6 +249,11 @@ ATTACKER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.xfail_under("gvisor", reason=(
+    "gVisor's execve leaves a process dumpable when it executes a file it cannot read (pkg/sentry/kernel/"
+    "task_exec.go: 'FIXME: Account for executables that may not be read'), so the execute-only sandbox-python does "
+    "not make the tools non-dumpable there, and a process of the same UID can open their /proc/PID/fd/1; "
+    "ptrace stays refused (the Sentry's YAMA scope 1)"))
 def test_a_leftover_process_cannot_forge_or_read_the_tools_output(env: Env, box: Sandbox, tmp_path: Path) -> None:
     """A process left running in the sandbox watches for the file tool, the exec wrapper and the channel's agent and
     tries to write a forged answer into their stdout (the hole that let a sandbox write anywhere on the client) or to
@@ -365,7 +385,13 @@ def test_the_process_limit_holds_per_sandbox(any_env: Env) -> None:
             bomb.kill()
 
 
-INOTIFY_HOG = ("import ctypes, time\nlibc = ctypes.CDLL(None)\nfds = []\n"
+# Bounded by 65536 open files: far above the host kernel's per-user inotify limit (fs.inotify.max_user_instances),
+# which is what the hog exhausts under runc; gVisor's kernel has no such limit, and unbounded the hog would only
+# grow the Sentry's memory until RLIMIT_NOFILE (a million) or the OOM killer.
+INOTIFY_HOG = ("import ctypes, resource, time\nlibc = ctypes.CDLL(None)\nfds = []\n"
+               "hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]\n"
+               "soft = 65536 if hard == resource.RLIM_INFINITY else min(65536, hard)\n"
+               "resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))\n"
                "while True:\n    fd = libc.inotify_init()\n    if fd < 0:\n        break\n    fds.append(fd)\n"
                "print(len(fds), flush=True)\ntime.sleep(120)\n")
 

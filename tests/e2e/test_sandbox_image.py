@@ -10,6 +10,11 @@ Each pod has host UIDs of its own, as the operator arranges, so the wrapper's pr
 (containerd 2, the project's default) the pods run with `hostUsers: false` and UID 1000 maps to a host range of
 their own; without them each pod runs as its own UID from the operator's range (taken from its top end, away
 from the UIDs the operator hands out first).
+
+The module runs once per runtime (``[runc]``, ``[gvisor]``: tests/e2e/conftest.py). Under gVisor the pods, like
+the operator's, never get `hostUsers: false`: the Sentry is each sandbox's own kernel and counts RLIMIT_NPROC itself.
+There the sandbox is the pod's cgroup, so the memory limit shown inside is the pod's (with the RuntimeClass
+overhead), and a memory overrun ends the whole pod (docs/gvisor.md).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Any
 import pytest
 
 from sandbox_operator import constants
-from tests.kit import Cluster, wait_until
+from tests.kit import Cluster, Runtime, pod_overhead, wait_until
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -46,8 +51,9 @@ def pod_uid(name: str, user_namespace: bool) -> int:
     return constants.SANDBOX_UID_RANGE_LAST - POD_NAMES.index(name)
 
 
-def pod_manifest(name: str, namespace: str, *, user_namespace: bool = False) -> dict[str, Any]:
-    """A sandbox pod with the operator's hardening (requests kept small so three fit on a 2-CPU node)."""
+def pod_manifest(name: str, namespace: str, runtime: Runtime, *, user_namespace: bool = False) -> dict[str, Any]:
+    """A sandbox pod with the operator's hardening (requests kept small so three fit on a 2-CPU node), on
+    ``runtime``."""
     env = [{"name": constants.ENV_COMMAND_TIMEOUT, "value": "300"},
            {"name": constants.ENV_PIDS_LIMIT, "value": str(PIDS_LIMIT)}]
     uid = pod_uid(name, user_namespace)
@@ -58,6 +64,7 @@ def pod_manifest(name: str, namespace: str, *, user_namespace: bool = False) -> 
         "spec": {
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
+            **runtime.pod_fields(),
             "restartPolicy": "Never",
             "terminationGracePeriodSeconds": 2,
             "hostname": "sandbox",
@@ -104,9 +111,10 @@ def pod_manifest(name: str, namespace: str, *, user_namespace: bool = False) -> 
 
 
 class Pods:
-    def __init__(self, cluster: Cluster, namespace: str, user_namespace: bool) -> None:
+    def __init__(self, cluster: Cluster, namespace: str, runtime: Runtime, user_namespace: bool) -> None:
         self.cluster = cluster
         self.namespace = namespace
+        self.runtime = runtime
         self.user_namespace = user_namespace
 
     def kubectl(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
@@ -138,14 +146,15 @@ class Pods:
 
 
 @pytest.fixture(scope="module")
-def pods(cluster: Cluster) -> Iterator[Pods]:
+def pods(cluster: Cluster, runtime: Runtime) -> Iterator[Pods]:
     namespace = cluster.create_namespace("sbx-image-e2e")
-    p = Pods(cluster, namespace, cluster.supports_user_namespaces())
-    print(f"user namespaces: {p.user_namespace}")
+    # As the operator does: no user namespace on a kernel-boundary runtime.
+    p = Pods(cluster, namespace, runtime, cluster.supports_user_namespaces() and not runtime.kernel_boundary)
+    print(f"runtime {runtime}, user namespaces: {p.user_namespace}")
     try:
         for name in POD_NAMES:
             # Pod Security admission would reject a pod that is not "restricted": creation itself is a check.
-            pod = pod_manifest(name, namespace, user_namespace=p.user_namespace)
+            pod = pod_manifest(name, namespace, runtime, user_namespace=p.user_namespace)
             created = p.kubectl("apply", "-f", "-", input=json.dumps(pod), check=False)
             assert created.returncode == 0, created.stderr
             assert "Warning" not in created.stderr, created.stderr
@@ -165,6 +174,42 @@ def test_runs_as_its_own_uid_named_sandbox(pods: Pods) -> None:
     assert pods.exec("main", "id", "-g").stdout.strip() == str(constants.SANDBOX_GID)
     assert pods.sh("main", "id -u").stdout.strip() == uid
     assert pods.exec("main", "whoami").stdout.strip() == "sandbox"
+
+
+def test_the_kernel_is_the_runtimes_own(pods: Pods) -> None:
+    """Under gVisor the sandbox sees gVisor's kernel, the Sentry, and not the host's; under runc the host's. The
+    hardened sandbox may not read the kernel log under either: RuntimeDefault seccomp refuses syslog(2) without
+    CAP_SYSLOG, and under gVisor the Sentry enforces that profile itself."""
+    version = pods.exec("main", "cat", "/proc/version")
+    assert version.returncode == 0, version.stderr
+    print(f"[{pods.runtime}] /proc/version: {version.stdout.strip()}")
+    assert ("gvisor" in version.stdout.lower()) == pods.runtime.kernel_boundary, version.stdout
+    assert pods.exec("main", "uname", "-r").stdout.strip() in version.stdout
+    log = pods.exec("main", "dmesg")
+    assert log.returncode != 0 and "Operation not permitted" in log.stderr, (log.stdout[:500], log.stderr)
+
+
+def test_dmesg_without_seccomp_shows_whose_kernel_it_is(pods: Pods) -> None:
+    """The acceptance check, verbatim: `dmesg` inside a gVisor sandbox prints gVisor's own boot log. It needs a pod
+    without the seccomp profile (so in a namespace that does not enforce "restricted"); under runc that pod reads
+    the host's log, or nothing when the host restricts it (kernel.dmesg_restrict), and never gVisor's."""
+    namespace = pods.cluster.create_namespace("sbx-dmesg-e2e", restricted=False)
+    try:
+        pod = pod_manifest("main", namespace, pods.runtime)
+        for context in (pod["spec"]["securityContext"], pod["spec"]["containers"][0]["securityContext"]):
+            context["seccompProfile"] = {"type": "Unconfined"}
+        probe = Pods(pods.cluster, namespace, pods.runtime, user_namespace=False)
+        created = probe.kubectl("apply", "-f", "-", input=json.dumps(pod), check=False)
+        assert created.returncode == 0, created.stderr
+        probe.wait_ready("main")
+        log = probe.exec("main", "dmesg")
+        print(f"[{pods.runtime}] dmesg: exit {log.returncode}\n{log.stdout[:1000]}{log.stderr[-300:]}")
+        if pods.runtime.kernel_boundary:
+            assert log.returncode == 0 and "Starting gVisor..." in log.stdout, (log.stdout, log.stderr)
+        else:
+            assert "gVisor" not in log.stdout
+    finally:
+        pods.cluster.delete_namespace(namespace)
 
 
 def test_root_filesystem_is_read_only(pods: Pods) -> None:
@@ -309,11 +354,15 @@ def test_fork_bomb_is_bounded_and_the_other_sandbox_keeps_working(pods: Pods) ->
                   f"UID {by_uid}, the sandbox's {sandbox_uid}")
             assert limit != "max", f"no pids limit on the pod cgroup {cgroup}"
             assert current <= int(limit)
-            # RLIMIT_NPROC of the sandbox's own host UID stops it first. Counted by UID: the pod's cgroups also
-            # hold the pause process and, while an exec starts, runc's own short-lived processes.
-            assert sandbox_uid is not None, f"no sandbox-init among the pod's tasks: {by_uid}"
-            assert by_uid[sandbox_uid] <= PIDS_LIMIT + 1, (
-                f"RLIMIT_NPROC did not hold: {by_uid[sandbox_uid]} tasks of UID {sandbox_uid}")
+            # Under gVisor the pod's host tasks are the Sentry's, the gofers' and the stub processes (about 2.3 per
+            # guest process), none of them the guest's: the Sentry counts RLIMIT_NPROC itself, and the pod staying
+            # alive below its pids limit (reaching it would panic the Sentry) is what shows from outside.
+            if not pods.runtime.kernel_boundary:
+                # RLIMIT_NPROC of the sandbox's own host UID stops it first. Counted by UID: the pod's cgroups also
+                # hold the pause process and, while an exec starts, runc's own short-lived processes.
+                assert sandbox_uid is not None, f"no sandbox-init among the pod's tasks: {by_uid}"
+                assert by_uid[sandbox_uid] <= PIDS_LIMIT + 1, (
+                    f"RLIMIT_NPROC did not hold: {by_uid[sandbox_uid]} tasks of UID {sandbox_uid}")
         # the second sandbox keeps running commands normally while the bomb runs
         for _ in range(3):
             start = time.monotonic()
@@ -335,25 +384,46 @@ def test_fork_bomb_is_bounded_and_the_other_sandbox_keeps_working(pods: Pods) ->
 
     wait_until(lambda: not bash_processes(), 30, interval=0.5,
                message=lambda: f"the bomb's processes gone: {bash_processes()}")
+    status = pods.get("bomb")["status"]
+    assert status["phase"] == "Running" and status["containerStatuses"][0]["restartCount"] == 0, status
 
 
 def test_memory_hog_is_oom_killed_at_the_limit(pods: Pods) -> None:
-    limit = int(pods.exec("main", "cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes").stdout)
-    assert limit == MEMORY_LIMIT_BYTES
-    before = oom_kills(pods)
+    """In the `bomb` pod, done with its fork bomb: under gVisor the overrun ends the whole pod."""
+    limit = int(pods.exec("bomb", "cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes").stdout)
+    overhead = pod_overhead(pods.get("bomb"))[1]
+    assert MEMORY_LIMIT_BYTES <= limit <= MEMORY_LIMIT_BYTES + overhead, (limit, overhead)
     hog = "chunks = []\nwhile True:\n    chunks.append(b'x' * (16 << 20))\n"  # written, so resident
-    result = pods.exec("main", EXEC, "--timeout", "120", "--", "python3", "-c", hog, timeout=180)
+    before = None if pods.runtime.kernel_boundary else oom_kills(pods, "bomb")
+    result = pods.exec("bomb", EXEC, "--timeout", "120", "--", "python3", "-c", hog, timeout=180)
+    if pods.runtime.kernel_boundary:
+        # The hog's memory is the Sentry's: the host's OOM killer kills the Sentry or one of its stub processes,
+        # which takes the Sentry with it. The pod ends; no other sandbox notices.
+        assert result.returncode != 0, result.stdout[-500:]
+
+        def ended() -> dict[str, Any] | None:
+            status: dict[str, Any] = pods.get("bomb")["status"]
+            return status if status.get("phase") in ("Succeeded", "Failed") else None
+
+        status = wait_until(ended, 120, interval=1, message=lambda: f"the bomb pod ended: {pods.get('bomb')['status']}")
+        terminated = status["containerStatuses"][0]["state"].get("terminated") or {}
+        print(f"the hog's pod ended {status['phase']}: {terminated}")
+        assert status["phase"] == "Failed" and terminated.get("exitCode") != 0, status
+        main = pods.get("main")["status"]
+        assert main["phase"] == "Running" and main["containerStatuses"][0]["restartCount"] == 0, main
+        assert pods.exec("main", "true").returncode == 0
+        return
     # cgroup v1: the kernel's memory-cgroup OOM killer SIGKILLs the hog; PID 1 and the pod live on
     assert result.returncode == 128 + 9, (result.returncode, result.stderr[-500:])
-    assert oom_kills(pods) > before
-    status = pods.get("main")["status"]
+    assert before is not None and oom_kills(pods, "bomb") > before
+    status = pods.get("bomb")["status"]
     assert status["phase"] == "Running"
     assert status["containerStatuses"][0]["restartCount"] == 0
-    assert pods.exec("main", "true").returncode == 0
+    assert pods.exec("bomb", "true").returncode == 0
 
 
-def oom_kills(pods: Pods) -> int:
-    text = pods.exec("main", "cat", "/sys/fs/cgroup/memory/memory.oom_control").stdout
+def oom_kills(pods: Pods, pod: str) -> int:
+    text = pods.exec(pod, "cat", "/sys/fs/cgroup/memory/memory.oom_control").stdout
     fields = dict(line.split() for line in text.splitlines())
     return int(fields.get("oom_kill", 0))
 

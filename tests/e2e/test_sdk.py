@@ -8,6 +8,9 @@ Commands, files, kill, timeouts, background commands, stdin and events run twice
 ``by_transport`` fixtures): over the sandbox's channel (``[channel]``) and with one exec per command, the fallback
 for images without the agent (``[exec]``). The other tests use the default transport (``auto``: the channel;
 ``SANDBOX_EXEC_TRANSPORT=exec`` runs them with the fallback too).
+
+The module runs once per runtime (``[runc]``, ``[gvisor]``: tests/e2e/conftest.py), its operator making every
+sandbox and pool pod on that runtime.
 """
 
 from __future__ import annotations
@@ -41,12 +44,12 @@ from sandbox_operator.sdk import (
     build_sandbox,
 )
 from sandbox_operator.sdk.aio import AsyncSandbox, AsyncSandboxManager
-from tests.kit import READY_TIMEOUT, SMALL_SPEC, Cluster, Kube, namespace_fixture, wait_until
+from tests.kit import READY_TIMEOUT, SMALL_SPEC, Cluster, Kube, Runtime, namespace_fixture, wait_until
 
 MiB = 1024 * 1024
 
 
-namespace = namespace_fixture("sdk-e2e")
+namespace = namespace_fixture("sdk-e2e", per_runtime=True)
 
 
 @pytest.fixture(scope="module")
@@ -262,6 +265,13 @@ def test_health(shared: Sandbox) -> None:
     assert health.pod_name == constants.pod_name(sandbox.name) and health.node_name
     assert health.last_activity is not None and health.expires_at is not None
     assert any(c.type == "Ready" and c.status == "True" for c in health.conditions)
+
+
+def test_the_sandbox_runs_on_its_runtime(cluster: Cluster, shared: Sandbox, runtime: Runtime) -> None:
+    pod = cluster.kubectl_json("get", "pod", shared.pod_name, "-n", shared.namespace)
+    assert pod["spec"].get("runtimeClassName") == runtime.runtime_class
+    version = shared.run(["cat", "/proc/version"]).stdout
+    assert ("gvisor" in version.lower()) == runtime.kernel_boundary, version
 
 
 def test_get_list_and_errors(manager: SandboxManager, shared: Sandbox) -> None:

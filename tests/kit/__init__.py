@@ -10,6 +10,7 @@
   Sandboxes, SandboxPools and their children (:class:`Kube`), watches that record what they see
   (:class:`WatchThread`, :class:`PhaseRecorder`, :class:`CreationTimes`), ``sandboxctl`` (:class:`Sandboxctl`), a
   Helm release (``tests.kit.helm``), Dockerfiles (``tests.kit.dockerfile``);
+* the runtimes the end-to-end suites run under, runc and gVisor (:class:`Runtime`, ``tests.kit.runtimes``);
 * small things: :func:`free_port`, :func:`http_get`, :func:`percentile`, :func:`proc_status_kib`, the values of
   the Makefile and hack/lib.sh (:func:`make_var`, :func:`hack_var`), the command line a benchmark ran as
   (:func:`invocation`).
@@ -32,13 +33,16 @@ from tests.kit.kube import Heartbeat, Kube, or_none_if_missing, pool_manifest, s
 from tests.kit.net import free_port, http_get
 from tests.kit.operator_process import OperatorProcess, running_operator, start_operator
 from tests.kit.repo import REPO_ROOT, hack_var, hack_vars, invocation, make_var
+from tests.kit.runtimes import GVISOR, RUNC, Runtime, pod_overhead, wait_ended_by_memory
 from tests.kit.stats import percentile, proc_status_kib
 from tests.kit.wait import WaitTimeoutError, consistently, wait_until
 from tests.kit.watch import CreationTimes, PhaseRecorder, WatchThread
 
 __all__ = [
+    "GVISOR",
     "READY_TIMEOUT",
     "REPO_ROOT",
+    "RUNC",
     "SMALL_SPEC",
     "Cluster",
     "CreationTimes",
@@ -46,6 +50,7 @@ __all__ = [
     "Kube",
     "OperatorProcess",
     "PhaseRecorder",
+    "Runtime",
     "Sandboxctl",
     "ServedNamespace",
     "WaitTimeoutError",
@@ -64,11 +69,13 @@ __all__ = [
     "operator_namespace",
     "or_none_if_missing",
     "percentile",
+    "pod_overhead",
     "pool_manifest",
     "proc_status_kib",
     "running_operator",
     "sandbox_manifest",
     "served_namespace",
     "start_operator",
+    "wait_ended_by_memory",
     "wait_until",
 ]

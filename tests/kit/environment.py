@@ -14,6 +14,7 @@ import pytest
 from tests.kit.cluster import Cluster
 from tests.kit.kube import Kube
 from tests.kit.operator_process import OperatorProcess, start_operator
+from tests.kit.runtimes import Runtime
 
 E2E_GC_INTERVAL = "2"
 # Small requests, so that the e2e sandboxes fit on the one test node next to other suites' sandboxes.
@@ -60,14 +61,23 @@ def operator_namespace(cluster: Cluster, prefix: str, log_dir: Path, **settings:
         yield served.name
 
 
-def namespace_fixture(prefix: str) -> Any:
-    """A module-scoped ``namespace`` fixture: one :func:`operator_namespace` for every test of the module.
+def namespace_fixture(prefix: str, *, per_runtime: bool = False) -> Any:
+    """A module-scoped ``namespace`` fixture: one :func:`operator_namespace` for every test of the module. With
+    ``per_runtime`` it takes the e2e ``runtime`` fixture (tests/e2e/conftest.py): one namespace per runtime, whose
+    operator runs every sandbox there on it, and every test of the module runs once per runtime.
 
-    In a test module: ``namespace = namespace_fixture("sdk-e2e")``."""
+    In a test module: ``namespace = namespace_fixture("sdk-e2e", per_runtime=True)``."""
 
-    @pytest.fixture(scope="module")
-    def namespace(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-        with operator_namespace(cluster, prefix, tmp_path_factory.mktemp("logs")) as name:
-            yield name
+    if per_runtime:
+        @pytest.fixture(scope="module")
+        def namespace(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory, runtime: Runtime) -> Iterator[str]:
+            with operator_namespace(cluster, prefix, tmp_path_factory.mktemp("logs"),
+                                    **runtime.operator_settings()) as name:
+                yield name
+    else:
+        @pytest.fixture(scope="module")
+        def namespace(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+            with operator_namespace(cluster, prefix, tmp_path_factory.mktemp("logs")) as name:
+                yield name
 
     return namespace

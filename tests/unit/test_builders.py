@@ -159,6 +159,35 @@ def test_user_namespaces_setting_adds_host_users_false() -> None:
     assert pod_json(settings=OperatorSettings(user_namespaces=True))["spec"]["hostUsers"] is False
 
 
+USERNS_GVISOR = OperatorSettings(user_namespaces=True, allowed_runtime_classes=["gvisor", "runc"])
+
+
+@pytest.mark.parametrize(("spec", "settings", "host_users"), [
+    ({"runtimeClassName": "gvisor"}, USERNS_GVISOR, None),
+    ({"runtimeClassName": "runc"}, USERNS_GVISOR, False),
+    ({}, USERNS_GVISOR, False),
+    ({}, OperatorSettings(user_namespaces=True, default_runtime_class="gvisor"), None),
+    ({"runtimeClassName": "gvisor"},
+     OperatorSettings(user_namespaces=True, allowed_runtime_classes=["gvisor"], kernel_boundary_runtime_classes=[]),
+     False),
+    ({"runtimeClassName": "kata"},
+     OperatorSettings(user_namespaces=True, allowed_runtime_classes=["kata"],
+                      kernel_boundary_runtime_classes=["gvisor", "kata"]), None),
+    ({"runtimeClassName": "gvisor"}, OperatorSettings(allowed_runtime_classes=["gvisor"]), None),
+], ids=["gvisor", "runc-class", "node-default", "gvisor-by-default", "boundary-list-emptied", "kata-listed",
+        "userns-off"])
+def test_a_kernel_boundary_runtime_class_gets_no_user_namespace(
+        spec: dict[str, Any], settings: OperatorSettings, host_users: bool | None) -> None:
+    assert pod_json(spec, settings=settings)["spec"].get("hostUsers") is host_users
+
+
+def test_kernel_boundary_runtime_classes_come_from_a_comma_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SANDBOX_OPERATOR_KERNEL_BOUNDARY_RUNTIME_CLASSES", "gvisor, kata-fc")
+    assert OperatorSettings().kernel_boundary_runtime_classes == ["gvisor", "kata-fc"]
+    monkeypatch.delenv("SANDBOX_OPERATOR_KERNEL_BOUNDARY_RUNTIME_CLASSES")
+    assert OperatorSettings().kernel_boundary_runtime_classes == ["gvisor"]
+
+
 @pytest.mark.parametrize("uid", [constants.SANDBOX_UID, constants.SANDBOX_UID_RANGE_FIRST, 2**31 - 1])
 def test_the_host_uid_is_the_pods_and_the_containers_but_the_group_stays(uid: int) -> None:
     spec = pod_json(run_as_user=uid)["spec"]

@@ -1,5 +1,6 @@
-"""The test kit's own pure parts: waiting, percentiles, the command line of a benchmark, and the watch thread
-(against a scripted list-and-watch function, as the API server would answer it)."""
+"""The test kit's own pure parts: waiting, percentiles, the command line of a benchmark, the runtimes the
+end-to-end suites run under, and the watch thread (against a scripted list-and-watch function, as the API server
+would answer it)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.kit import WaitTimeoutError, WatchThread, consistently, percentile, wait_until
+from tests.kit import GVISOR, RUNC, WaitTimeoutError, WatchThread, consistently, percentile, pod_overhead, wait_until
+from tests.kit.runtimes import RUNTIMES_VARIABLE, selected_runtimes
 
 
 def test_wait_until_returns_the_first_truthy_answer() -> None:
@@ -67,6 +69,36 @@ def test_consistently_fails_at_the_first_poll_that_does_not_hold() -> None:
 ])
 def test_percentile_interpolates_between_neighbours(values: list[float], pct: float, expected: float) -> None:
     assert percentile(values, pct) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (None, [RUNC, GVISOR]), ("", [RUNC, GVISOR]), ("runc", [RUNC]), (" gvisor , runc,gvisor ", [GVISOR, RUNC]),
+])
+def test_the_e2e_runtimes_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, value: str | None,
+                                                     expected: list[object]) -> None:
+    if value is None:
+        monkeypatch.delenv(RUNTIMES_VARIABLE, raising=False)
+    else:
+        monkeypatch.setenv(RUNTIMES_VARIABLE, value)
+    assert selected_runtimes() == expected
+
+
+def test_an_unknown_e2e_runtime_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(RUNTIMES_VARIABLE, "runc,kata")
+    with pytest.raises(ValueError, match=r"SANDBOX_E2E_RUNTIMES='runc,kata': unknown runtime kata; choose from runc"):
+        selected_runtimes()
+
+
+def test_only_gvisor_names_a_runtime_class_for_the_operator_and_the_pods() -> None:
+    assert (RUNC.operator_settings(), RUNC.pod_fields(), RUNC.kernel_boundary) == ({}, {}, False)
+    assert GVISOR.operator_settings() == {"default_runtime_class": "gvisor"}
+    assert GVISOR.pod_fields() == {"runtimeClassName": "gvisor"} and GVISOR.kernel_boundary
+
+
+def test_pod_overhead_is_the_runtime_class_s_or_nothing() -> None:
+    assert pod_overhead({"spec": {}}) == (0, 0)
+    cpu, memory = pod_overhead({"spec": {"overhead": {"cpu": "50m", "memory": "32Mi"}}})
+    assert (str(cpu), memory) == ("0.050", 32 * 1024 * 1024)
 
 
 def test_percentile_of_nothing_is_an_error() -> None:

@@ -123,7 +123,7 @@ def build_pod(sandbox: Sandbox, spec: EffectiveSpec, settings: OperatorSettings,
             host_pid=False,
             host_ipc=False,
             share_process_namespace=False,
-            host_users=False if settings.user_namespaces else None,
+            host_users=False if settings.host_users_off(spec.runtime_class_name) else None,
             hostname=POD_HOSTNAME,
             # Egress is denied anyway; a dead local resolver fails fast and leaks no search domains.
             dns_policy="None",
