@@ -85,8 +85,8 @@ build_kwok() {
 
 # gVisor: runsc and containerd-shim-runsc-v1 (the `go` branch is plain Go: CGO off, no build tags; about 2 minutes
 # on 2 cores with a cold build cache). Both are built from a copy of the module pinned in hack/tools/gvisor (its
-# zip is checked against our go.sum, its own go.sum pins the rest) with hack/tools/gvisor/*.patch applied: Go
-# refuses `-overlay` for files in the module cache.
+# zip is checked against our go.sum, its own go.sum pins the rest) with the patches GVISOR_PATCHES applied in order:
+# Go refuses `-overlay` for files in the module cache.
 build_gvisor() {
   local out="$GVISOR_BIN_DIR" b missing=0
   for b in runsc containerd-shim-runsc-v1; do [ -x "$out/$b" ] || missing=1; done
@@ -94,7 +94,7 @@ build_gvisor() {
   need_command patch patch
   mkdir -p "$out"
   log "gVisor $GVISOR_VERSION: building runsc + containerd-shim-runsc-v1 into $out"
-  local tools="$HACK_DIR/tools/gvisor" src patch_file
+  local tools="$HACK_DIR/tools/gvisor" src patch_name
   src="$(cd "$tools" && go mod download gvisor.dev/gvisor && go list -m -f '{{.Dir}}' gvisor.dev/gvisor)"
   [ -d "$src" ] || die "gvisor.dev/gvisor: no module directory after go mod download"
   # A fixed place, so that the Go build cache serves the next build and a failed one leaves no stray copy.
@@ -102,7 +102,7 @@ build_gvisor() {
   rm -rf "$work"
   cp -r "$src" "$work"
   chmod -R u+w "$work"
-  for patch_file in "$tools"/*.patch; do patch -s -d "$work" -p1 < "$patch_file"; done
+  for patch_name in "${GVISOR_PATCHES[@]}"; do patch -s -d "$work" -p1 < "$tools/$patch_name.patch"; done
   (cd "$work" &&
     CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X gvisor.dev/gvisor/runsc/version.version=$GVISOR_VERSION" \
       -o "$out/runsc" ./runsc &&

@@ -76,7 +76,12 @@ CONTAINERD_SOCK="/run/sandbox-operator/containerd.sock"
 SANDBOX_GVISOR="${SANDBOX_GVISOR:-1}"
 GVISOR_VERSION="v0.0.0-20260905035102-160fafc42237"
 GVISOR_PLATFORM="${SANDBOX_GVISOR_PLATFORM:-systrap}"
-GVISOR_BIN_DIR="$CACHE_ROOT/bin/gvisor-$GVISOR_VERSION-shim-oom"   # rename when hack/tools/gvisor/*.patch change
+# The patches build-binaries.sh applies to the pinned module, in this order (hack/tools/gvisor/<name>.patch). The
+# binaries' directory is keyed by their names and content, so a changed or added patch is built anew.
+GVISOR_PATCHES=(shim-oom-score exec-unreadable-nondumpable)
+GVISOR_PATCHES_KEY="$(for patch_name in "${GVISOR_PATCHES[@]}"; do
+  echo "$patch_name"; cat "$HACK_DIR/tools/gvisor/$patch_name.patch"; done | sha256sum | cut -c1-12)"
+GVISOR_BIN_DIR="$CACHE_ROOT/bin/gvisor-$GVISOR_VERSION-patches-$GVISOR_PATCHES_KEY"
 GVISOR_RUNTIME_CLASS="gvisor"
 GVISOR_HANDLER="runsc"
 GVISOR_CONFIG="$CLUSTER_DIR/runsc.toml"

@@ -249,11 +249,6 @@ ATTACKER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.xfail_under("gvisor", reason=(
-    "gVisor's execve leaves a process dumpable when it executes a file it cannot read (pkg/sentry/kernel/"
-    "task_exec.go: 'FIXME: Account for executables that may not be read'), so the execute-only sandbox-python does "
-    "not make the tools non-dumpable there, and a process of the same UID can open their /proc/PID/fd/1; "
-    "ptrace stays refused (the Sentry's YAMA scope 1)"))
 def test_a_leftover_process_cannot_forge_or_read_the_tools_output(env: Env, box: Sandbox, tmp_path: Path) -> None:
     """A process left running in the sandbox watches for the file tool, the exec wrapper and the channel's agent and
     tries to write a forged answer into their stdout (the hole that let a sandbox write anywhere on the client) or to
