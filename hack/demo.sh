@@ -73,6 +73,17 @@ if [ -z "$USER_NAMESPACES" ]; then
   esac
 fi
 log "user namespaces for sandboxes: $USER_NAMESPACES (the node's runtime says; DEMO_USER_NAMESPACES overrides)"
+# gVisor (a kernel of its own around each sandbox) where the cluster has its RuntimeClass; "" = the node's default
+# runtime (runc). DEMO_RUNTIME_CLASS overrides, e.g. DEMO_RUNTIME_CLASS= for runc on a cluster with gVisor.
+if [ -z "${DEMO_RUNTIME_CLASS+set}" ]; then
+  DEMO_RUNTIME_CLASS=""
+  if "$KUBECTL" get runtimeclass gvisor >/dev/null 2>&1; then DEMO_RUNTIME_CLASS=gvisor; fi
+fi
+if [ -n "$DEMO_RUNTIME_CLASS" ]; then
+  log "sandboxes run on RuntimeClass $DEMO_RUNTIME_CLASS (the cluster has it; DEMO_RUNTIME_CLASS= runs them on runc)"
+else
+  log "sandboxes run on the node's default runtime (no RuntimeClass gvisor on this cluster)"
+fi
 # Helm installs the chart's crds/ only when the CRD is missing and never upgrades it: apply it first.
 run "$KUBECTL" apply --server-side --force-conflicts -f "$CHART/crds/"
 run "$KUBECTL" wait --for=condition=Established --timeout=60s crd/sandboxes.sandbox-operator.io
@@ -82,6 +93,7 @@ run "$KUBECTL" label --overwrite namespace "$NAMESPACE" pod-security.kubernetes.
   pod-security.kubernetes.io/warn=restricted
 run "$HELM" upgrade --install "$RELEASE" "$CHART" --namespace "$NAMESPACE" \
   --set-json "sandboxNamespaces.names=[\"$SANDBOX_NAMESPACE\"]" --set "config.userNamespaces=$USER_NAMESPACES" \
+  --set-string "config.defaultRuntimeClass=$DEMO_RUNTIME_CLASS" \
   --set-string "podAnnotations.sandbox-operator\.io/image-inputs=$IMAGE_INPUTS" \
   --wait --timeout 5m
 DEPLOYMENT="$("$KUBECTL" -n "$NAMESPACE" get deployment -l "app.kubernetes.io/instance=$RELEASE" \
@@ -104,8 +116,10 @@ run "$KUBECTL" -n "$SANDBOX_NAMESPACE" get sandbox "$SANDBOX"
 step "6/6 Run python3 -c \"print('Hello')\" in the sandbox through sandboxctl"
 OUTPUT="$(run "$SANDBOXCTL" --namespace "$SANDBOX_NAMESPACE" exec "$SANDBOX" -- python3 -c "print('Hello')")"
 printf '\n%s\n\n' "$OUTPUT"
+KERNEL="$(run "$SANDBOXCTL" --namespace "$SANDBOX_NAMESPACE" exec "$SANDBOX" -- cat /proc/version)"
 run "$KUBECTL" -n "$SANDBOX_NAMESPACE" delete sandbox "$SANDBOX" --wait --timeout=120s
 [ "$OUTPUT" = "Hello" ] || die "expected 'Hello' from the sandbox, got: $OUTPUT"
+log "the sandbox's kernel: $KERNEL"
 
 log "done: the operator keeps running (release $RELEASE in $NAMESPACE, sandboxes in $SANDBOX_NAMESPACE)."
 log "Try the quickstarts in README.md, or remove it: helm uninstall -n $NAMESPACE $RELEASE (docs/chart.md)"
