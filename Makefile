@@ -113,6 +113,10 @@ bench-code: $(VENV_STAMP) $(LLM_SANDBOX_PYTHON) $(LLM_SANDBOX_IPYTHON) ## Code c
 bench-density: $(VENV_STAMP) ## 100 default sandboxes: burst, single start, idle cost, memory, with the node's profile
 	$(PY) -m bench.bench_density
 
+.PHONY: bench-runtime
+bench-runtime: $(VENV_STAMP) ## runc next to gVisor: start, commands, files, code cells, CPU and syscall work, idle memory and CPU, the pod overhead
+	$(PY) -m bench.bench_runtime --namespace sandbox-bench --start-operator
+
 .PHONY: bench-pool
 bench-pool: $(VENV_STAMP) ## Warm pools: claim -> Ready serial, 20 at once, 20/s for 60 s, first command, next to cold creates
 	$(PY) -m bench.bench_pool

@@ -78,7 +78,7 @@ GVISOR_VERSION="v0.0.0-20260905035102-160fafc42237"
 GVISOR_PLATFORM="${SANDBOX_GVISOR_PLATFORM:-systrap}"
 # The patches build-binaries.sh applies to the pinned module, in this order (hack/tools/gvisor/<name>.patch). The
 # binaries' directory is keyed by their names and content, so a changed or added patch is built anew.
-GVISOR_PATCHES=(shim-oom-score exec-unreadable-nondumpable)
+GVISOR_PATCHES=(shim-oom-score exec-unreadable-nondumpable seccomp-errno-ret)
 GVISOR_PATCHES_KEY="$(for patch_name in "${GVISOR_PATCHES[@]}"; do
   echo "$patch_name"; cat "$HACK_DIR/tools/gvisor/$patch_name.patch"; done | sha256sum | cut -c1-12)"
 GVISOR_BIN_DIR="$CACHE_ROOT/bin/gvisor-$GVISOR_VERSION-patches-$GVISOR_PATCHES_KEY"
@@ -90,7 +90,7 @@ GVISOR_STATE="/run/sandbox-operator/runsc"   # runsc's --root, as the shim passe
 # shim is charged to containerd, not to the pod). Measured standalone with systrap, an idle sandbox: 15 MiB charged
 # to its memory cgroup (36 MiB PSS) and no CPU while idle (docs/gvisor.md).
 GVISOR_OVERHEAD_MEMORY="32Mi"
-GVISOR_OVERHEAD_CPU="50m"
+GVISOR_OVERHEAD_CPU="10m"
 
 # Images built offline by hack/build-images.sh (pinned tags, never `latest`); archives are cached in IMAGE_CACHE.
 # (PAUSE_IMAGE, containerd's sandbox_image, and BASE_IMAGE, the FROM of our Dockerfiles, are defined above.)

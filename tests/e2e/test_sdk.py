@@ -98,13 +98,17 @@ manager.destroy_session(session_id)
 
 
 def test_the_session_example_prints_hello(cluster: Cluster, namespace: str, manager: SandboxManager) -> None:
+    def live() -> set[str]:
+        return {s.name for s in manager.list() if not s.obj["metadata"].get("deletionTimestamp")}
+
+    before = live()  # the module's shared sandboxes, when earlier tests of this runtime made them
     env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "SANDBOX_NAMESPACE": namespace}
     out = subprocess.run([sys.executable, "-c", SESSION_EXAMPLE], env=env, capture_output=True, text=True,
                          timeout=240, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout == "Hello\n\n"  # print(result.stdout) adds a newline to python's own
     # destroy_session deleted the session: no live sandbox is left behind.
-    assert [s.name for s in manager.list() if not s.obj["metadata"].get("deletionTimestamp")] == []
+    assert live() - before == set()
 
 
 # Commands --------------------------------------------------------------------------------------------------
