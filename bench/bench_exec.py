@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.kit import default_kubeconfig, invocation, kubectl_binary, percentile, running_operator
+from tests.kit import Cluster, default_kubeconfig, invocation, kubectl_binary, percentile, running_operator
 
 from bench.peer import PEER_NAMESPACE_LABEL, run_peer
 from sandbox_operator import constants
@@ -345,8 +345,12 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
 
 
 def prepare_cluster(a: argparse.Namespace) -> str:
-    """Settles ``--kubeconfig`` (its default asks make) and makes the benchmark's namespace; the kubectl binary."""
+    """Settles ``--kubeconfig`` (its default asks make) and makes the benchmark's namespace; the kubectl binary.
+    With ``--start-operator`` it applies this checkout's CRDs first, as the operator expects (a new cluster has
+    none)."""
     a.kubeconfig = a.kubeconfig or str(default_kubeconfig())
+    if a.start_operator:
+        Cluster.connect(Path(a.kubeconfig)).apply_crd()
     kubectl_bin = kubectl_binary(a.kubectl)
     kubectl_namespace(kubectl_bin, a.kubeconfig, a.namespace)
     return kubectl_bin
