@@ -57,6 +57,21 @@ def test_create_makes_the_policy_then_the_pod_then_the_status(world: World) -> N
     assert [(event_type, reason) for event_type, reason, _ in world.events] == [("Normal", "PodPending")]
 
 
+def test_under_a_kernel_boundary_runtime_user_namespaces_still_give_each_sandbox_a_host_uid(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # gVisor pods keep the host's users (no hostUsers: false), so the UID the pod runs as is the host's: it must
+    # come from the range, one per sandbox, or every gVisor sandbox would share UID 1000 and its RLIMIT_NPROC.
+    world = make_world(monkeypatch, user_namespaces=True, allowed_runtime_classes=["gvisor"])
+    for name in ("a", "b"):
+        world.cluster.add(constants.KIND, sandbox_body(name, spec={"runtimeClassName": "gvisor"}))
+    run(lambda: world.create("a"))
+    run(lambda: world.create("b"))
+    pods = [world.cluster.get("Pod", NS, constants.pod_name(name)) for name in ("a", "b")]
+    uids = {pod["spec"]["securityContext"]["runAsUser"] for pod in pods if pod is not None}
+    assert len(uids) == 2 and constants.SANDBOX_UID not in uids
+    assert all(pod is not None and "hostUsers" not in pod["spec"] for pod in pods)
+
+
 def test_a_second_create_run_writes_nothing_new(world: World) -> None:
     world.cluster.add(constants.KIND, sandbox_body("a"))
 

@@ -301,6 +301,19 @@ def test_with_user_namespaces_pool_pods_run_as_the_images_user_and_reserve_no_ho
     assert scene.runtime.uids.reserved() == {}
 
 
+def test_under_a_kernel_boundary_runtime_pool_pods_get_host_uids_of_their_own_even_with_user_namespaces(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    world = make_world(monkeypatch, user_namespaces=True, default_runtime_class="gvisor")
+    scene = Scene(world, Watch(world.cluster))
+    scene.add_pool(2)
+    run(lambda: scene.pool_changed("ADDED"))
+    pods = scene.pool_pods()
+    uids = {host_uid(pod) for pod in pods}
+    assert len(uids) == 2 and constants.SANDBOX_UID not in uids
+    assert all("hostUsers" not in pod["spec"] for pod in pods)
+    assert len(scene.runtime.uids.reserved()) == 2
+
+
 def test_a_pod_create_the_api_server_refuses_is_reported_once_and_its_host_uid_released(scene: Scene) -> None:
     scene.add_pool(3)
     scene.cluster.fail_next("create_namespaced_pod", 403, "Forbidden", 'pods "x" is forbidden: exceeded quota')

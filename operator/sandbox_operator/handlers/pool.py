@@ -336,7 +336,7 @@ async def _create_pool_pod(rt: Runtime, pool: SandboxPool, spec: EffectiveSpec, 
     token = "".join(secrets.choice(_NAME_ALPHABET) for _ in range(5))
     name = constants.pool_pod_name(pool.name, token)
     reservation = (pool.namespace, name)
-    if rt.settings.user_namespaces:
+    if rt.settings.host_users_off(spec.runtime_class_name):
         run_as_user = constants.SANDBOX_UID
     else:
         try:
@@ -459,7 +459,7 @@ async def claim_pod(rt: Runtime, sandbox: Sandbox, pool: SandboxPool, spec: Effe
 def _record_claim(rt: Runtime, sandbox: Sandbox, pod: JSON) -> None:
     """The claimed pod's host UID now belongs to the Sandbox (it was reserved under the pod's own name)."""
     key = (sandbox.namespace, sandbox.name)
-    if not rt.settings.user_namespaces:
+    if not rt.settings.host_users_off(pod["spec"].get("runtimeClassName")):
         for uid in pod_run_as_users(pod):
             rt.uids.adopt(key, uid)
         rt.uids.release((sandbox.namespace, str(pod["metadata"]["name"])))

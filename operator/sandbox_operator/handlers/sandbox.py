@@ -206,17 +206,18 @@ async def _ensure_policy(rt: Runtime, sandbox: Sandbox, logger: kopf.Logger) -> 
         rt.api.create_network_policy, policy, sandbox.metadata.uid), logger)
 
 
-def _host_uid(rt: Runtime, sandbox: Sandbox, pod_uids: PodUids) -> int:
+def _host_uid(rt: Runtime, sandbox: Sandbox, spec: EffectiveSpec, pod_uids: PodUids) -> int:
     """With user namespaces the kubelet maps every pod to host UIDs of its own, and the image's user stays;
-    without, the sandbox gets a host UID of its own from the configured range."""
-    if rt.settings.user_namespaces:
+    without (or under a runtime with a kernel of its own, whose pods keep the host's users), the sandbox gets a
+    host UID of its own from the configured range."""
+    if rt.settings.host_users_off(spec.runtime_class_name):
         return constants.SANDBOX_UID
     return rt.uids.allocate((sandbox.namespace, sandbox.name), pod_uids)
 
 
 async def _ensure_pod(rt: Runtime, sandbox: Sandbox, spec: EffectiveSpec, pod_uids: PodUids,
                       logger: kopf.Logger) -> JSON:
-    pod = build_pod(sandbox, spec, rt.settings, run_as_user=_host_uid(rt, sandbox, pod_uids), now=utcnow())
+    pod = build_pod(sandbox, spec, rt.settings, run_as_user=_host_uid(rt, sandbox, spec, pod_uids), now=utcnow())
 
     def create() -> ChildResult:
         result = rt.api.create_pod(pod, sandbox.metadata.uid)
@@ -232,7 +233,7 @@ async def _ensure_pod(rt: Runtime, sandbox: Sandbox, spec: EffectiveSpec, pod_ui
         if error.status in (400, 422):
             raise _Refused("InvalidSpec", f"the API server rejected the pod: {api_message(error)}") from error
         raise
-    if not rt.settings.user_namespaces:
+    if not rt.settings.host_users_off(spec.runtime_class_name):
         # A re-run found the pod of an earlier attempt: its UID is the one in use, whatever was picked now.
         for uid in pod_run_as_users(created):
             rt.uids.adopt((sandbox.namespace, sandbox.name), uid)
