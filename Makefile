@@ -121,6 +121,20 @@ bench-runtime: $(VENV_STAMP) ## runc next to gVisor: start, commands, files, cod
 bench-pool: $(VENV_STAMP) ## Warm pools: claim -> Ready serial, 20 at once, 20/s for 60 s, first command, next to cold creates
 	$(PY) -m bench.bench_pool
 
+KWOK_NODES ?= 20
+
+.PHONY: kwok-up
+kwok-up: ## Add simulated nodes (kwok; KWOK_NODES, default 20) to the local cluster, for the scale benchmark
+	bash hack/kwok-up.sh $(KWOK_NODES)
+
+.PHONY: kwok-down
+kwok-down: ## Remove the simulated nodes and stop kwok
+	bash hack/kwok-down.sh
+
+.PHONY: bench-scale
+bench-scale: $(VENV_STAMP) ## 2,000 Sandboxes on 20 kwok nodes (kwok-up, the run, then kwok-down even on failure): RSS, create -> pod, writes, collector pass, relists (minutes)
+	bash hack/kwok-up.sh $(KWOK_NODES) && $(PY) -m bench.bench_scale; status=$$?; bash hack/kwok-down.sh; exit $$status
+
 .PHONY: operator-image
 operator-image: ## Build the operator image (wheels on the host, cached) and import it into the local cluster
 	bash hack/build-operator-image.sh

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Functions shared by cluster-up.sh and cluster-down.sh. Source lib.sh first.
+# Functions shared by cluster-up.sh, cluster-down.sh and cluster-restart.sh. Source lib.sh first.
 set -euo pipefail
 # shellcheck source=hack/image-lib.sh
 source "$HACK_DIR/image-lib.sh"   # apt_install, ctr_bin
@@ -18,11 +18,14 @@ install_host_packages() {
 # A PID file holds "PID STARTTIME" so a recycled PID is never mistaken for ours.
 proc_starttime() { awk '{print $22}' "/proc/$1/stat" 2>/dev/null; }
 
+# A zombie (killed, not yet reaped by whoever inherited it) counts as gone.
+proc_state() { awk '{print $3}' "/proc/$1/stat" 2>/dev/null; }
+
 component_pid() { # name -> prints the PID if that process is still the one we started
   local file="$RUN_DIR/$1.pid" pid start
   [ -f "$file" ] || return 1
   read -r pid start < "$file" || return 1
-  [ -n "$pid" ] && [ "$(proc_starttime "$pid")" = "$start" ] || return 1
+  [ -n "$pid" ] && [ "$(proc_starttime "$pid")" = "$start" ] && [ "$(proc_state "$pid")" != Z ] || return 1
   echo "$pid"
 }
 
@@ -36,15 +39,24 @@ start_component() { # name binary args...
   component_pid "$name" > /dev/null || die "$name exited at once; see $LOG_DIR/$name.log"
 }
 
-stop_component() { # name: SIGTERM, then SIGKILL after 15 s
-  local name="$1" pid
+wait_gone() { # name tenths-of-seconds: true once the component's process is gone, false if it is still there then
+  local i
+  for ((i = 0; i < $2; i++)); do
+    component_pid "$1" > /dev/null || return 0
+    sleep 0.1
+  done
+  ! component_pid "$1" > /dev/null
+}
+
+# Only the PID is signalled, never its process group: containerd's shims (and the containers under them) run on.
+stop_component() { # name [--kill]: SIGTERM, then SIGKILL after 15 s; --kill: SIGKILL at once (a crash)
+  local name="$1" mode="${2:-}" pid
   if pid="$(component_pid "$name")"; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 150); do
-      component_pid "$name" > /dev/null || break
-      sleep 0.1
-    done
-    if component_pid "$name" > /dev/null; then kill -KILL "$pid" 2>/dev/null || true; sleep 0.5; fi
+    if [ "$mode" != --kill ]; then kill -TERM "$pid" 2>/dev/null || true; fi
+    if [ "$mode" = --kill ] || ! wait_gone "$name" 150; then
+      kill -KILL "$pid" 2>/dev/null || true
+      wait_gone "$name" 100 || log "WARNING: $name (PID $pid) is still there 10 s after SIGKILL"
+    fi
   fi
   rm -f "$RUN_DIR/$name.pid"
 }
@@ -76,6 +88,80 @@ start_containerd() {
     start_component containerd /usr/bin/containerd --config "$CLUSTER_DIR/containerd.toml"
   fi
   wait_for "containerd" 60 "$(ctr_bin)" --address "$CONTAINERD_SOCK" version
+}
+
+# One function per component: its command line and what cluster-up waits for before going on. cluster-up calls
+# them in order; cluster-restart.sh starts one again with the same flags. NODE_IP is the address the certificates
+# were issued for.
+start_etcd() {
+  start_component etcd "$BIN_DIR/etcd" --name "$NODE_NAME" --data-dir "$CLUSTER_DIR/etcd" \
+    --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
+    --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+    --initial-cluster "$NODE_NAME=http://127.0.0.1:2380" --listen-metrics-urls http://127.0.0.1:2381 \
+    --unsafe-no-fsync --log-level warn
+  wait_for "etcd" 60 etcd_healthy
+}
+
+etcd_healthy() { curl -fsS http://127.0.0.1:2379/health; }
+
+start_kube_apiserver() { # node-ip
+  start_component kube-apiserver "$BIN_DIR/kube-apiserver" \
+    --etcd-servers=http://127.0.0.1:2379 --bind-address="$1" --secure-port=6443 \
+    --advertise-address="$1" --service-cluster-ip-range="$SERVICE_CIDR" \
+    --tls-cert-file="$PKI_DIR/apiserver.crt" --tls-private-key-file="$PKI_DIR/apiserver.key" \
+    --client-ca-file="$PKI_DIR/ca.crt" \
+    --kubelet-client-certificate="$PKI_DIR/apiserver-kubelet-client.crt" \
+    --kubelet-client-key="$PKI_DIR/apiserver-kubelet-client.key" \
+    --kubelet-preferred-address-types=InternalIP \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file="$PKI_DIR/sa.pub" --service-account-signing-key-file="$PKI_DIR/sa.key" \
+    --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
+    --allow-privileged=true --profiling=false --v=1
+  wait_for "kube-apiserver" 120 apiserver_ready
+}
+
+apiserver_ready() { kubectl_admin get --raw /readyz; }
+
+start_kube_controller_manager() {
+  start_component kube-controller-manager "$BIN_DIR/kube-controller-manager" \
+    --kubeconfig="$CLUSTER_DIR/controller-manager.kubeconfig" \
+    --authentication-kubeconfig="$CLUSTER_DIR/controller-manager.kubeconfig" \
+    --authorization-kubeconfig="$CLUSTER_DIR/controller-manager.kubeconfig" \
+    --bind-address=127.0.0.1 --service-account-private-key-file="$PKI_DIR/sa.key" \
+    --root-ca-file="$PKI_DIR/ca.crt" --cluster-signing-cert-file="$PKI_DIR/ca.crt" \
+    --cluster-signing-key-file="$PKI_DIR/ca.key" --use-service-account-credentials=true \
+    --allocate-node-cidrs=true --cluster-cidr="$POD_CIDR" --node-cidr-mask-size=24 \
+    --service-cluster-ip-range="$SERVICE_CIDR" --leader-elect=false --profiling=false --v=1
+}
+
+start_kube_scheduler() {
+  start_component kube-scheduler "$BIN_DIR/kube-scheduler" --config="$CLUSTER_DIR/scheduler.yaml" \
+    --authentication-kubeconfig="$CLUSTER_DIR/scheduler.kubeconfig" \
+    --authorization-kubeconfig="$CLUSTER_DIR/scheduler.kubeconfig" --bind-address=127.0.0.1 --v=1
+}
+
+start_kubelet() { # node-ip
+  start_component kubelet "$BIN_DIR/kubelet" --config="$CLUSTER_DIR/kubelet.yaml" \
+    --kubeconfig="$CLUSTER_DIR/kubelet.kubeconfig" --node-ip="$1" \
+    --hostname-override="$NODE_NAME" --v=1
+  wait_for "node registration" 120 kubectl_admin get node "$NODE_NAME"
+}
+
+# healthzBindAddress of kubelet.yaml, default port.
+kubelet_healthy() { curl -fsS http://127.0.0.1:10248/healthz; }
+
+start_kube_proxy() {
+  start_component kube-proxy "$BIN_DIR/kube-proxy" --config="$CLUSTER_DIR/kube-proxy.yaml" --v=1
+  # kube-router rewrites the filter table with iptables-restore; started while kube-proxy makes its first chains,
+  # it can drop one of them, and kube-proxy then waits for the next change to try again. So one after the other.
+  wait_for "kube-proxy's service rules" 60 kube_proxy_synced
+}
+
+start_kube_router() {
+  # Firewall only: kube-router enforces NetworkPolicy; routing and service proxy stay off.
+  start_component kube-router "$BIN_DIR/kube-router" --kubeconfig="$ADMIN_KUBECONFIG" \
+    --hostname-override="$NODE_NAME" --run-firewall=true --run-router=false --run-service-proxy=false \
+    --service-cluster-ip-range="$SERVICE_CIDR" --health-port=0 --metrics-port=0 --v=1
 }
 
 CLUSTER_COMPONENTS=(containerd etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kube-router)

@@ -3,7 +3,11 @@
 A thin shim: it exits with status 2 and a message naming the bad environment variable before touching the
 cluster, configures logging, and runs the handlers in :mod:`sandbox_operator.handlers` in standalone mode with
 kopf's liveness endpoint. The operator's dependencies are the ``operator`` extra; a client-only install gets a
-message saying so instead of a traceback.
+message saying so instead of a traceback. With ``SANDBOX_OPERATOR_LEADER_ELECTION`` it first waits as a standby
+until it holds the Lease (:mod:`sandbox_operator.leader`).
+
+Exit status: 0 after a clean stop (SIGTERM/SIGINT); 2 for bad settings or a client-only install; 3 when a leader
+loses its Lease (no renewal within the renew deadline, or the Lease is gone or someone else's).
 """
 
 from __future__ import annotations
@@ -42,13 +46,24 @@ def main() -> int:
     del handlers, rt
     liveness = (f"http://{settings.bind_address}:{settings.health_port}/healthz"
                 if settings.health_port else None)
-    kopf.run(
-        standalone=True,
-        clusterwide=settings.clusterwide,
-        namespaces=settings.namespaces,
-        liveness_endpoint=liveness,
-        memo=memo,
-    )
+
+    def run() -> None:
+        kopf.run(
+            standalone=True,
+            clusterwide=settings.clusterwide,
+            namespaces=settings.namespaces,
+            liveness_endpoint=liveness,
+            memo=memo,
+        )
+
+    if settings.leader_election:
+        from sandbox_operator.leader import run_as_leader
+
+        return run_as_leader(settings, run)
+    from sandbox_operator import metrics
+
+    metrics.LEADER.set(1)
+    run()
     return 0
 
 

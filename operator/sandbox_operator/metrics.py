@@ -17,6 +17,12 @@ CREATE_TO_READY = Histogram(
 )
 COLLECTIONS = Counter("sandbox_operator_collections_total", "Sandboxes deleted by the collector, by reason",
                       ["reason"])
+COLLECTOR_PASS_SECONDS = Histogram(
+    "sandbox_operator_collector_pass_seconds",
+    "Duration of one collector pass over every Sandbox: the decision, then its deletions and status writes",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+)
+COLLECTOR_SANDBOXES = Gauge("sandbox_operator_collector_sandboxes", "Sandboxes the latest collector pass looked at")
 RECONCILE_ERRORS = Counter("sandbox_operator_reconcile_errors_total",
                            "Handler runs that ended in an error, by handler and error kind",
                            ["handler", "kind"])
@@ -30,6 +36,12 @@ POOL_CLAIM_SECONDS = Histogram(
     "Time the operator takes to hand a Sandbox a warm pod: its NetworkPolicy, the pick and the claim's write",
     buckets=(0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5),
 )
+LEADER = Gauge("sandbox_operator_leader",
+               "1 while this process runs the handlers (it holds the leader Lease, or election is off), "
+               "0 while it waits as a standby")
+
+for _reason in ("LifetimeExpired", "IdleTimeout"):
+    COLLECTIONS.labels(_reason)
 
 for _outcome in ("warm", "cold"):
     POOL_CLAIMS.labels(_outcome)

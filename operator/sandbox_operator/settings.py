@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import os
 import re
+import socket
 from decimal import Decimal
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -34,6 +37,18 @@ UID_MIN_EXCLUSIVE = 1000  # the image's own users (sandbox is 1000) stay out of 
 UID_MAX = 2**31 - 1
 INSTANCE_NAME_PATTERN = r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?"
 INSTANCE_NAME_MAX_LENGTH = 253
+NAMESPACE_PATTERN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+NAMESPACE_MAX_LENGTH = 63
+DEFAULT_LEASE_NAME = "sandbox-operator"
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def _checked_name(value: str, kind: str, pattern: str, max_length: int, characters: str) -> str:
+    """``value`` if empty or a valid name of ``kind``; else an error saying what such a name is."""
+    if value and not (len(value) <= max_length and re.fullmatch(pattern, value)):
+        raise ValueError(f"{value!r} is not a {kind} ({characters}, alphanumeric at both ends, at most "
+                         f"{max_length} characters)")
+    return value
 
 
 class SettingsError(Exception):
@@ -138,6 +153,22 @@ class OperatorSettings(BaseSettings):
     failpoint: Literal["", "after-pod-create", "after-pod-claim"] = ""
     """Test-only: hang (so that a test can kill the process) at the named point."""
 
+    # Leader election (see :mod:`sandbox_operator.leader`): one replica runs the handlers, the others wait.
+    leader_election: bool = False
+    """Hold a coordination.k8s.io Lease before running the handlers; off: run at once, no Lease."""
+    leader_election_namespace: str = ""
+    """Namespace of the Lease; empty: the pod's (env ``POD_NAMESPACE``, else the service account's)."""
+    leader_election_lease_name: str = ""
+    """Name of the Lease; empty: ``INSTANCE_NAME`` if set, else ``sandbox-operator``."""
+    leader_election_identity: str = ""
+    """This replica's holderIdentity; empty: env ``POD_NAME``, else ``<host name>-<process ID>``."""
+    lease_duration_seconds: int = Field(8, ge=2, le=3600)
+    """How long a holder that stopped renewing keeps the Lease, as each standby observes it on its own clock."""
+    renew_deadline_seconds: float = Field(6.0, gt=0, le=3600)
+    """The leader exits (status 3) when no renewal succeeded for this long: before any standby may take over."""
+    retry_period_seconds: float = Field(1.0, gt=0, le=3600)
+    """How often the leader renews and a standby tries to acquire."""
+
     @field_validator("namespaces", "allowed_images", "allowed_runtime_classes", "allowed_toleration_keys",
                      "allowed_node_selector_keys", "kernel_boundary_runtime_classes", mode="before")
     @classmethod
@@ -154,13 +185,17 @@ class OperatorSettings(BaseSettings):
             raise ValueError(f"{value!r} is not FIRST-LAST with {UID_MIN_EXCLUSIVE} < FIRST <= LAST <= {UID_MAX}")
         return f"{int(match[1])}-{int(match[2])}"
 
-    @field_validator("instance_name")
+    @field_validator("instance_name", "leader_election_lease_name")
     @classmethod
-    def _instance_name(cls, value: str) -> str:
-        if value and not (len(value) <= INSTANCE_NAME_MAX_LENGTH and re.fullmatch(INSTANCE_NAME_PATTERN, value)):
-            raise ValueError(f"{value!r} is not a Kubernetes object name (lower-case letters, digits, '-' and '.', "
-                             f"alphanumeric at both ends, at most {INSTANCE_NAME_MAX_LENGTH} characters)")
-        return value
+    def _object_name(cls, value: str) -> str:
+        return _checked_name(value, "Kubernetes object name", INSTANCE_NAME_PATTERN, INSTANCE_NAME_MAX_LENGTH,
+                             "lower-case letters, digits, '-' and '.'")
+
+    @field_validator("leader_election_namespace")
+    @classmethod
+    def _lease_namespace(cls, value: str) -> str:
+        return _checked_name(value, "namespace name", NAMESPACE_PATTERN, NAMESPACE_MAX_LENGTH,
+                             "lower-case letters, digits and '-'")
 
     @model_validator(mode="after")
     def _consistent(self) -> OperatorSettings:
@@ -205,9 +240,42 @@ class OperatorSettings(BaseSettings):
                             f"{ENV_PREFIX}ALLOWED_RUNTIME_CLASSES")
         if self.health_port and self.health_port == self.metrics_port:
             problems.append(f"{ENV_PREFIX}HEALTH_PORT and {ENV_PREFIX}METRICS_PORT must differ")
+        problems.extend(self._election_problems())
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _election_problems(self) -> list[str]:
+        problems = []
+        if not self.retry_period_seconds < self.renew_deadline_seconds < self.lease_duration_seconds:
+            problems.append(
+                f"{ENV_PREFIX}RETRY_PERIOD_SECONDS={self.retry_period_seconds} < {ENV_PREFIX}RENEW_DEADLINE_SECONDS="
+                f"{self.renew_deadline_seconds} < {ENV_PREFIX}LEASE_DURATION_SECONDS={self.lease_duration_seconds} "
+                f"does not hold (a leader must give up before a standby may take over)")
+        if self.leader_election and not self.lease_namespace:
+            problems.append(f"{ENV_PREFIX}LEADER_ELECTION_NAMESPACE is empty and the pod's namespace is unknown "
+                            f"(no env POD_NAMESPACE, no {SERVICE_ACCOUNT_NAMESPACE})")
+        return problems
+
+    @property
+    def lease_namespace(self) -> str:
+        """LEADER_ELECTION_NAMESPACE, else the pod's namespace; empty if neither is known."""
+        if self.leader_election_namespace:
+            return self.leader_election_namespace
+        try:
+            from_file = SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
+        except OSError:
+            from_file = ""
+        return os.environ.get("POD_NAMESPACE", "").strip() or from_file
+
+    @property
+    def lease_name(self) -> str:
+        return self.leader_election_lease_name or self.instance_name or DEFAULT_LEASE_NAME
+
+    @property
+    def leader_identity(self) -> str:
+        return (self.leader_election_identity or os.environ.get("POD_NAME", "").strip()
+                or f"{socket.gethostname()}-{os.getpid()}")
 
     def image_allowed(self, image: str) -> bool:
         return any(fnmatch.fnmatchcase(image, pattern) for pattern in self.allowed_images)

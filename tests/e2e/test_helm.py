@@ -53,7 +53,7 @@ def release(cluster: Cluster) -> Iterator[Release]:
 
 # --- install ------------------------------------------------------------------------------------------------
 
-def test_install_runs_one_hardened_operator_from_the_local_image(release: Release) -> None:
+def test_install_runs_a_hardened_operator_from_the_local_image(release: Release) -> None:
     pod = wait_until(release.running_operator, 180, interval=1, message="the operator pod running and ready")
     assert release.helm("status", release.name, "-n", release.namespace).returncode == 0
     spec = pod["spec"]
@@ -69,7 +69,8 @@ def test_install_runs_one_hardened_operator_from_the_local_image(release: Releas
     ns = release.kubectl_json("get", "namespace", release.namespace)
     assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     deployment = release.kubectl_json("-n", release.namespace, "get", "deployment", release.fullname)
-    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    # The chart's default: two pods, one leader (tests/e2e/test_helm_ha.py), rolled on upgrade.
+    assert deployment["spec"]["replicas"] == 2 and deployment["spec"]["strategy"]["type"] == "RollingUpdate"
     # The chart's sandbox namespace: restricted, with its default-deny policy.
     sbx_ns = release.kubectl_json("get", "namespace", release.sandbox_namespace)
     assert sbx_ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"

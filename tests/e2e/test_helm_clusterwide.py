@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.kit import Cluster
+from tests.kit import Cluster, wait_until
 from tests.kit.helm import Release, installed_release
 
 pytestmark = pytest.mark.timeout(1200)
@@ -30,7 +30,8 @@ def release(cluster: Cluster) -> Iterator[Release]:
 def test_cluster_wide_rbac_is_a_cluster_role(release: Release) -> None:
     roles = release.cluster.kubectl("get", "roles", "-A", "-l", f"app.kubernetes.io/instance={release.name}",
                                     "-o", "name").stdout.split()
-    assert roles == []
+    # Only the leader-election Role, for the Lease in the release's own namespace.
+    assert roles == [f"role.rbac.authorization.k8s.io/{release.fullname}-leader-election"]
     cluster_role = release.kubectl_json("get", "clusterrole", release.fullname)
     resources = {r for rule in cluster_role["rules"] for r in rule["resources"]}
     assert {"pods", "sandboxes", "networkpolicies", "namespaces"} <= resources
@@ -42,8 +43,9 @@ def test_cluster_wide_rbac_is_a_cluster_role(release: Release) -> None:
 
 
 def test_cluster_wide_operator_brings_a_sandbox_to_ready(release: Release) -> None:
-    log = release.operator_log()
-    assert f"namespaces={release.sandbox_namespace}," in log
+    # The leader's start-up line (a standby waits for the Lease before it starts kopf).
+    wait_until(lambda: f"namespaces={release.sandbox_namespace}," in release.operator_log(), 60, interval=1,
+               message="the operator's startup line")
     release.create_sandbox("hello")
     sandbox = release.wait_ready("hello")
     assert sandbox["status"]["phase"] == "Ready"

@@ -6,6 +6,7 @@ bring it back up before they end.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -127,7 +128,8 @@ def test_cluster_up_recovers_when_a_gvisor_sandbox_died_with_its_cluster(cluster
     for pid in recorded_pids().values():
         os.kill(pid, signal.SIGKILL)
     for pid in runsc_processes():
-        os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # gone already: its parent just died
+            os.kill(pid, signal.SIGKILL)
     make("cluster-up")
     assert runsc_processes() == {}
     out = cluster.kubectl("get", "nodes", "-o", "jsonpath={.items[0].status.conditions[?(@.type=='Ready')].status}")

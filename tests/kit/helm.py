@@ -49,17 +49,29 @@ class Release:
                                  f"app.kubernetes.io/instance={self.name},app.kubernetes.io/component=operator")
         return list(pods["items"])
 
+    def lease_holder(self) -> str | None:
+        """The pod holding the release's leader-election Lease (named like the Deployment); None without one."""
+        result = self.cluster.kubectl("-n", self.namespace, "get", "lease", self.fullname, "--ignore-not-found",
+                                      "-o", "jsonpath={.spec.holderIdentity}", check=False)
+        return result.stdout.strip() or None
+
     def running_operator(self) -> dict[str, Any] | None:
-        """The one operator pod when it is running, ready and not being deleted."""
+        """The working operator pod when it is running, ready and not being deleted: the Lease holder's pod with
+        leader election, the one pod without."""
         pods = [p for p in self.operator_pods() if not p["metadata"].get("deletionTimestamp")]
+        holder = self.lease_holder()
+        if holder is not None:
+            pods = [p for p in pods if p["metadata"]["name"] == holder]
         if len(pods) != 1:
             return None
         statuses = pods[0].get("status", {}).get("containerStatuses") or []
         return pods[0] if statuses and all(s.get("ready") for s in statuses) else None
 
-    def operator_log(self) -> str:
-        result = self.cluster.kubectl("-n", self.namespace, "logs", f"deployment/{self.fullname}", "--tail=200",
-                                      check=False)
+    def operator_log(self, pod: str | None = None) -> str:
+        """The log of ``pod``, else of the Lease holder (a standby logs little), else of one of the pods."""
+        source = pod or self.lease_holder()
+        result = self.cluster.kubectl("-n", self.namespace, "logs", source or f"deployment/{self.fullname}",
+                                      "--tail=200", check=False)
         return result.stdout + result.stderr
 
     def can_i(self, verb: str, resource: str, namespace: str, user: str, subresource: str = "") -> bool:

@@ -45,7 +45,19 @@ SETTINGS_OUTSIDE_CONFIG = {
     "verbose": "logging.verbose",
     "failpoint": "test-only, never set by the chart",
     "instance_name": "the release's full name (the Deployment's name)",
+    "leader_election": "leaderElection.enabled",
+    "leader_election_lease_name": "the release's full name (one Lease per release)",
+    "leader_election_namespace": "left to the operator: the pod's namespace (POD_NAMESPACE, downward API)",
+    "leader_election_identity": "left to the operator: the pod's name (POD_NAME, downward API)",
+    "lease_duration_seconds": "leaderElection.leaseDurationSeconds",
+    "renew_deadline_seconds": "leaderElection.renewDeadlineSeconds",
+    "retry_period_seconds": "leaderElection.retryPeriodSeconds",
 }
+# leaderElection's timing values and the settings they set.
+LEASE_TIMING = {"leaseDurationSeconds": "lease_duration_seconds", "renewDeadlineSeconds": "renew_deadline_seconds",
+                "retryPeriodSeconds": "retry_period_seconds"}
+# What the downward API gives the operator pod, as the kubelet would resolve it for one replica.
+DOWNWARD_ENV = {"POD_NAME": f"{FULLNAME}-5d8f7c9b6-x2x4q", "POD_NAMESPACE": RELEASE_NS}
 
 # Operator permissions that must never appear, whatever the values.
 FORBIDDEN_RESOURCES = {"secrets", "pods/exec", "pods/attach", "pods/portforward", "pods/ephemeralcontainers",
@@ -76,6 +88,10 @@ KOPF_CLUSTER_RULES: Rules = {("apiextensions.k8s.io", "customresourcedefinitions
 REGISTRY_RULES: Rules = {("apiextensions.k8s.io", "customresourcedefinitions", constants.CRD_NAME): {"get", "patch"}}
 CLUSTER_RULES: Rules = {**KOPF_CLUSTER_RULES, **REGISTRY_RULES}
 KOPF_NAMESPACE_RULES: Rules = {("", "namespaces"): {"list", "watch"}}
+# Leader election, in the release namespace only: the release's Lease by name, and creating it.
+LEADER_ELECTION_ROLE = f"{FULLNAME}-leader-election"
+LEADER_ELECTION_RULES: Rules = {("coordination.k8s.io", "leases", FULLNAME): {"get", "update"},
+                                ("coordination.k8s.io", "leases"): {"create"}}
 
 # checkov findings accepted on purpose; every other failed check fails the test.
 CHECKOV_VERSION = "3.3.30"
@@ -151,7 +167,12 @@ def container(docs: list[Doc]) -> Doc:
 
 
 def env_of(docs: list[Doc]) -> dict[str, str]:
-    env = {e["name"]: e["value"] for e in container(docs)["env"]}
+    """The container's literal environment; the downward-API variables are checked here and left out."""
+    entries = container(docs)["env"]
+    downward = {e["name"]: e["valueFrom"] for e in entries if "valueFrom" in e}
+    assert downward == {"POD_NAME": {"fieldRef": {"fieldPath": "metadata.name"}},
+                        "POD_NAMESPACE": {"fieldRef": {"fieldPath": "metadata.namespace"}}}
+    env = {e["name"]: e["value"] for e in entries if "valueFrom" not in e}
     assert all(isinstance(v, str) for v in env.values())
     return env
 
@@ -179,8 +200,10 @@ def snake(camel: str) -> str:
 
 @contextlib.contextmanager
 def settings_env(env: dict[str, str]) -> Iterator[None]:
-    """The process environment with exactly these SANDBOX_OPERATOR_* variables."""
-    saved = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
+    """The process environment with exactly these SANDBOX_OPERATOR_* variables, plus what the downward API gives
+    the operator pod (DOWNWARD_ENV)."""
+    env = {**DOWNWARD_ENV, **env}
+    saved = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX) or k in DOWNWARD_ENV}
     for key in saved:
         del os.environ[key]
     os.environ.update(env)
@@ -261,8 +284,11 @@ def test_default_render_objects(helm: Path) -> None:
         ("Namespace", "sandboxes", ""),
         ("NetworkPolicy", FULLNAME, RELEASE_NS),
         ("NetworkPolicy", f"{FULLNAME}-default-deny", "sandboxes"),
+        ("PodDisruptionBudget", FULLNAME, RELEASE_NS),
         ("Role", FULLNAME, "sandboxes"),
+        ("Role", LEADER_ELECTION_ROLE, RELEASE_NS),
         ("RoleBinding", FULLNAME, "sandboxes"),
+        ("RoleBinding", LEADER_ELECTION_ROLE, RELEASE_NS),
         ("Service", f"{FULLNAME}-metrics", RELEASE_NS),
         ("ServiceAccount", FULLNAME, RELEASE_NS),
         ("ValidatingAdmissionPolicy", f"{FULLNAME}-pod-hardening", ""),
@@ -282,10 +308,100 @@ def test_release_named_like_the_chart_gives_plain_names(helm: Path) -> None:
     assert only(docs, "Deployment")["metadata"]["name"] == "sandbox-operator"
 
 
-def test_one_active_replica_recreated_never_overlapping(helm: Path) -> None:
-    deployment = only(render(helm), "Deployment")
+def test_two_replicas_elect_a_leader_and_roll_without_a_gap(helm: Path) -> None:
+    docs = render(helm)
+    deployment = only(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    # A new pod (a standby) comes up before an old one stops: never zero operators, and the Lease keeps it to
+    # one working at a time.
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate",
+                                              "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    env = env_of(docs)
+    assert env[f"{ENV_PREFIX}LEADER_ELECTION"] == "true"
+    assert env[f"{ENV_PREFIX}LEADER_ELECTION_LEASE_NAME"] == FULLNAME
+    assert (env[f"{ENV_PREFIX}LEASE_DURATION_SECONDS"], env[f"{ENV_PREFIX}RENEW_DEADLINE_SECONDS"],
+            env[f"{ENV_PREFIX}RETRY_PERIOD_SECONDS"]) == ("8", "6", "1")
+    budget = only(docs, "PodDisruptionBudget", FULLNAME, RELEASE_NS)
+    assert budget["spec"] == {"minAvailable": 1, "selector": deployment["spec"]["selector"]}
+
+
+def test_pod_disruption_budget_only_with_standbys(helm: Path, tmp_path: Path) -> None:
+    assert not select(render(helm, {"replicaCount": 1}, tmp_path), "PodDisruptionBudget")
+    docs = render(helm, {"replicaCount": 3}, tmp_path)
+    assert only(docs, "Deployment")["spec"]["replicas"] == 3
+    assert only(docs, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
+    # --set gives an integer where a values file gives a float: the same either way.
+    result = helm_template(helm, "--set", "replicaCount=1")
+    assert result.returncode == 0, result.stderr
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    assert only(docs, "Deployment")["spec"]["replicas"] == 1 and not select(docs, "PodDisruptionBudget")
+
+
+def test_without_leader_election_one_replica_recreated_never_overlapping(helm: Path, tmp_path: Path) -> None:
+    values = {"replicaCount": 1, "leaderElection": {"enabled": False}}
+    docs = render(helm, values, tmp_path)
+    deployment = only(docs, "Deployment")
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert not select(docs, "PodDisruptionBudget")
+    assert not select(docs, "Role", LEADER_ELECTION_ROLE) and not select(docs, "RoleBinding", LEADER_ELECTION_ROLE)
+    env = env_of(docs)
+    assert env[f"{ENV_PREFIX}LEADER_ELECTION"] == "false"
+    assert not {f"{ENV_PREFIX}LEADER_ELECTION_LEASE_NAME", f"{ENV_PREFIX}LEASE_DURATION_SECONDS"} & set(env)
+    with settings_env(env):
+        assert load_settings().leader_election is False
+
+
+def test_several_replicas_without_leader_election_are_refused(helm: Path, tmp_path: Path) -> None:
+    error = render_error(helm, {"leaderElection": {"enabled": False}}, tmp_path)  # replicaCount stays 2
+    assert ("replicaCount 2 needs leaderElection.enabled: true: without leader election every replica would "
+            "reconcile the same Sandboxes at once") in error, error
+    result = helm_template(helm, "--set", "leaderElection.enabled=false", "--set", "replicaCount=3")
+    assert result.returncode != 0 and "replicaCount 3 needs leaderElection.enabled: true" in result.stderr
+
+
+@pytest.mark.parametrize(("timing", "message"), [
+    ({"retryPeriodSeconds": 6}, "leaderElection.retryPeriodSeconds (6) must be less than "
+                                "leaderElection.renewDeadlineSeconds (6)"),
+    ({"renewDeadlineSeconds": 9}, "leaderElection.renewDeadlineSeconds (9) must be less than "
+                                  "leaderElection.leaseDurationSeconds (8)"),
+])
+def test_lease_timing_out_of_order_is_refused(helm: Path, timing: dict[str, int], message: str,
+                                              tmp_path: Path) -> None:
+    assert message in render_error(helm, {"leaderElection": timing}, tmp_path)
+
+
+def test_leader_election_values_reach_the_operator(helm: Path, tmp_path: Path) -> None:
+    timing = {"leaseDurationSeconds": 15, "renewDeadlineSeconds": 10, "retryPeriodSeconds": 2}
+    env = env_of(render(helm, {"leaderElection": timing}, tmp_path))
+    with settings_env(env):
+        settings = load_settings()
+    assert settings.leader_election is True
+    assert settings.leader_election_lease_name == FULLNAME
+    assert {name: getattr(settings, name) for name in LEASE_TIMING.values()} == {
+        LEASE_TIMING[key]: value for key, value in timing.items()}
+
+
+def test_leader_election_defaults_are_the_operators_own() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["leaderElection"]
+    fields = OperatorSettings.model_fields
+    for key, name in LEASE_TIMING.items():
+        assert values[key] == fields[name].get_default(), f"leaderElection.{key}"
+
+
+def test_lease_role_allows_only_the_releases_lease(helm: Path, tmp_path: Path) -> None:
+    for values in (None, {"clusterWide": True}):
+        docs = render(helm, values, tmp_path)
+        role = only(docs, "Role", LEADER_ELECTION_ROLE, RELEASE_NS)
+        assert component(role) == "operator"
+        assert rules_table(role) == LEADER_ELECTION_RULES
+        binding = only(docs, "RoleBinding", LEADER_ELECTION_ROLE, RELEASE_NS)
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                      "name": LEADER_ELECTION_ROLE}
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": RELEASE_NS}]
+        # Leases nowhere else: not in the sandbox namespaces, not cluster-wide.
+        others = [d for d in docs if d["kind"] in ("Role", "ClusterRole") and d is not role]
+        assert not any(key[:2] == ("coordination.k8s.io", "leases") for d in others for key in rules_table(d))
 
 
 def test_image_pinned_never_pulled_needlessly(helm: Path, tmp_path: Path) -> None:
@@ -406,7 +522,10 @@ def test_misconfigurations_fail_with_a_message(helm: Path, tmp_path: Path) -> No
 # --- values schema ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("values", [
-    {"replicas": 2},                                   # not a value: one operator only
+    {"replicas": 2},                                   # typo: the value is replicaCount
+    {"replicaCount": 0},                               # no operator at all
+    {"leaderElection": {"enable": False}},             # typo in a nested key
+    {"leaderElection": {"leaseDurationSeconds": "8s"}},  # seconds are whole numbers
     {"config": {"defualtCpu": "2"}},                   # typo in a setting
     {"image": {"tga": "0.1.0"}},                       # typo in a nested key
     {"sandboxNamespaces": {"name": ["x"]}},            # singular instead of plural
@@ -493,8 +612,12 @@ def test_rendered_environment_is_accepted_by_the_operator(helm: Path) -> None:
     assert settings.bind_address == "0.0.0.0"
     defaults = OperatorSettings.model_construct()
     assert settings.instance_name == FULLNAME
+    assert settings.leader_election is True and settings.leader_election_lease_name == FULLNAME
+    # The Lease's namespace and the holder's identity come from the pod (the operator resolves them).
+    chart_set = {"namespaces", "instance_name", "leader_election", "leader_election_lease_name",
+                 "leader_election_namespace", "leader_election_identity"}
     for name in OperatorSettings.model_fields:
-        if name not in ("namespaces", "instance_name"):
+        if name not in chart_set:
             assert getattr(settings, name) == getattr(defaults, name), name
 
 
@@ -590,8 +713,8 @@ def test_namespaced_rbac_is_confined_to_the_sandbox_namespaces(helm: Path, tmp_p
     docs = render(helm, NAMESPACED, tmp_path)
     cluster_role = only(docs, "ClusterRole", FULLNAME)
     assert rules_table(cluster_role) == {**CLUSTER_RULES, **KOPF_NAMESPACE_RULES}
-    roles = select(docs, "Role")
-    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    roles = select(docs, "Role", FULLNAME)
+    assert sorted(r["metadata"]["namespace"] for r in select(docs, "Role")) == [RELEASE_NS, "team-a", "team-b"]
     for role in roles:
         assert rules_table(role) == OPERATOR_NAMESPACED_RULES
     bindings = select(docs, "RoleBinding", FULLNAME)
@@ -603,7 +726,9 @@ def test_namespaced_rbac_is_confined_to_the_sandbox_namespaces(helm: Path, tmp_p
 
 def test_cluster_wide_rbac_is_one_cluster_role(helm: Path, tmp_path: Path) -> None:
     docs = render(helm, {"clusterWide": True}, tmp_path)
-    assert not select(docs, "Role") and not select(docs, "RoleBinding")
+    # No Role but the Lease's in the release namespace.
+    assert [r["metadata"]["name"] for r in select(docs, "Role") + select(docs, "RoleBinding")] == [
+        LEADER_ELECTION_ROLE, LEADER_ELECTION_ROLE]
     assert rules_table(only(docs, "ClusterRole", FULLNAME)) == {**CLUSTER_RULES, **OPERATOR_NAMESPACED_RULES}
     docs = render(helm, CLUSTER_WIDE, tmp_path)  # with watchPatterns kopf also matches namespaces
     assert rules_table(only(docs, "ClusterRole", FULLNAME)) == {
@@ -664,6 +789,29 @@ def test_operator_reconciles_pools_where_it_serves_and_clients_only_read_them(
     client = rules_table(only(docs, "ClusterRole", f"{FULLNAME}-client"))
     assert {key: verbs for key, verbs in client.items() if key[1].startswith("sandboxpools")} == {
         ("sandbox-operator.io", "sandboxpools"): {"get", "list", "watch"}}
+
+
+# --- sharding: several releases -----------------------------------------------------------------------------
+
+def test_two_releases_with_disjoint_namespaces_share_no_object(helm: Path, tmp_path: Path) -> None:
+    """Shards (docs/chart.md, "Sharding: several releases"): releases with their own names, namespaces, sandbox
+    namespaces and uid ranges install side by side. Helm refuses to adopt an object another release owns, so a
+    shared name, cluster-scoped above all, would make the second install fail."""
+    def objects(release: str, namespace: str, values: dict[str, Any]) -> set[tuple[str, str, str]]:
+        result = subprocess.run([str(helm), "template", release, str(CHART), "--namespace", namespace,
+                                 *_values_args(values, tmp_path)], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+        return {(d["kind"], d["metadata"].get("namespace", ""), d["metadata"]["name"]) for d in docs}
+
+    first = objects("shard-a", "operators-a", {"sandboxNamespaces": {"names": ["team-a"]},
+                                               "config": {"sandboxUidRange": "1000000000-1000065535"}})
+    second = objects("shard-b", "operators-b", {"sandboxNamespaces": {"names": ["team-b"]},
+                                                "config": {"sandboxUidRange": "1000065536-1000131071"}})
+    assert not first & second, first & second
+    cluster_scoped = {kind for kind, namespace, _name in first if not namespace}
+    assert cluster_scoped == {"ClusterRole", "ClusterRoleBinding", "Namespace", "ValidatingAdmissionPolicy",
+                              "ValidatingAdmissionPolicyBinding"}
 
 
 # --- warm pools ---------------------------------------------------------------------------------------------

@@ -6,10 +6,14 @@ from __future__ import annotations
 from bench.bench_scale import (
     KWOK_NODE_KEY,
     ApiWindow,
+    CollectorPass,
+    CollectorSample,
     Plan,
     RequestKey,
     api_requests,
     made_by,
+    pass_summary,
+    passes_between,
     scale_spec,
 )
 
@@ -82,3 +86,34 @@ def test_the_spec_selects_and_tolerates_the_fake_nodes_and_the_operator_may_allo
     assert all(settings.toleration_allowed(toleration.key) for toleration in spec.tolerations)
     assert all(settings.node_selector_key_allowed(key) for key in spec.node_selector)
     assert not OperatorSettings().toleration_allowed(KWOK_NODE_KEY)
+
+
+def operator_metrics(passes: int, seconds: float, sandboxes: int, idle: int, expired: int) -> str:
+    """The collector's lines of the operator's /metrics, as prometheus_client writes them."""
+    return "\n".join([
+        "# HELP sandbox_operator_collector_pass_seconds Duration of one collector pass",
+        'sandbox_operator_collector_pass_seconds_bucket{le="0.001"} 0.0',
+        f"sandbox_operator_collector_pass_seconds_count {passes}.0",
+        f"sandbox_operator_collector_pass_seconds_sum {seconds}",
+        f"sandbox_operator_collector_sandboxes {sandboxes}.0",
+        f'sandbox_operator_collections_total{{reason="IdleTimeout"}} {idle}.0',
+        f'sandbox_operator_collections_total{{reason="LifetimeExpired"}} {expired}.0',
+        "sandbox_operator_collections_created 1.7e9",
+    ])
+
+
+def test_each_new_pass_in_the_operator_metrics_is_one_pass() -> None:
+    before = CollectorSample.parse(operator_metrics(3, 0.5, 2000, 10, 2))
+    assert before == CollectorSample(passes=3, seconds=0.5, sandboxes=2000, collected=12)
+    after = CollectorSample.parse(operator_metrics(4, 1.75, 1900, 110, 2))
+    assert passes_between(before, after) == [CollectorPass(seconds=1.25, sandboxes=1900, collected=100)]
+    assert passes_between(after, after) == []
+    two = passes_between(before, CollectorSample.parse(operator_metrics(5, 0.9, 2000, 10, 2)))
+    assert [one.seconds for one in two] == [0.2, 0.2] and all(one.collected == 0 for one in two)
+
+
+def test_the_pass_figure_tells_passes_that_deleted_from_those_that_did_not() -> None:
+    passes = [CollectorPass(0.004, 2000, 0), CollectorPass(0.006, 2000, 0), CollectorPass(1.5, 1800, 200)]
+    assert pass_summary(passes) == ("6 / 1500 ms over 3 passes (those deleting nothing: 5 / 6 ms); "
+                                    "up to 2000 Sandboxes")
+    assert pass_summary([]) == "no pass seen"

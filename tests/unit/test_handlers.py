@@ -15,7 +15,7 @@ import kopf
 import pytest
 
 from sandbox_operator import constants
-from sandbox_operator.handlers import children, collector, sandbox
+from sandbox_operator.handlers import children, sandbox
 from sandbox_operator.handlers.runtime import Runtime
 from tests.unit.fake_kube import JSON, LOGGER, NS, World, handler, make_world, sandbox_body, timestamp
 
@@ -23,7 +23,6 @@ POD = constants.pod_name("a")
 POLICY = constants.network_policy_name("a")
 update_fn, delete_fn = handler(sandbox.update_fn), handler(sandbox.delete_fn)
 pod_event, policy_event = handler(children.pod_event), handler(children.policy_event)
-collect = handler(collector.collector)
 
 
 @pytest.fixture
@@ -348,43 +347,3 @@ def test_delete_leaves_a_pod_of_another_sandbox_alone(world: World) -> None:
          "controller": True}]}})
     run(lambda: delete_fn(body=world.body(), memo=world.memo, logger=LOGGER))
     assert world.cluster.names("Pod") == [POD]
-
-
-# --- collection -----------------------------------------------------------------------------------------------
-
-def idle_sandbox(world: World) -> None:
-    """Ready 20 minutes ago, untouched since, idleSeconds 600 (lifetime an hour from its creation)."""
-    world.cluster.add(constants.KIND, {**sandbox_body("a", creationTimestamp=timestamp(1500), spec={
-        "timeouts": {"idleSeconds": 600, "lifetimeSeconds": 3600}}),
-        "status": {"phase": "Ready", "readyTime": timestamp(1200)}})
-
-
-def test_an_idle_sandbox_is_collected_once(world: World) -> None:
-    idle_sandbox(world)
-
-    async def scenario() -> None:
-        seen = world.body()
-        await collect(body=seen, memo=world.memo, logger=LOGGER)
-        assert world.sandbox()["metadata"].get("deletionTimestamp"), "deleted (the finalizer holds it)"
-        [(event_type, reason, message)] = world.events
-        assert (event_type, reason) == ("Normal", "IdleTimeout") and "idleSeconds=600" in message
-        await collect(body=seen, memo=world.memo, logger=LOGGER)  # a second pass with the old body
-        assert len(world.events) == 1, "the Sandbox changed since: its precondition fails, no second Event"
-
-    run(scenario)
-
-
-def test_a_sandbox_in_use_is_not_collected_and_its_activity_is_mirrored(world: World) -> None:
-    idle_sandbox(world)
-    active = timestamp(30)
-    world.sandbox()["metadata"]["annotations"] = {constants.ANNOTATION_LAST_ACTIVITY: active}
-
-    async def scenario() -> None:
-        await collect(body=world.body(), memo=world.memo, logger=LOGGER)
-        assert not world.sandbox()["metadata"].get("deletionTimestamp") and world.events == []
-        assert world.status()["lastActivityTime"] == active
-        calls = len(world.cluster.calls)
-        await collect(body=world.body(), memo=world.memo, logger=LOGGER)
-        assert world.writes_after(calls) == []
-
-    run(scenario)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from sandbox_operator import constants
+from sandbox_operator import settings as settings_module
 from sandbox_operator.settings import OperatorSettings, SettingsError, load_settings
 
 
@@ -145,3 +148,85 @@ def test_settings_are_frozen() -> None:
     settings = OperatorSettings()
     with pytest.raises(ValueError, match="frozen"):
         settings.gc_interval_seconds = 1  # type: ignore[misc]
+
+
+@pytest.fixture
+def no_pod(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """Outside a pod: no POD_NAME/POD_NAMESPACE, no service account namespace file."""
+    clean_env.delenv("POD_NAME", raising=False)
+    clean_env.delenv("POD_NAMESPACE", raising=False)
+    clean_env.setattr(settings_module, "SERVICE_ACCOUNT_NAMESPACE", tmp_path / "absent")
+    return clean_env
+
+
+def test_leader_election_defaults(no_pod: pytest.MonkeyPatch) -> None:
+    settings = load_settings()
+    assert settings.leader_election is False
+    assert (settings.lease_duration_seconds, settings.renew_deadline_seconds, settings.retry_period_seconds) == (
+        8, 6, 1)
+    assert settings.lease_name == "sandbox-operator" and settings.lease_namespace == ""
+    assert settings.leader_identity == f"{socket.gethostname()}-{os.getpid()}"
+
+
+def test_leader_election_names_from_the_pod(no_pod: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for key, value in {"SANDBOX_OPERATOR_LEADER_ELECTION": "true", "SANDBOX_OPERATOR_INSTANCE_NAME":
+                       "ops-sandbox-operator", "POD_NAME": "ops-sandbox-operator-7d9f-abcde",
+                       "POD_NAMESPACE": "ops"}.items():
+        no_pod.setenv(key, value)
+    settings = load_settings()
+    assert (settings.lease_namespace, settings.lease_name, settings.leader_identity) == (
+        "ops", "ops-sandbox-operator", "ops-sandbox-operator-7d9f-abcde")
+    no_pod.delenv("POD_NAMESPACE")
+    namespace_file = tmp_path / "namespace"
+    namespace_file.write_text("from-token\n")
+    no_pod.setattr(settings_module, "SERVICE_ACCOUNT_NAMESPACE", namespace_file)
+    assert load_settings().lease_namespace == "from-token"
+    for name, value in {"LEADER_ELECTION_NAMESPACE": "explicit", "LEADER_ELECTION_LEASE_NAME": "my-lease",
+                        "LEADER_ELECTION_IDENTITY": "replica-1", "LEASE_DURATION_SECONDS": "15",
+                        "RENEW_DEADLINE_SECONDS": "10", "RETRY_PERIOD_SECONDS": "0.5"}.items():
+        no_pod.setenv(f"SANDBOX_OPERATOR_{name}", value)
+    settings = load_settings()
+    assert (settings.lease_namespace, settings.lease_name, settings.leader_identity) == (
+        "explicit", "my-lease", "replica-1")
+    assert (settings.lease_duration_seconds, settings.renew_deadline_seconds, settings.retry_period_seconds) == (
+        15, 10, 0.5)
+
+
+def test_leader_election_off_needs_no_namespace(no_pod: pytest.MonkeyPatch) -> None:
+    assert load_settings().leader_election is False
+
+
+@pytest.mark.parametrize(("env", "fragment"), [
+    ({"SANDBOX_OPERATOR_LEADER_ELECTION": "true"},
+     "SANDBOX_OPERATOR_LEADER_ELECTION_NAMESPACE is empty and the pod's namespace is unknown (no env POD_NAMESPACE"),
+    ({"SANDBOX_OPERATOR_RENEW_DEADLINE_SECONDS": "8"},
+     "SANDBOX_OPERATOR_RETRY_PERIOD_SECONDS=1.0 < SANDBOX_OPERATOR_RENEW_DEADLINE_SECONDS=8.0 < "
+     "SANDBOX_OPERATOR_LEASE_DURATION_SECONDS=8 does not hold"),
+    ({"SANDBOX_OPERATOR_RETRY_PERIOD_SECONDS": "6"}, "SANDBOX_OPERATOR_RETRY_PERIOD_SECONDS=6.0 < "),
+    ({"SANDBOX_OPERATOR_LEASE_DURATION_SECONDS": "5"}, "SANDBOX_OPERATOR_LEASE_DURATION_SECONDS=5 does not hold"),
+    ({"SANDBOX_OPERATOR_LEASE_DURATION_SECONDS": "1"}, "SANDBOX_OPERATOR_LEASE_DURATION_SECONDS"),
+    ({"SANDBOX_OPERATOR_RETRY_PERIOD_SECONDS": "0"}, "SANDBOX_OPERATOR_RETRY_PERIOD_SECONDS"),
+    ({"SANDBOX_OPERATOR_LEADER_ELECTION_LEASE_NAME": "Not_A_Name"},
+     "SANDBOX_OPERATOR_LEADER_ELECTION_LEASE_NAME: 'Not_A_Name' is not a Kubernetes object name"),
+    ({"SANDBOX_OPERATOR_LEADER_ELECTION_NAMESPACE": "a.b"},
+     "SANDBOX_OPERATOR_LEADER_ELECTION_NAMESPACE: 'a.b' is not a namespace name"),
+])
+def test_bad_leader_election_settings_name_the_variable(no_pod: pytest.MonkeyPatch, env: dict[str, str],
+                                                        fragment: str) -> None:
+    for key, value in env.items():
+        no_pod.setenv(key, value)
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    assert fragment in str(error.value)
+
+
+def test_main_with_election_and_no_namespace_exits_before_touching_the_cluster() -> None:
+    if settings_module.SERVICE_ACCOUNT_NAMESPACE.exists():
+        pytest.skip("running in a pod: its service account names the namespace")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("SANDBOX_OPERATOR_") and k not in ("POD_NAMESPACE", "POD_NAME")}
+    env.update(SANDBOX_OPERATOR_LEADER_ELECTION="true", KUBECONFIG="/nonexistent")
+    result = subprocess.run([sys.executable, "-m", "sandbox_operator"], env=env, capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 2
+    assert "SANDBOX_OPERATOR_LEADER_ELECTION_NAMESPACE" in result.stderr and "Traceback" not in result.stderr

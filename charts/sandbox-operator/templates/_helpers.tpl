@@ -128,6 +128,56 @@ SANDBOX_OPERATOR_DEFAULT_CPU); an empty string or list leaves the operator's def
   value: {{ .Values.logging.verbose | toString | quote }}
 - name: SANDBOX_OPERATOR_INSTANCE_NAME
   value: {{ include "sandbox-operator.fullname" . | quote }}
+- name: SANDBOX_OPERATOR_LEADER_ELECTION
+  value: {{ .Values.leaderElection.enabled | toString | quote }}
+{{- if .Values.leaderElection.enabled }}
+- name: SANDBOX_OPERATOR_LEADER_ELECTION_LEASE_NAME
+  value: {{ include "sandbox-operator.leaseName" . | quote }}
+- name: SANDBOX_OPERATOR_LEASE_DURATION_SECONDS
+  value: {{ .Values.leaderElection.leaseDurationSeconds | int | toString | quote }}
+- name: SANDBOX_OPERATOR_RENEW_DEADLINE_SECONDS
+  value: {{ .Values.leaderElection.renewDeadlineSeconds | int | toString | quote }}
+- name: SANDBOX_OPERATOR_RETRY_PERIOD_SECONDS
+  value: {{ .Values.leaderElection.retryPeriodSeconds | int | toString | quote }}
+{{- end }}
+# The pod's name (the Lease holder's identity) and namespace (where the Lease lives), from the downward API.
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+{{- end }}
+
+{{/*
+The Lease the replicas elect their leader with, in the release namespace: one per release.
+*/}}
+{{- define "sandbox-operator.leaseName" -}}
+{{- include "sandbox-operator.fullname" . }}
+{{- end }}
+
+{{/*
+The number of operator pods, checked: more than one only with leader election (two operators working at once
+would both reconcile every Sandbox: two pods, conflicting status writes), and the Lease timing in the order the
+operator requires (retry < renew deadline < lease duration), so that a mistake fails at install, not at start.
+*/}}
+{{- define "sandbox-operator.replicas" -}}
+{{- $replicas := .Values.replicaCount | int }}
+{{- $election := .Values.leaderElection }}
+{{- if and (gt $replicas 1) (not $election.enabled) }}
+{{- fail (printf "replicaCount %d needs leaderElection.enabled: true: without leader election every replica would reconcile the same Sandboxes at once; set replicaCount: 1 or enable leader election" $replicas) }}
+{{- end }}
+{{- if $election.enabled }}
+{{- if not (lt ($election.retryPeriodSeconds | int) ($election.renewDeadlineSeconds | int)) }}
+{{- fail (printf "leaderElection.retryPeriodSeconds (%d) must be less than leaderElection.renewDeadlineSeconds (%d): the leader must get more than one try to renew" ($election.retryPeriodSeconds | int) ($election.renewDeadlineSeconds | int)) }}
+{{- end }}
+{{- if not (lt ($election.renewDeadlineSeconds | int) ($election.leaseDurationSeconds | int)) }}
+{{- fail (printf "leaderElection.renewDeadlineSeconds (%d) must be less than leaderElection.leaseDurationSeconds (%d): a leader that cannot renew must stop before a standby may take over" ($election.renewDeadlineSeconds | int) ($election.leaseDurationSeconds | int)) }}
+{{- end }}
+{{- end }}
+{{- $replicas }}
 {{- end }}
 
 {{/*

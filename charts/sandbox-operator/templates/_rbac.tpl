@@ -3,7 +3,8 @@ THE operator's RBAC table: every permission it has, and why. Rendered into a Rol
 (clusterWide: false) or into one ClusterRole (clusterWide: true); the cluster-scoped reads below always go into a
 ClusterRole. Deliberately absent: pods/exec, pods/attach, pods/portforward, pods/ephemeralcontainers, secrets,
 serviceaccounts/token, configmaps, nodes, wildcards, and the escalate/bind/impersonate verbs. kopf runs
-standalone, so it needs no peering objects (kopf.dev).
+standalone, so it needs no peering objects (kopf.dev); the replicas elect their leader with one Lease in the
+release namespace (a Role of its own there).
 */}}
 
 {{/* Namespaced rules: the objects the operator reconciles. */}}
@@ -55,6 +56,20 @@ standalone, so it needs no peering objects (kopf.dev).
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "list"]
+{{- end }}
+
+{{/* Leader election (the release namespace): the one Lease, read and renewed by name; create cannot be limited
+to a name (the API server checks it before the object has one), and leases are the only thing it allows. */}}
+{{- define "sandbox-operator.rules.leaderElection" -}}
+# Application: the replicas' Lease: read to see who holds it, updated to take it over, renew it or release it.
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  resourceNames: [{{ include "sandbox-operator.leaseName" . | quote }}]
+  verbs: ["get", "update"]
+# Application: the first replica creates the Lease.
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  verbs: ["create"]
 {{- end }}
 
 {{/* Cluster-scoped reads kopf makes (ClusterRole in every mode). */}}

@@ -201,7 +201,12 @@ def _exit_message(pod: PodObservation) -> str:
 
 def activity_time(sandbox: Sandbox, now: datetime.datetime) -> datetime.datetime | None:
     """The client's activity record, or None when absent, unparsable or implausibly in the future."""
-    value = parse_time(sandbox.metadata.annotations.get(constants.ANNOTATION_LAST_ACTIVITY))
+    return activity_from(sandbox.metadata.annotations.get(constants.ANNOTATION_LAST_ACTIVITY), now)
+
+
+def activity_from(annotation: str | None, now: datetime.datetime) -> datetime.datetime | None:
+    """:func:`activity_time` from the annotation's value."""
+    value = parse_time(annotation)
     if value is None or value > now + ACTIVITY_FUTURE_SKEW:
         return None
     return min(value, now).astimezone(datetime.UTC).replace(microsecond=0)
@@ -210,7 +215,13 @@ def activity_time(sandbox: Sandbox, now: datetime.datetime) -> datetime.datetime
 def idle_clock_start(sandbox: Sandbox, ready_time: datetime.datetime | None,
                      now: datetime.datetime) -> datetime.datetime | None:
     """max(activity, readyTime); None if neither exists (then the collector counts from creation)."""
-    candidates = [t for t in (activity_time(sandbox, now), ready_time) if t is not None]
+    return idle_clock_from(sandbox.metadata.annotations.get(constants.ANNOTATION_LAST_ACTIVITY), ready_time, now)
+
+
+def idle_clock_from(annotation: str | None, ready_time: datetime.datetime | None,
+                    now: datetime.datetime) -> datetime.datetime | None:
+    """:func:`idle_clock_start` from the activity annotation's value."""
+    candidates = [t for t in (activity_from(annotation, now), ready_time) if t is not None]
     return max(candidates) if candidates else None
 
 
@@ -225,6 +236,13 @@ def expires_at(sandbox: Sandbox, lifetime_seconds: int,
     if pod is not None and pod.start_time and pod.active_deadline_seconds:
         end = min(end, pod.start_time + datetime.timedelta(seconds=pod.active_deadline_seconds))
     return end.astimezone(datetime.UTC).replace(microsecond=0)
+
+
+def lifetime_end(created: datetime.datetime | None, lifetime_seconds: int) -> datetime.datetime | None:
+    """Creation plus lifetime, as :func:`expires_at` gives it for a Sandbox without a pod."""
+    if created is None:
+        return None
+    return (created + datetime.timedelta(seconds=lifetime_seconds)).astimezone(datetime.UTC).replace(microsecond=0)
 
 
 def build_status(sandbox: Sandbox, verdict: Verdict, pod: PodObservation | None, *, lifetime_seconds: int,

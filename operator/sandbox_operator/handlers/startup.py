@@ -17,9 +17,9 @@ from sandbox_operator import constants, metrics
 from sandbox_operator.handlers.registry import RegistryPublisher, keep_published, publisher_for
 from sandbox_operator.handlers.runtime import runtime, utcnow
 
-# kopf logs every successful run at INFO: for the per-sandbox timer and the watch handlers that is one line per
+# kopf logs every successful run at INFO: for the collector's index and the watch handlers that is one line per
 # sandbox per interval or event, which drowns what matters. Kept with SANDBOX_OPERATOR_VERBOSE.
-ROUTINE = re.compile(r"^(Timer 'collector'|Handler '(sandbox-events|pod-status|policy-guard|pool-events|"
+ROUTINE = re.compile(r"^(Indexer 'sandbox_collection'|Handler '(sandbox-events|pod-status|policy-guard|pool-events|"
                      r"pool-pod-events|pool-policy-guard|pool-pod-policy-guard)') succeeded\.$")
 
 
