@@ -5,6 +5,7 @@ nothing is due, the pass metric, and the loop stopping with the operator."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import datetime
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, cast
@@ -229,9 +230,13 @@ def test_the_loop_runs_passes_and_stops_with_the_operator(world: World) -> None:
         index_fn = cast(Callable[..., Awaitable[object]], collector.sandbox_collection)
         stop = cast(Callable[..., Awaitable[None]], collector.stop_collector)
         await keep(memo=world.memo, sandbox_collection=index)
-        assert getattr(world.memo, "collector", None) is None, "no loop before a Sandbox is indexed"
-        await index_fn(body=world.body(), memo=world.memo)
-        task = world.memo.collector
+        assert world.runtime.collector is None, "no loop before a Sandbox is indexed"
+        # kopf hands every object a copy of the memo: a loop started for one must be the loop for all.
+        await index_fn(body=world.body(), memo=copy.copy(world.memo))
+        task = world.runtime.collector
+        assert task is not None
+        await index_fn(body=world.body(), memo=copy.copy(world.memo))
+        assert world.runtime.collector is task, "a second loop"
         for _ in range(40):
             if world.events:
                 break

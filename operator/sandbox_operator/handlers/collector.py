@@ -69,22 +69,22 @@ async def keep_collection_index(memo: kopf.Memo, sandbox_collection: CollectionI
     too); the first Sandbox indexed starts the loop."""
     if sandbox_collection is None:
         raise RuntimeError(f"the {INDEX} index was not passed to the startup handler")
-    memo.collection_index = sandbox_collection
+    runtime(memo).collection_index = sandbox_collection
 
 
 def ensure_collector(memo: kopf.Memo) -> None:
     """Starts the loop unless it runs. From the indexer, not at start-up: a task keeps the context it was created
-    in, and ``kopf.event`` needs the Event queue that kopf sets only in the context of its per-object work."""
-    index: CollectionIndex | None = getattr(memo, "collection_index", None)
-    task: asyncio.Task[None] | None = getattr(memo, "collector", None)
-    if index is not None and (task is None or task.done()):
-        memo.collector = asyncio.get_running_loop().create_task(collect_forever(runtime(memo), index),
-                                                                name="collector")
+    in, and ``kopf.event`` needs the Event queue that kopf sets only in the context of its per-object work. Kept
+    on the runtime, not the memo: kopf hands each object a copy of the memo."""
+    rt = runtime(memo)
+    if rt.collection_index is not None and (rt.collector is None or rt.collector.done()):
+        rt.collector = asyncio.get_running_loop().create_task(collect_forever(rt, rt.collection_index),
+                                                              name="collector")
 
 
 @kopf.on.cleanup(id="collector")
 async def stop_collector(memo: kopf.Memo, **_: Any) -> None:
-    task: asyncio.Task[None] | None = getattr(memo, "collector", None)
+    task = runtime(memo).collector
     if task is not None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

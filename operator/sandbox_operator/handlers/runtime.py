@@ -57,6 +57,10 @@ class Runtime:
     pool_pods: Any = None
     """kopf's ``pool_pods`` index (pool pods by (namespace, pool)), a live view kept from the first handler."""
     pool_ticker: asyncio.Task[None] | None = None
+    collector: asyncio.Task[None] | None = None
+    """The collector's one loop (:mod:`sandbox_operator.handlers.collector`)."""
+    collection_index: Any = None
+    """kopf's ``sandbox_collection`` index, a live view kept from the start-up handler."""
     covered_pool_pods: set[str] = field(default_factory=set)
     """UIDs of pool pods whose own deny-all policy this process made or adopted."""
     pool_pod_policies: Any = None
