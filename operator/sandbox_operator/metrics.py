@@ -45,9 +45,6 @@ for _reason in ("LifetimeExpired", "IdleTimeout"):
 for _outcome in ("warm", "cold"):
     POOL_CLAIMS.labels(_outcome)
 
-for _phase in PHASES:
-    SANDBOXES.labels(_phase).set(0)
-
 
 class PhaseTracker:
     """Keeps the phase gauge equal to the phases of the Sandboxes currently seen (thread-safe). A change moves one
@@ -57,6 +54,8 @@ class PhaseTracker:
         self._phases: dict[tuple[str, str], str] = {}
         self._counts: dict[str, int] = dict.fromkeys(PHASES, 0)
         self._lock = threading.Lock()
+        for phase in PHASES:  # a new tracker knows no Sandbox yet
+            SANDBOXES.labels(phase).set(0)
 
     def set(self, key: tuple[str, str], phase: str | None) -> None:
         with self._lock:
