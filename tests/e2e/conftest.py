@@ -3,7 +3,9 @@
 and ``[gvisor]`` (tests/kit/runtimes.py).
 
 A test that cannot hold under one runtime says so with ``@pytest.mark.xfail_under("gvisor", reason=...)``: under
-that runtime it is a strict xfail (it must fail; when it passes, the mark has to go).
+that runtime it is a strict xfail (it must fail; when it passes, the mark has to go). A test of the client alone,
+which the sandbox's runtime cannot change, says so with ``@pytest.mark.client_side(reason=...)``: it runs under
+the first runtime selected only; the others' variants are deselected (reported as such, never skipped).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ except ValueError as error:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "xfail_under(runtime, reason): a strict xfail of the test's [runtime] variant")
+    config.addinivalue_line("markers", "client_side(reason): tests the client alone; runs under the first runtime only")
 
 
 def item_runtime(item: pytest.Item) -> Runtime | None:
@@ -34,10 +37,15 @@ def runtime_order(item: pytest.Item) -> int:
 
 
 @pytest.hookimpl(trylast=True)  # after pytest's own grouping of parametrized fixtures, which it would undo
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """A module's tests, one runtime after the other. Pytest groups the module-scoped parameters itself, but with
     two of them (``runtime`` and, say, the transport) it alternates between runtimes, and each switch starts the
     module's operator and sandboxes again. Each module's run of consecutive tests keeps its place."""
+    client_side = [item for item in items if item.get_closest_marker("client_side") is not None
+                   and item_runtime(item) not in (None, RUNTIMES[0])]
+    if client_side:
+        config.hook.pytest_deselected(items=client_side)
+        items[:] = [item for item in items if item not in client_side]
     start = 0
     while start < len(items):
         end = start + 1

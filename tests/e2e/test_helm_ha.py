@@ -24,9 +24,10 @@ from kubernetes import client
 from kubernetes.client import ApiException
 
 from sandbox_operator import constants
+from sandbox_operator.sdk import SandboxError, SandboxManager
 from tests.kit import Cluster, wait_until
 from tests.kit.ha import leader_and_standby, operator_pids, owned_by, pod_metric, restarts
-from tests.kit.helm import CHART, Release, installed_release
+from tests.kit.helm import CHART, READY_TIMEOUT, Release, installed_release
 
 FAILOVER_BOUND = 60.0  # generous: the 15 s goal is measured (printed here, benchmarked), not asserted
 CREATE_INTERVAL = 1.0
@@ -128,24 +129,32 @@ def test_leader_sigkilled_a_standby_serves_the_next_create(release: Release) -> 
 # --- rolling upgrade ----------------------------------------------------------------------------------------
 
 class SteadyCreates:
-    """Creates one Sandbox every CREATE_INTERVAL seconds in a thread until stopped; a failed create is kept (the
-    API server must take every one: the operator's upgrade does not concern it)."""
+    """Creates one Sandbox every CREATE_INTERVAL seconds until stopped, each through the SDK in a thread of its own
+    (``create`` waits for Ready, and says so when no operator picks its Sandbox up: an upgrade must never look like
+    no operator at all); a failed create is kept."""
 
     def __init__(self, release: Release, prefix: str) -> None:
-        self.release, self.prefix = release, prefix
+        self.prefix = prefix
+        self.manager = SandboxManager(release.sandbox_namespace, kubeconfig=release.cluster.kubeconfig)
         self.names: list[str] = []
         self.errors: list[str] = []
         self._stop = threading.Event()
+        self._creates: list[threading.Thread] = []
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _create(self, name: str) -> None:
+        try:
+            self.manager.create(name, cpu="500m", memory="128Mi", timeout=READY_TIMEOUT)
+        except SandboxError as error:
+            self.errors.append(f"{name}: {error}")
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            name = f"{self.prefix}-{len(self.names) + len(self.errors):03d}"
-            try:
-                create_sandbox(self.release, name)
-                self.names.append(name)
-            except ApiException as error:
-                self.errors.append(f"{name}: {error.status} {error.reason}")
+            name = f"{self.prefix}-{len(self.names):03d}"
+            self.names.append(name)
+            thread = threading.Thread(target=self._create, args=(name,), daemon=True)
+            thread.start()
+            self._creates.append(thread)
             self._stop.wait(CREATE_INTERVAL)
 
     def __enter__(self) -> SteadyCreates:
@@ -155,6 +164,9 @@ class SteadyCreates:
     def __exit__(self, *_exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
+        for thread in self._creates:
+            thread.join(timeout=READY_TIMEOUT + 30)
+        self.manager.close()
 
 
 def test_rolling_upgrade_during_steady_creates_loses_none(release: Release) -> None:

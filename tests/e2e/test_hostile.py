@@ -162,6 +162,7 @@ CLIENT_PROBE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.client_side(reason="the client bounds what it keeps, whatever runs the sandbox")
 @pytest.mark.parametrize("path", ["run", "stream", "sandboxctl"])
 def test_client_memory_stays_bounded_while_a_sandbox_floods_it(env: Env, box: Sandbox, path: str) -> None:
     """600 MB of output: a client that kept it (twice, as before) would peak above 1.2 GB."""

@@ -12,11 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import kopf
 import pytest
 import urllib3
 from kubernetes.client import ApiException
 
 from sandbox_operator import constants
+from sandbox_operator.handlers import startup
 from sandbox_operator.handlers.registry import (
     PRUNE_AFTER,
     RegistryPublisher,
@@ -24,6 +26,7 @@ from sandbox_operator.handlers.registry import (
     operator_identity,
     pod_namespace,
 )
+from sandbox_operator.handlers.runtime import Runtime
 from sandbox_operator.registry import (
     RegistryEntry,
     fresh_entries,
@@ -31,7 +34,7 @@ from sandbox_operator.registry import (
     registry_entry,
     registry_key,
 )
-from sandbox_operator.settings import SettingsError, load_settings
+from sandbox_operator.settings import OperatorSettings, SettingsError, load_settings
 
 NOW = datetime.datetime(2026, 12, 1, 10, 0, 0, tzinfo=datetime.UTC)
 PREFIX = constants.REGISTRY_ANNOTATION_PREFIX
@@ -330,3 +333,35 @@ def test_heartbeat_loop_refreshes_and_survives_a_failing_round() -> None:
 
     asyncio.run(run())
     assert rounds[0] == NOW and crds.calls  # the loop waits one interval, then publishes every round
+
+
+class _Withdrawals:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def withdraw(self) -> bool:
+        self.count += 1
+        return True
+
+
+class _ClosingApi:
+    def __init__(self) -> None:
+        self.api_client = self
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize(("leader_election", "withdrawn"), [(False, 1), (True, 0)])
+def test_shutdown_withdraws_the_entry_unless_a_standby_takes_over(leader_election: bool, withdrawn: int) -> None:
+    # With leader election a standby publishes the same entry within seconds; withdrawn in between, a client's
+    # create in that gap would be told no operator serves its namespace.
+    publisher, api = _Withdrawals(), _ClosingApi()
+    memo = kopf.Memo()
+    memo.registry = publisher
+    settings = OperatorSettings(leader_election=leader_election, leader_election_namespace="operators")
+    memo.runtime = Runtime(settings=settings, api=api)  # type: ignore[arg-type]
+    asyncio.run(startup.close(memo=memo))
+    assert publisher.count == withdrawn
+    assert api.closed

@@ -84,9 +84,13 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await heartbeat
     publisher: RegistryPublisher | None = getattr(memo, "registry", None)
-    if publisher is not None:
-        await asyncio.to_thread(publisher.withdraw)
     rt = getattr(memo, "runtime", None)
+    # With leader election a standby takes over within seconds and publishes the same entry: withdrawn meanwhile,
+    # a client creating a Sandbox in that gap would be told no operator serves its namespace. Left alone, the
+    # entry goes stale by itself (180 s) if nobody takes over.
+    handing_over = rt is not None and rt.settings.leader_election
+    if publisher is not None and not handing_over:
+        await asyncio.to_thread(publisher.withdraw)
     if rt is not None:
         rt.api.api_client.close()
 
