@@ -135,6 +135,10 @@ kwok-down: ## Remove the simulated nodes and stop kwok
 bench-scale: $(VENV_STAMP) ## 2,000 Sandboxes on 20 kwok nodes (kwok-up, the run, then kwok-down even on failure): RSS, create -> pod, writes, collector pass, relists (minutes)
 	bash hack/kwok-up.sh $(KWOK_NODES) && $(PY) -m bench.bench_scale; status=$$?; bash hack/kwok-down.sh; exit $$status
 
+.PHONY: bench-failover
+bench-failover: $(VENV_STAMP) ## The chart's two replicas: the leader SIGKILLed or frozen 5 times each, how soon a create is served again (minutes)
+	$(PY) -m bench.bench_failover
+
 .PHONY: operator-image
 operator-image: ## Build the operator image (wheels on the host, cached) and import it into the local cluster
 	bash hack/build-operator-image.sh
