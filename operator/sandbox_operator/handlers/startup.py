@@ -42,7 +42,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
     # Events are ours to post (one per status transition); kopf's own INFO chatter stays in the log.
     settings.posting.level = logging.WARNING
     settings.posting.reporting_component = constants.MANAGER_NAME
-    # One replica by design (Deployment with Recreate); no peering objects needed.
+    # One process works at a time: the Lease of leader election (leader.py) decides which, before kopf starts; no
+    # peering objects needed.
     settings.peering.standalone = True
     settings.peering.mandatory = False
     # Reconnect watches that the API server or a load balancer silently dropped.
