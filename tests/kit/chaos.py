@@ -39,7 +39,7 @@ from kubernetes.client import ApiException
 from sandbox_operator import constants
 from sandbox_operator.models.conditions import PHASE_FAILED, PHASE_READY, REASONS_BY_PHASE
 from sandbox_operator.sdk import Sandbox, SandboxAlreadyExists, SandboxError, SandboxManager
-from tests.kit.ha import operator_pids
+from tests.kit.ha import controller_uid, operator_pids
 from tests.kit.helm import Release
 from tests.kit.kube import JSON, Kube
 from tests.kit.repo import REPO_ROOT
@@ -247,11 +247,6 @@ def check_failed_reasons(sandboxes: list[JSON]) -> None:
     wrong = {s["metadata"]["name"]: s["status"].get("reason") for s in sandboxes
              if s["status"]["phase"] == PHASE_FAILED and s["status"].get("reason") not in documented}
     assert not wrong, f"Failed Sandboxes without one of the documented reasons {sorted(documented)}: {wrong}"
-
-
-def controller_uid(obj: JSON) -> str | None:
-    owners = (obj.get("metadata") or {}).get("ownerReferences") or []
-    return next((o["uid"] for o in owners if o.get("controller") and o.get("kind") == constants.KIND), None)
 
 
 def check_children(kube: Kube, namespace: str, sandboxes: list[JSON]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from sandbox_operator import constants
 from tests.kit.helm import Release
 
 
@@ -47,13 +48,16 @@ def operator_pids(pod_name: str) -> list[int]:
     return [pid for pid, environ in environs.items() if f"POD_NAME={pod_name}".encode() in environ]
 
 
-def owned_by(objects: list[dict[str, Any]], uid: str) -> list[str]:
-    """Names of the live objects whose controller is the object ``uid``."""
-    def controlled(o: dict[str, Any]) -> bool:
-        references = o["metadata"].get("ownerReferences") or []
-        return any(ref.get("uid") == uid and ref.get("controller") for ref in references)
+def controller_uid(obj: dict[str, Any]) -> str | None:
+    """The UID of the Sandbox controlling ``obj``, if one does."""
+    owners = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return next((o["uid"] for o in owners if o.get("controller") and o.get("kind") == constants.KIND), None)
 
-    return [o["metadata"]["name"] for o in objects if not o["metadata"].get("deletionTimestamp") and controlled(o)]
+
+def owned_by(objects: list[dict[str, Any]], uid: str) -> list[str]:
+    """Names of the live objects the Sandbox ``uid`` controls."""
+    return [o["metadata"]["name"] for o in objects
+            if not o["metadata"].get("deletionTimestamp") and controller_uid(o) == uid]
 
 
 METRICS_PORT = 9090  # the chart's metrics.port

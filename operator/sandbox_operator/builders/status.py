@@ -33,7 +33,7 @@ from typing import Any
 from sandbox_operator import constants
 from sandbox_operator.models.conditions import CONDITION_READY, TERMINAL_PHASES, Condition, Phase
 from sandbox_operator.models.sandbox import Sandbox, SandboxStatus
-from sandbox_operator.models.timestamps import format_time, parse_time
+from sandbox_operator.models.timestamps import format_time, parse_time, utc_seconds
 
 CONDITION_DISRUPTION_TARGET = "DisruptionTarget"
 ENDED_POD_PHASES = frozenset({"Succeeded", "Failed"})
@@ -229,20 +229,17 @@ def expires_at(sandbox: Sandbox, lifetime_seconds: int,
                pod: PodObservation | None = None) -> datetime.datetime | None:
     """Creation plus lifetime, or the pod's own deadline if that comes first (a lifetime set after creation
     cannot extend activeDeadlineSeconds)."""
-    created = sandbox.metadata.creation_timestamp
-    if created is None:
-        return None
-    end = created + datetime.timedelta(seconds=lifetime_seconds)
-    if pod is not None and pod.start_time and pod.active_deadline_seconds:
-        end = min(end, pod.start_time + datetime.timedelta(seconds=pod.active_deadline_seconds))
-    return end.astimezone(datetime.UTC).replace(microsecond=0)
+    end = lifetime_end(sandbox.metadata.creation_timestamp, lifetime_seconds)
+    if end is not None and pod is not None and pod.start_time and pod.active_deadline_seconds:
+        end = min(end, utc_seconds(pod.start_time + datetime.timedelta(seconds=pod.active_deadline_seconds)))
+    return end
 
 
 def lifetime_end(created: datetime.datetime | None, lifetime_seconds: int) -> datetime.datetime | None:
     """Creation plus lifetime, as :func:`expires_at` gives it for a Sandbox without a pod."""
     if created is None:
         return None
-    return (created + datetime.timedelta(seconds=lifetime_seconds)).astimezone(datetime.UTC).replace(microsecond=0)
+    return utc_seconds(created + datetime.timedelta(seconds=lifetime_seconds))
 
 
 def build_status(sandbox: Sandbox, verdict: Verdict, pod: PodObservation | None, *, lifetime_seconds: int,
