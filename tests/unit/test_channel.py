@@ -710,6 +710,34 @@ def test_the_pod_exec_transport_reads_stdout_and_keeps_the_rest_for_diagnostics(
         transport.write(b"more")
 
 
+def test_the_socket_is_closed_only_after_the_reader_left_it() -> None:
+    # OpenSSL reads and writes by the descriptor's number without the GIL: closed under a reader, the number can
+    # meanwhile be another file's (a subprocess's pipe once received TLS records that way).
+    ws = FakeWebSocket([])
+    left = threading.Event()
+    shut_while_reading: list[bool] = []
+    receive = ws.recv_data_frame
+
+    def slow_receive(control_frame: bool) -> tuple[int, _Message]:
+        try:
+            return receive(control_frame)
+        finally:
+            time.sleep(0.2)  # still inside the read after the shutdown woke it
+            shut_while_reading.append(ws.shut)
+            left.set()
+
+    ws.recv_data_frame = slow_receive  # type: ignore[method-assign]
+    transport = PodExecTransport(ws)
+    reader = threading.Thread(target=transport.read, args=(10,))
+    reader.start()
+    time.sleep(0.1)
+    transport.close()
+    assert ws.aborted.is_set() and not ws.shut, "closed while a thread was in a read"
+    assert left.wait(5)
+    reader.join(5)
+    assert shut_while_reading == [False] and ws.shut
+
+
 def test_closing_the_pod_exec_transport_wakes_a_blocked_reader() -> None:
     transport = PodExecTransport(FakeWebSocket([]))
     got: list[bytes] = []

@@ -1077,7 +1077,10 @@ class PodExecTransport:
 
     One thread reads while others write (the channel serializes its writes): the WebSocket's sending and receiving
     sides are independent. :meth:`close` shuts the socket down, which wakes a blocked reader and a writer stuck on a
-    full stream at once; the agent then sees the end of its stdin."""
+    full stream at once; the agent then sees the end of its stdin. The socket's descriptor is closed only once no
+    thread is in a read or a write: OpenSSL keeps the descriptor's number while it reads or writes without the
+    GIL, and a number closed under it can meanwhile belong to another file of the process (a subprocess's pipe
+    once received TLS records that way)."""
 
     def __init__(self, ws: Any) -> None:
         self._ws = ws
@@ -1087,12 +1090,40 @@ class PodExecTransport:
         self._failure = ""
         self._ended = False
         self._closed = False
+        self._lock = threading.Lock()
+        self._in_use = 0
+        self._released = False
+
+    @contextlib.contextmanager
+    def _using(self) -> Iterator[None]:
+        """Around each use of the socket: the last user out after :meth:`close` closes it."""
+        with self._lock:
+            self._in_use += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_use -= 1
+                release = self._closed and self._in_use == 0
+            if release:
+                self._release()
+
+    def _release(self) -> None:
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+        try:
+            self._ws.shutdown()
+        except Exception:
+            log.debug("closing the exec stream failed", exc_info=True)
 
     def write(self, data: bytes) -> None:
         if self._closed:
             raise OSError("the exec stream is closed")
         try:
-            self._ws.send(bytes((EXEC_STDIN,)) + data, opcode=websocket.ABNF.OPCODE_BINARY)
+            with self._using():
+                self._ws.send(bytes((EXEC_STDIN,)) + data, opcode=websocket.ABNF.OPCODE_BINARY)
         except (OSError, websocket.WebSocketException) as exc:
             raise OSError(f"the exec stream broke: {exc}") from exc
 
@@ -1112,7 +1143,8 @@ class PodExecTransport:
     def _next_stdout(self) -> bytes | None:
         """Receives one WebSocket message: the agent's stdout, or None (another channel, or the end)."""
         try:
-            opcode, frame = self._ws.recv_data_frame(True)
+            with self._using():
+                opcode, frame = self._ws.recv_data_frame(True)
         except websocket.WebSocketConnectionClosedException:
             self._ended = True
             return None
@@ -1136,14 +1168,17 @@ class PodExecTransport:
         return None  # a v5 CLOSE of one of the server's channels, or a resize echo
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            idle = self._in_use == 0
         try:
-            self._ws.abort()  # shutdown(): wakes a reader and a stuck writer
-            self._ws.shutdown()
+            self._ws.abort()  # shutdown(SHUT_RDWR): wakes a reader and a stuck writer, who then close it
         except Exception:
-            log.debug("closing the exec stream failed", exc_info=True)
+            log.debug("shutting the exec stream down failed", exc_info=True)
+        if idle:
+            self._release()
 
     def diagnostic(self) -> str:
         parts = []
